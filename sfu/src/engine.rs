@@ -721,7 +721,8 @@ impl Sfu {
         let mut added = vec![];
         for d in decls {
             let Some(media) = peer.rtc.media(Mid::from(d.mid.as_str())) else { continue };
-            if !matches!(media.direction(), Direction::SendOnly | Direction::SendRecv) || media.kind() != d.kind {
+            // Our side of a client's sending m-line is recvonly.
+            if !matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv) || media.kind() != d.kind {
                 continue;
             }
             let existing = self.tracks.iter().find(|(_, t)| t.owner == pid && t.mid == media.mid()).map(|(id, _)| *id);

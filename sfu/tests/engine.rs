@@ -92,13 +92,16 @@ struct World {
     down: Vec<Link>,
     in_flight: VecDeque<(Instant, SocketAddr, SocketAddr, Vec<u8>)>,
     events: Vec<SfuEvent>,
+    /// (subscriber participant, track, mid on its subscribe pc) from the last offers.
+    sub_mids: Vec<(u64, sfu::TrackId, Mid)>,
+    audio_mid: Option<Mid>,
 }
 
 impl World {
     fn new() -> Self {
         let now = Instant::now();
         let cfg = SfuConfig { candidates: vec![SFU_ADDR.parse().unwrap()], ..Default::default() };
-        Self { now, sfu: Sfu::new(cfg, now), clients: vec![], down: vec![], in_flight: VecDeque::new(), events: vec![] }
+        Self { now, sfu: Sfu::new(cfg, now), clients: vec![], down: vec![], in_flight: VecDeque::new(), events: vec![], sub_mids: vec![], audio_mid: None }
     }
 
     fn add_client(&mut self) -> usize {
@@ -192,7 +195,12 @@ impl World {
             .events
             .iter()
             .filter_map(|e| match e {
-                SfuEvent::SubscriberOffer { participant, sdp, .. } => Some((*participant, sdp.clone())),
+                SfuEvent::SubscriberOffer { participant, sdp, tracks } => {
+                    for t in tracks {
+                        self.sub_mids.push((participant.0, t.track.id, Mid::from(t.mid.as_str())));
+                    }
+                    Some((*participant, sdp.clone()))
+                }
                 _ => None,
             })
             .collect();
@@ -233,17 +241,14 @@ impl World {
         self.sfu_out();
         self.clients[p].rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).unwrap();
         self.client_out(p);
+        self.audio_mid = Some(amid);
         (p, s, Some(vmid))
     }
 
     /// Publishes 3 simulcast layers + audio for `d`, answering keyframe requests per rid.
     fn publish_for(&mut self, p: usize, vmid: Mid, d: Duration, frame_no: &mut u32) {
         let end = self.now + d;
-        let amid = self.clients[p].rtc.media(vmid).map(|_| ()).and(Some(())).map(|_| {
-            let mids: Vec<Mid> = ["0", "1", "2"].iter().map(|m| Mid::from(*m)).collect();
-            mids.into_iter().find(|m| *m != vmid && self.clients[p].rtc.media(*m).is_some_and(|x| x.kind() == MediaKind::Audio))
-        });
-        let amid = amid.flatten();
+        let amid = self.audio_mid;
         let mut handled_kf = 0;
         while self.now < end {
             let n = *frame_no;
@@ -265,7 +270,7 @@ impl World {
                 let apt = self.clients[p].rtc.codec_config().params().iter().find(|x| x.spec().codec == str0m::format::Codec::Opus).unwrap().pt();
                 let now = self.now;
                 for k in 0..2u64 {
-                    let at = MediaTime::new((u64::from(n) * 2 + k) * 960 / 2 * 2, Frequency::FORTY_EIGHT_KHZ);
+                    let at = MediaTime::new((u64::from(n) * 2 + k) * 960, Frequency::FORTY_EIGHT_KHZ);
                     if let Some(w) = self.clients[p].rtc.writer(amid) {
                         w.write(apt, now, at, vec![0xfc; 60]).unwrap();
                     }
@@ -373,12 +378,10 @@ fn keyframe_requests_from_many_subscribers_are_coalesced() {
     let before = w.clients[p].keyframe_requests.len();
     let t0 = w.now;
     // Every subscriber asks for a keyframe at the same moment.
-    for &s in &subs {
-        let mid = w.clients[s].rtc.direct_api().stream_rx_by_mid(Mid::from("0"), None).map(|x| x.mid());
-        let mid = mid.unwrap_or_else(|| Mid::from("0"));
-        if let Some(mut wr) = w.clients[s].rtc.writer(mid) {
-            wr.request_keyframe(None, KeyframeRequestKind::Pli).unwrap();
-        }
+    for (pid, &s) in (1u64..).zip(&subs) {
+        let mid = w.sub_mids.iter().find(|(p, t, _)| *p == pid && *t == sfu::TrackId(1)).map(|x| x.2).expect("video mid");
+        let mut wr = w.clients[s].rtc.writer(mid).expect("writer");
+        wr.request_keyframe(None, KeyframeRequestKind::Pli).unwrap();
         w.client_out(s);
     }
     w.publish_for(p, vmid.unwrap(), Duration::from_millis(300), &mut n);
@@ -401,3 +404,4 @@ fn audio_reaches_every_other_participant_and_leave_cleans_up() {
     assert!(w.events.iter().any(|e| matches!(e, SfuEvent::TrackUnpublished { owner, .. } if *owner == ParticipantId(0))));
     assert_eq!(w.sfu.participant_count(), 2);
 }
+
