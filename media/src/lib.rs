@@ -5,4 +5,8 @@
 //! Nothing here reads a clock or a random source; time arrives as an argument.
 
 pub mod codec;
+pub mod error;
+pub mod fec;
 pub mod netem;
+
+pub use error::Error;
