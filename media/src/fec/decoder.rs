@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::codec_cache::CodecCache;
+use super::rs::RsCache;
 use super::wire::{FEC_HEADER_LEN, FecHeader, RtpView, block_crc, write_shard};
 use crate::Error;
 
@@ -97,7 +97,7 @@ struct Block {
 #[derive(Debug)]
 pub struct FecDecoder {
     cfg: FecDecoderConfig,
-    codecs: CodecCache,
+    codecs: RsCache,
     highest_seq: Option<u64>,
     sources: BTreeMap<u64, Vec<u8>>,
     highest_block: Option<u64>,
@@ -128,7 +128,7 @@ impl FecDecoder {
     pub fn new(cfg: FecDecoderConfig) -> Self {
         FecDecoder {
             cfg,
-            codecs: CodecCache::default(),
+            codecs: RsCache::default(),
             highest_seq: None,
             sources: BTreeMap::new(),
             highest_block: None,
@@ -323,7 +323,7 @@ impl FecDecoder {
             return Vec::new();
         }
         let shard_len = b.shard_len;
-        let mut shards: Vec<Option<Vec<u8>>> = present
+        let data: Vec<Option<Vec<u8>>> = present
             .iter()
             .map(|p| {
                 p.map(|p| {
@@ -333,21 +333,19 @@ impl FecDecoder {
                 })
             })
             .collect();
-        shards.extend(b.repairs.iter().cloned());
         let (header, seq_base) = (b.header, b.seq_base);
         let received = (have + b.repair_count) as u16;
         let missing: Vec<usize> = (0..k).filter(|&i| present[i].is_none()).collect();
-        let ok = match self.codecs.get(k, usize::from(header.r)) {
-            Some(rs) => rs.reconstruct_data(&mut shards).is_ok(),
-            None => false,
-        };
+        let rebuilt_shards = self.codecs.reconstruct(&data, &b.repairs, shard_len);
         self.blocks.remove(&id);
         self.finished.insert(id);
-        let rebuilt = if ok {
-            Self::unpack(&shards[..k], header, seq_base)
-        } else {
-            None
-        };
+        let rebuilt = rebuilt_shards.and_then(|r| {
+            let mut all = data;
+            for (shard, &i) in r.into_iter().zip(&missing) {
+                all[i] = Some(shard);
+            }
+            Self::unpack(&all, header, seq_base)
+        });
         let Some(packets) = rebuilt else {
             self.stats.crc_failures += 1;
             self.report_unrecoverable(header, &missing, received);

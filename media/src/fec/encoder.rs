@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::MAX_SHARDS;
 use super::adapt::{Protection, redundancy_for};
-use super::codec_cache::CodecCache;
+use super::rs::RsCache;
 use super::wire::{FEC_HEADER_LEN, FecHeader, RtpView, block_crc, write_shard};
 use crate::Error;
 
@@ -69,7 +69,7 @@ pub struct FecEncoderStats {
 #[derive(Debug)]
 pub struct FecEncoder {
     cfg: FecEncoderConfig,
-    codecs: CodecCache,
+    codecs: RsCache,
     loss: f64,
     burstiness: f64,
     /// Largest block size per temporal layer for the current loss estimate.
@@ -84,6 +84,9 @@ pub struct FecEncoder {
     next_block_id: u16,
     stats: FecEncoderStats,
     shard_scratch: Vec<Vec<u8>>,
+    /// Repair count by (layer, k) under the current loss estimate: the binomial search
+    /// is cheap but not free, and block shapes repeat.
+    repair_memo: std::collections::HashMap<(u8, usize), usize>,
 }
 
 impl FecEncoder {
@@ -99,7 +102,7 @@ impl FecEncoder {
         }
         let mut e = FecEncoder {
             cfg,
-            codecs: CodecCache::default(),
+            codecs: RsCache::default(),
             loss: 0.0,
             burstiness: 1.0,
             max_k_by_layer: [1; 4],
@@ -113,6 +116,7 @@ impl FecEncoder {
             next_block_id: cfg.first_block_id,
             stats: FecEncoderStats::default(),
             shard_scratch: Vec::new(),
+            repair_memo: std::collections::HashMap::new(),
         };
         e.set_channel(0.0, 1.0);
         Ok(e)
@@ -123,6 +127,7 @@ impl FecEncoder {
     pub fn set_channel(&mut self, loss_fraction: f64, burstiness: f64) {
         self.loss = loss_fraction;
         self.burstiness = burstiness;
+        self.repair_memo.clear();
         for (tl, mk) in self.max_k_by_layer.iter_mut().enumerate() {
             *mk = redundancy_for(loss_fraction, burstiness, tl as u8).max_k(self.cfg.max_k);
         }
@@ -222,7 +227,8 @@ impl FecEncoder {
         let sources = std::mem::take(&mut self.sources);
         let k = sources.len();
         let prot = self.protection(self.min_layer);
-        let r = prot.repair_count(k).min(MAX_SHARDS - k);
+        let memo = self.repair_memo.entry((self.min_layer, k));
+        let r = (*memo.or_insert_with(|| prot.repair_count(k))).min(MAX_SHARDS - k);
         if r == 0 {
             return;
         }
@@ -231,17 +237,10 @@ impl FecEncoder {
         for (shard, p) in self.shard_scratch.iter_mut().zip(&sources) {
             write_shard(p, shard_len, shard);
         }
-        let mut parity = vec![vec![0u8; shard_len]; r];
-        let Some(rs) = self.codecs.get(k, r) else {
+        // Shapes are valid by construction (1 ≤ k, 1 ≤ r, k + r ≤ 256).
+        let Some(parity) = self.codecs.encode(&self.shard_scratch[..k], r) else {
             return;
         };
-        if rs
-            .encode_sep(&self.shard_scratch[..k], &mut parity)
-            .is_err()
-        {
-            // Shapes are validated above; an error here would be a bug, not bad input.
-            return;
-        }
         let header = FecHeader {
             k: k as u16,
             r: r as u16,

@@ -12,9 +12,9 @@
 //! packets to send; the decoder takes received bytes and returns rebuilt packets.
 
 pub mod adapt;
-mod codec_cache;
 pub mod decoder;
 pub mod encoder;
+mod rs;
 pub mod wire;
 
 pub use adapt::{Protection, redundancy_for};

@@ -499,30 +499,45 @@ fn run_through_netem(
 
 #[test]
 fn fifty_percent_bernoulli_loss_over_thousands_of_frames() {
-    let net = NetemConfig::new()
-        .latency(Duration::from_millis(20))
-        .jitter(Duration::from_millis(5))
-        .reorder(0.02, Duration::from_millis(8))
-        .loss(LossModel::Bernoulli(0.5))
-        .seed(2024);
-    let s = run_through_netem(3000, net, 0.5, 2.0, 0, enc_cfg());
-    let overhead = (s.source_bytes + s.repair_bytes) as f64 / s.source_bytes as f64;
-    let base_rate = 1.0 - s.base_blocks_lost as f64 / s.base_blocks as f64;
-    println!(
-        "50% Bernoulli: {} frames, {} blocks ({} base), base blocks rebuilt {:.4}, all blocks rebuilt {:.4}, \
-         bytes sent / media bytes {:.3}, encode {:.1} µs/block, decode {:.1} µs/block",
-        s.frames,
-        s.blocks,
-        s.base_blocks,
-        base_rate,
-        1.0 - s.blocks_lost as f64 / s.blocks as f64,
-        overhead,
-        s.encode_ns as f64 / 1000.0 / s.blocks as f64,
-        s.decode_ns as f64 / 1000.0 / s.blocks as f64,
-    );
-    assert!(s.base_blocks > 700);
-    assert!(base_rate >= 0.998, "base layer rebuilt {base_rate}");
-    assert!(overhead < 3.2, "overhead {overhead}");
+    // Default blocks (≥ 12 packets or 3 frames), then bigger blocks (≥ 48 packets or 6
+    // frames: more delay, less overhead).
+    for (name, cfg) in [
+        ("default blocks", enc_cfg()),
+        (
+            "large blocks",
+            FecEncoderConfig {
+                min_k: 48,
+                max_frames: 6,
+                ..enc_cfg()
+            },
+        ),
+    ] {
+        let net = NetemConfig::new()
+            .latency(Duration::from_millis(20))
+            .jitter(Duration::from_millis(5))
+            .reorder(0.02, Duration::from_millis(8))
+            .loss(LossModel::Bernoulli(0.5))
+            .seed(2024);
+        let s = run_through_netem(3000, net, 0.5, 2.0, 0, cfg);
+        let overhead = (s.source_bytes + s.repair_bytes) as f64 / s.source_bytes as f64;
+        let base_rate = 1.0 - s.base_blocks_lost as f64 / s.base_blocks as f64;
+        println!(
+            "50% Bernoulli, {name}: {} frames, {} blocks ({} base), base blocks rebuilt {:.4}, \
+             all blocks rebuilt {:.4}, bytes sent / media bytes {:.3}, encode {:.1} µs/block, \
+             decode {:.1} µs/block",
+            s.frames,
+            s.blocks,
+            s.base_blocks,
+            base_rate,
+            1.0 - s.blocks_lost as f64 / s.blocks as f64,
+            overhead,
+            s.encode_ns as f64 / 1000.0 / s.blocks as f64,
+            s.decode_ns as f64 / 1000.0 / s.blocks as f64,
+        );
+        assert!(s.base_blocks > 300, "{name}");
+        assert!(base_rate >= 0.998, "{name}: base layer rebuilt {base_rate}");
+        assert!(overhead < 3.2, "{name}: overhead {overhead}");
+    }
 }
 
 #[test]
