@@ -1,6 +1,7 @@
 //! The receiving side: collects source and repair packets, rebuilds missing sources.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use super::rs::RsCache;
 use super::wire::{FEC_HEADER_LEN, FecHeader, RtpView, block_crc, write_shard};
@@ -20,6 +21,10 @@ pub struct FecDecoderConfig {
     pub max_open_blocks: u64,
     /// Source packets remembered (by sequence distance from the newest).
     pub max_buffered_sources: u64,
+    /// With `push_at`/`handle_timeout`: a block still short this long after its first
+    /// repair packet arrived is given up (its repairs are sent back to back, so only
+    /// jitter separates them), early enough to NACK before the playout deadline.
+    pub max_wait: Duration,
 }
 
 impl FecDecoderConfig {
@@ -31,6 +36,7 @@ impl FecDecoderConfig {
             fec_ssrc: None,
             max_open_blocks: 32,
             max_buffered_sources: 4096,
+            max_wait: Duration::from_millis(60),
         }
     }
 }
@@ -91,6 +97,8 @@ struct Block {
     shard_len: usize,
     repairs: Vec<Option<Vec<u8>>>,
     repair_count: usize,
+    /// When its first repair packet arrived, if the caller gives time.
+    opened_at: Option<Instant>,
 }
 
 /// Reed-Solomon FEC decoder for one media SSRC.
@@ -105,6 +113,7 @@ pub struct FecDecoder {
     finished: BTreeSet<u64>,
     events: VecDeque<FecEvent>,
     stats: FecDecoderStats,
+    now: Option<Instant>,
 }
 
 /// Extend a 16-bit wrapping counter to 64 bits, choosing the value nearest `reference`.
@@ -136,6 +145,7 @@ impl FecDecoder {
             finished: BTreeSet::new(),
             events: VecDeque::new(),
             stats: FecDecoderStats::default(),
+            now: None,
         }
     }
 
@@ -177,6 +187,35 @@ impl FecDecoder {
             self.stats.rejected += 1;
         }
         res
+    }
+
+    /// `push` with the arrival time, so blocks can be given up by `handle_timeout`.
+    pub fn push_at(&mut self, now: Instant, packet: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
+        self.now = Some(now);
+        self.push(packet)
+    }
+
+    /// When the oldest open block's wait runs out (only for blocks opened via `push_at`).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.blocks
+            .values()
+            .filter_map(|b| b.opened_at)
+            .min()
+            .map(|t| t + self.cfg.max_wait)
+    }
+
+    /// Give up the blocks whose wait has run out, reporting their missing packets.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = Some(now);
+        let due: Vec<u64> = self
+            .blocks
+            .iter()
+            .filter(|(_, b)| b.opened_at.is_some_and(|t| t + self.cfg.max_wait <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.give_up(id);
+        }
     }
 
     /// Give up every open block now (end of stream), reporting those with losses.
@@ -277,6 +316,7 @@ impl FecDecoder {
                     shard_len: shard.len(),
                     repairs,
                     repair_count: 1,
+                    opened_at: self.now,
                 },
             );
         }

@@ -187,6 +187,32 @@ fn one_too_few_is_reported_unrecoverable() {
 }
 
 #[test]
+fn blocks_short_of_packets_are_given_up_after_max_wait() {
+    let (sources, repairs) = one_block(8, 0.3);
+    let start = t0();
+    let mut dec = FecDecoder::new(dec_cfg());
+    for s in &sources[2..] {
+        dec.push_at(start, s).unwrap();
+    }
+    assert_eq!(dec.poll_timeout(), None, "no block known before a repair");
+    dec.push_at(start + Duration::from_millis(5), &repairs[0])
+        .unwrap();
+    let due = dec.poll_timeout().unwrap();
+    assert_eq!(due, start + Duration::from_millis(65));
+    dec.handle_timeout(due - Duration::from_millis(1));
+    assert_eq!(dec.poll_event(), None);
+    dec.handle_timeout(due);
+    assert!(matches!(
+        dec.poll_event(),
+        Some(FecEvent::Unrecoverable { ref missing, .. }) if missing == &vec![1000, 1001]
+    ));
+    assert_eq!(dec.poll_timeout(), None);
+    // A repair arriving after the give-up is late and rebuilds nothing.
+    assert!(dec.push_at(due, &repairs[1]).unwrap().is_empty());
+    assert_eq!(dec.stats().late_repairs, 1);
+}
+
+#[test]
 fn complete_block_needs_no_repair_and_late_repairs_are_ignored() {
     let (sources, repairs) = one_block(6, 0.2);
     let mut dec = FecDecoder::new(dec_cfg());
