@@ -1,8 +1,13 @@
-//! Sans-IO media core shared by every media crate: codec bitstream inspection, layer
-//! selection, keyframe-request coalescing, active-speaker detection (and later FEC,
-//! jitter buffer, loss models, codec wrappers).
+//! Sans-IO media core shared by every media crate: codec bitstream inspection and
+//! codecs (G.711, G.722), Reed-Solomon FEC over RTP, a seeded network emulator for
+//! deterministic loss tests, and active-speaker detection.
 //!
-//! Nothing here reads a clock or a random source; time arrives as an argument.
+//! Nothing here reads a clock or a random source; time and seeds arrive as arguments.
 
 pub mod codec;
+pub mod error;
+pub mod fec;
+pub mod netem;
 pub mod speaker;
+
+pub use error::Error;

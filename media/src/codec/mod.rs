@@ -1,5 +1,7 @@
 //! What a forwarder needs to know about an RTP payload without decoding it.
 
+pub mod g711;
+pub mod g722;
 pub mod h264;
 pub mod vp8;
 
