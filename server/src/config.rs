@@ -95,6 +95,8 @@ impl Config {
 }
 
 #[cfg(test)]
+// figment's Jail dictates the closure's error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

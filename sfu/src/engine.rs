@@ -1033,10 +1033,11 @@ impl Sfu {
                     w = w.vp8_patch(patch);
                 }
             }
-            let mut api = speer.rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
-            tx.write_rtp(w);
-            drop(api);
+            {
+                let mut api = speer.rtc.direct_api();
+                let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
+                tx.write_rtp(w);
+            }
             self.counters.rtp_forwarded += 1;
             drain_peer(speer, skey, &mut self.out, &mut self.deferred);
         }

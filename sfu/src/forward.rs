@@ -214,9 +214,8 @@ impl Forwarder {
         }
         let tid = p.info.temporal_id.unwrap_or(0);
         // Going up is only safe where the stream says higher layers may start.
-        if self.target_temporal > self.current_temporal && p.info.layer_sync {
-            self.current_temporal = self.target_temporal;
-        } else if self.target_temporal < self.current_temporal {
+        let going_up = self.target_temporal > self.current_temporal;
+        if !going_up || p.info.layer_sync {
             self.current_temporal = self.target_temporal;
         }
         let dropped = tid > self.current_temporal;

@@ -259,7 +259,7 @@ impl World {
             let vpt = self.clients[p].rtc.codec_config().params().iter().find(|x| x.spec().codec == str0m::format::Codec::Vp8).unwrap().pt();
             let t = MediaTime::new(u64::from(n) * 3000, Frequency::NINETY_KHZ);
             for (l, rid) in RIDS.iter().enumerate() {
-                let key = n % 90 == 0 || pending_kf.iter().any(|r| r.as_deref() == Some(rid) || r.is_none());
+                let key = n.is_multiple_of(90) || pending_kf.iter().any(|r| r.as_deref() == Some(rid) || r.is_none());
                 let now = self.now;
                 if let Some(w) = self.clients[p].rtc.writer(vmid) {
                     w.rid((*rid).into()).write(vpt, now, t, vp8_frame(l, key, n)).unwrap();

@@ -220,7 +220,7 @@ impl BitReader<'_> {
             }
         }
         let rest = self.bits(zeros)?;
-        Some(((1u64 << zeros) - 1 + u64::from(rest)).try_into().ok()?)
+        ((1u64 << zeros) - 1 + u64::from(rest)).try_into().ok()
     }
 
     fn se(&mut self) -> Option<i64> {
