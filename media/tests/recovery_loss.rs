@@ -298,6 +298,15 @@ fn run(name: &str, bursty: bool, sizing: FecSizing, seed: u64) -> Outcome {
         latencies.push(*at - *sent_at);
     }
     latencies.sort_unstable();
+    let worst_at = per_second
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, n)| **n)
+        .map(|(i, _)| i);
+    println!(
+        "{name} {sizing:?} first seconds {:?}, worst second at {worst_at:?}",
+        &per_second[..5]
+    );
     let p95 = latencies
         .get(latencies.len() * 95 / 100)
         .copied()

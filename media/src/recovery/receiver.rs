@@ -274,6 +274,8 @@ pub struct ProtectedReceiver {
     anchor: Option<(Instant, u64)>,
     rtt: Duration,
     loss_est: f64,
+    burst_est: f64,
+    loss_vif: f64,
     media_loss: LossCounter,
     fec_loss: LossCounter,
     next_report: Option<Instant>,
@@ -310,6 +312,8 @@ impl ProtectedReceiver {
             anchor: None,
             rtt: cfg.initial_rtt,
             loss_est: 0.0,
+            burst_est: 1.0,
+            loss_vif: 1.0,
             media_loss: LossCounter::default(),
             fec_loss: LossCounter::default(),
             next_report: None,
@@ -414,6 +418,24 @@ impl ProtectedReceiver {
         }
     }
 
+    /// Probability that `c` back-to-back copies are all lost on a channel with the
+    /// measured loss and mean loss run (a loss run continues with `1 − 1/B`).
+    fn all_copies_lost(&self, c: u32) -> f64 {
+        let p = self.loss_est.clamp(0.0, 0.95);
+        let b = self.burst_est.max(1.0 / (1.0 - p)).max(1.0);
+        p * (1.0 - 1.0 / b).powi(i32::try_from(c.max(1)).unwrap_or(1) - 1)
+    }
+
+    /// Copies of each NACK/PLI: enough that all are lost at most 5 % of the time
+    /// (feedback is tiny; a lost NACK costs a round trip), at least the configured.
+    fn copies(&self) -> u32 {
+        let mut c = self.cfg.feedback_copies.max(1);
+        while c < 8 && self.all_copies_lost(c) > 0.05 {
+            c += 1;
+        }
+        c
+    }
+
     fn send_pli(&mut self, now: Instant) {
         self.last_pli = Some(now);
         self.stats.keyframe_requests += 1;
@@ -421,7 +443,7 @@ impl ProtectedReceiver {
             media_ssrc: self.cfg.media_ssrc,
         }
         .to_bytes(self.cfg.receiver_ssrc);
-        for _ in 0..self.cfg.feedback_copies.max(1) {
+        for _ in 0..self.copies() {
             self.feedback.push_back(b.clone());
         }
     }
@@ -442,6 +464,10 @@ impl ProtectedReceiver {
         // The receiver's own estimate sizes NACK requests; weight by sample size.
         let w = (expected as f64 / 500.0).min(0.5);
         self.loss_est = (1.0 - w) * self.loss_est + w * fraction;
+        self.burst_est = (1.0 - w) * self.burst_est + w * burst;
+        self.loss_vif = crate::fec::redundancy_for(self.loss_est, self.burst_est, 0)
+            .variance_inflation
+            .clamp(1.0, 10.0);
         self.feedback.push_back(
             Feedback::LossReport {
                 media_ssrc: self.cfg.media_ssrc,
@@ -762,6 +788,14 @@ impl ProtectedReceiver {
         self.blocks.retain(|base, b| base + b.k > next);
     }
 
+    fn block_has_base_layer(&self, base: u64, k: u64) -> bool {
+        self.frames.values().any(|f| {
+            (f.tid == 0 || f.keyframe)
+                && f.max_seq >= base
+                && f.start.map_or(f.max_seq, |s| s) < base + k
+        })
+    }
+
     /// Deadline of the frame a missing packet belongs to (or of an earlier one).
     fn deadline_of_seq(&self, seq: u64) -> Option<Instant> {
         self.frames
@@ -783,9 +817,9 @@ impl ProtectedReceiver {
         };
         let mut ask: Vec<u64> = Vec::new();
         // A retransmission arrives if one of the NACK copies and the RTX get through.
-        let p = self.loss_est.clamp(0.0, 0.8);
-        let copies = i32::try_from(self.cfg.feedback_copies.max(1)).unwrap_or(1);
-        let q = ((1.0 - p) * (1.0 - p.powi(copies))).max(0.1);
+        let copies = self.copies();
+        let q =
+            ((1.0 - self.loss_est.clamp(0.0, 0.8)) * (1.0 - self.all_copies_lost(copies))).max(0.1);
         // FEC blocks that arrived short: ask for just enough sources to fill them.
         let bases: Vec<u64> = self.blocks.keys().copied().collect();
         for base in bases {
@@ -819,8 +853,16 @@ impl ProtectedReceiver {
             cands.sort_unstable();
             // Enough that the expected arrivals cover the deficit with about one
             // standard deviation to spare.
+            // Bursty loss makes the arrivals of back-to-back retransmissions correlated:
+            // widen the spare by the variance inflation of the measured channel.
             let d = deficit as f64;
-            let want = (((d + d.sqrt()) / q).ceil() as usize + 1).min(cands.len());
+            let mut spare = (d * self.loss_vif).sqrt();
+            // A lost base-layer frame costs a keyframe and every frame until it: ask
+            // for more when the block holds one.
+            if self.block_has_base_layer(base, k) {
+                spare = 2.0 * spare + 1.0;
+            }
+            let want = (((d + spare) / q).ceil() as usize + 1).min(cands.len());
             ask.extend(cands[..want].iter().map(|(_, s)| *s));
             if let Some(b) = self.blocks.get_mut(&base) {
                 b.last_round = Some(now);
@@ -882,7 +924,7 @@ impl ProtectedReceiver {
             seqs: ask.iter().map(|s| *s as u16).collect(),
         }
         .to_bytes(self.cfg.receiver_ssrc);
-        for _ in 0..self.cfg.feedback_copies.max(1) {
+        for _ in 0..copies {
             self.feedback.push_back(b.clone());
         }
     }

@@ -42,6 +42,10 @@ pub struct SenderConfig {
     pub min_k: usize,
     /// ...or this many frames.
     pub max_frames: usize,
+    /// Close the FEC block after every base-layer frame, so base-layer frames (whose
+    /// loss costs a keyframe) are repaired without waiting for later frames, while the
+    /// upper-layer frames before them share a longer, cheaper block.
+    pub close_on_base_layer: bool,
     /// An open block closes this long after its first packet at the latest.
     pub max_delay: Duration,
     /// How long sent packets stay available for retransmission.
@@ -51,7 +55,9 @@ pub struct SenderConfig {
     pub rtx_min_interval: Duration,
     /// Keyframe requests closer together than this are merged into one.
     pub keyframe_request_hold: Duration,
-    /// Loss assumed before the first report arrives.
+    /// Loss assumed before the first report arrives (which then replaces it): the
+    /// first keyframe is the most expensive frame to lose, and on a clean link the
+    /// cost of assuming 50 % is one report interval (250 ms) of extra repair.
     pub initial_loss: f64,
     /// Weight of a new loss report in the smoothed estimate.
     pub report_weight: f64,
@@ -68,13 +74,14 @@ impl SenderConfig {
             rtx_ssrc,
             rtx_payload_type: 103,
             sizing: FecSizing::Hybrid,
-            min_k: 48,
-            max_frames: 3,
-            max_delay: Duration::from_millis(80),
+            min_k: 96,
+            max_frames: 4,
+            close_on_base_layer: true,
+            max_delay: Duration::from_millis(120),
             rtx_history: Duration::from_secs(1),
             rtx_min_interval: Duration::from_millis(10),
             keyframe_request_hold: Duration::from_millis(300),
-            initial_loss: 0.0,
+            initial_loss: 0.5,
             report_weight: 0.3,
         }
     }
@@ -237,6 +244,12 @@ impl ProtectedSender {
             let repairs = fec.flush();
             self.queue_repairs(repairs);
             self.apply_channel();
+        } else if temporal_layer == 0
+            && self.cfg.close_on_base_layer
+            && let Some(fec) = &mut self.fec
+        {
+            let repairs = fec.flush();
+            self.queue_repairs(repairs);
         }
         self.prune(now);
         Ok(())
@@ -269,7 +282,17 @@ impl ProtectedSender {
                     expected,
                 } if media_ssrc == self.cfg.media_ssrc && expected > 0 => {
                     self.stats.reports_received += 1;
-                    let w = self.cfg.report_weight.clamp(0.0, 1.0);
+                    // Fast attack on a jump (under-protection costs frames at once,
+                    // over-protection only bandwidth); symmetric otherwise, so report
+                    // noise does not bias the estimate upwards. The first report
+                    // replaces the prior.
+                    let w = if self.stats.reports_received == 1 {
+                        1.0
+                    } else if fraction > self.loss + 0.1 {
+                        (2.0 * self.cfg.report_weight).clamp(0.0, 1.0)
+                    } else {
+                        self.cfg.report_weight.clamp(0.0, 1.0)
+                    };
                     self.loss = (1.0 - w) * self.loss + w * fraction;
                     self.burstiness = (1.0 - w) * self.burstiness + w * burstiness.max(1.0);
                     self.apply_channel();
@@ -315,7 +338,18 @@ impl ProtectedSender {
         let design = match self.cfg.sizing {
             FecSizing::Off => return,
             FecSizing::Full => p,
-            FecSizing::Hybrid => hybrid_design_loss(p, b, self.cfg.min_k),
+            FecSizing::Hybrid => {
+                // Size for the blocks actually formed so far (frames end blocks early).
+                let k = self.fec.as_ref().map_or(self.cfg.min_k, |f| {
+                    let s = f.stats();
+                    if s.blocks >= 8 {
+                        (s.source_packets / s.blocks).max(1) as usize
+                    } else {
+                        self.cfg.min_k.min(64)
+                    }
+                });
+                hybrid_design_loss(p, b, k)
+            }
         };
         if let Some(fec) = &mut self.fec {
             fec.set_channel(design, b);
