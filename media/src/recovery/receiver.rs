@@ -258,6 +258,8 @@ pub struct ProtectedReceiver {
     cfg: ReceiverConfig,
     fec: Option<FecDecoder>,
     packets: BTreeMap<u64, Vec<u8>>,
+    /// Every media sequence number that arrived or was rebuilt, for block accounting.
+    received: BTreeSet<u64>,
     highest_seq: Option<u64>,
     highest_ts: Option<u64>,
     missing: BTreeMap<u64, Miss>,
@@ -296,6 +298,7 @@ impl ProtectedReceiver {
         ProtectedReceiver {
             fec: fec.map(FecDecoder::new),
             packets: BTreeMap::new(),
+            received: BTreeSet::new(),
             highest_seq: None,
             highest_ts: None,
             missing: BTreeMap::new(),
@@ -616,6 +619,10 @@ impl ProtectedReceiver {
                 }
             }
             self.packets.insert(ext, p);
+            self.received.insert(ext);
+            while self.received.len() > 8192 {
+                self.received.pop_first();
+            }
         }
     }
 
@@ -827,9 +834,9 @@ impl ProtectedReceiver {
             let ready = b.first_at + self.cfg.repair_guard;
             let due = b.last_round.map_or(ready, |t| (t + retry).max(ready));
             let k = b.k;
-            let present = (base..base + k)
-                .filter(|s| self.packets.contains_key(s) || self.next_seq.is_some_and(|n| *s < n))
-                .count() as u64;
+            // Count what arrived, not what was resolved: sources of a skipped frame
+            // before `next_seq` are still missing for the block.
+            let present = self.received.range(base..base + k).count() as u64;
             if present + b.repair_count >= k {
                 continue;
             }
@@ -856,13 +863,16 @@ impl ProtectedReceiver {
             // Bursty loss makes the arrivals of back-to-back retransmissions correlated:
             // widen the spare by the variance inflation of the measured channel.
             let d = deficit as f64;
-            let mut spare = (d * self.loss_vif).sqrt();
-            // A lost base-layer frame costs a keyframe and every frame until it: ask
-            // for more when the block holds one.
-            if self.block_has_base_layer(base, k) {
-                spare = 2.0 * spare + 1.0;
+            let spare = (d * self.loss_vif).sqrt();
+            let mut want = (((d + spare) / q).ceil() as usize + 1).min(cands.len());
+            // A lost base-layer frame costs a keyframe and every frame until it: in
+            // what is likely its last round, ask for everything still missing.
+            let last_round = self
+                .deadline_of_seq(base + k - 1)
+                .is_some_and(|dl| now + self.rtt + retry >= dl);
+            if last_round && self.block_has_base_layer(base, k) {
+                want = cands.len();
             }
-            let want = (((d + spare) / q).ceil() as usize + 1).min(cands.len());
             ask.extend(cands[..want].iter().map(|(_, s)| *s));
             if let Some(b) = self.blocks.get_mut(&base) {
                 b.last_round = Some(now);
