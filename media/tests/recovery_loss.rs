@@ -64,7 +64,7 @@ impl SyntheticEncoder {
     }
 
     fn next(&mut self) -> EncodedFrame {
-        let periodic = self.frame % (FPS * KEYFRAME_EVERY_S) == 0;
+        let periodic = self.frame.is_multiple_of(FPS * KEYFRAME_EVERY_S);
         let keyframe = self.force_keyframe || periodic;
         self.force_keyframe = false;
         if keyframe {
@@ -117,6 +117,9 @@ impl SyntheticEncoder {
     }
 }
 
+/// A sent frame: packets, send time, temporal layer, keyframe.
+type SentFrame = (Vec<Vec<u8>>, Instant, u8, bool);
+
 #[derive(Debug)]
 struct Outcome {
     fps_avg: f64,
@@ -163,7 +166,7 @@ fn run(name: &str, bursty: bool, sizing: FecSizing, seed: u64) -> Outcome {
     let mut enc = SyntheticEncoder::new(seed);
 
     // Sent frames by timestamp: packets, send time.
-    let mut sent: BTreeMap<u32, (Vec<Vec<u8>>, Instant, u8, bool)> = BTreeMap::new();
+    let mut sent: BTreeMap<u32, SentFrame> = BTreeMap::new();
     let mut seq_of: BTreeMap<u32, (u16, u16)> = BTreeMap::new();
     let mut delivered: BTreeMap<u32, Instant> = BTreeMap::new();
     let mut skipped: BTreeMap<u32, ()> = BTreeMap::new();
