@@ -939,3 +939,234 @@ impl ProtectedReceiver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recovery::wire::{build_media_packet, rtx_wrap};
+
+    const SSRC: u32 = 10;
+    const RTX: u32 = 11;
+
+    #[allow(clippy::disallowed_methods)]
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    /// Frame `i` of an L1T3 stream starting with a keyframe: 3 packets each.
+    fn frame(i: u64, keyframe: bool) -> Vec<Vec<u8>> {
+        let tid = [0u8, 2, 1, 2][(i % 4) as usize];
+        let tl0 = (i / 4) as u8;
+        (0..3u64)
+            .map(|j| {
+                let m = FrameMarking {
+                    start: j == 0,
+                    end: j == 2,
+                    independent: keyframe,
+                    discardable: tid == 2,
+                    base_sync: false,
+                    tid,
+                    lid: 0,
+                    tl0_pic_idx: tl0,
+                };
+                let seq = (100 + i * 3 + j) as u16;
+                build_media_packet(
+                    SSRC,
+                    102,
+                    seq,
+                    (i * 3000) as u32,
+                    j == 2,
+                    5,
+                    m,
+                    &[i as u8; 50],
+                )
+            })
+            .collect()
+    }
+
+    fn receiver() -> ProtectedReceiver {
+        let mut c = ReceiverConfig::new(SSRC, 1, RTX);
+        c.fec = false;
+        c.unknown_wait = Duration::from_millis(5);
+        ProtectedReceiver::new(c)
+    }
+
+    /// Feed frames 0..n (frame 0 a keyframe) at 30 fps, dropping the listed
+    /// (frame, packet) pairs; run 1 s past the end. Returns the events and feedback.
+    fn run(
+        r: &mut ProtectedReceiver,
+        n: u64,
+        drop: &[(u64, usize)],
+    ) -> (Vec<ReceiverEvent>, Vec<Feedback>) {
+        let start = t0();
+        let mut events = Vec::new();
+        let mut fb = Vec::new();
+        let mut drain = |r: &mut ProtectedReceiver| {
+            while let Some(e) = r.poll_event() {
+                events.push(e);
+            }
+            while let Some(f) = r.poll_feedback() {
+                fb.extend(Feedback::parse_compound(&f));
+            }
+        };
+        for i in 0..n {
+            let now = start + Duration::from_millis(i * 33 + 20);
+            for (j, p) in frame(i, i == 0).iter().enumerate() {
+                if !drop.contains(&(i, j)) {
+                    r.handle_packet(now, p);
+                }
+            }
+            drain(r);
+        }
+        let mut now = start + Duration::from_millis(n * 33);
+        let end = now + Duration::from_secs(1);
+        while now < end {
+            r.handle_timeout(now);
+            drain(r);
+            now += Duration::from_millis(5);
+        }
+        (events, fb)
+    }
+
+    fn delivered(ev: &[ReceiverEvent]) -> Vec<u32> {
+        ev.iter()
+            .filter_map(|e| match e {
+                ReceiverEvent::Frame(f) => Some(f.rtp_timestamp / 3000),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn losing_a_tl2_frame_costs_only_that_frame() {
+        let mut r = receiver();
+        // Frame 5 is TL2 (pattern 0,2,1,2): lose its middle packet.
+        let (ev, fb) = run(&mut r, 12, &[(5, 1)]);
+        let got = delivered(&ev);
+        assert_eq!(got, vec![0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11]);
+        assert!(!ev.contains(&ReceiverEvent::KeyframeRequested));
+        assert!(
+            fb.iter()
+                .any(|f| matches!(f, Feedback::Nack { seqs, .. } if seqs == &vec![116]))
+        );
+        assert!(!fb.iter().any(|f| matches!(f, Feedback::Pli { .. })));
+    }
+
+    #[test]
+    fn losing_a_tl1_frame_skips_the_tl2_that_references_it() {
+        let mut r = receiver();
+        // Frame 6 is TL1; frame 7 (TL2) references it; frame 5 (TL2) does not.
+        let (ev, _) = run(&mut r, 12, &[(6, 2)]);
+        assert_eq!(delivered(&ev), vec![0, 1, 2, 3, 4, 5, 8, 9, 10, 11]);
+        assert!(ev.iter().any(|e| matches!(e, ReceiverEvent::Skipped(s)
+            if s.rtp_timestamp == 7 * 3000 && s.reason == SkipReason::MissingReference)));
+        assert!(!ev.contains(&ReceiverEvent::KeyframeRequested));
+    }
+
+    #[test]
+    fn losing_a_base_layer_frame_requests_a_keyframe_and_skips_dependants() {
+        let mut r = receiver();
+        // Frame 4 is TL0: everything after it depends on it.
+        let (ev, fb) = run(&mut r, 12, &[(4, 0)]);
+        assert_eq!(delivered(&ev), vec![0, 1, 2, 3]);
+        assert!(ev.contains(&ReceiverEvent::KeyframeRequested));
+        assert!(
+            fb.iter()
+                .any(|f| matches!(f, Feedback::Pli { media_ssrc: SSRC }))
+        );
+        let skipped = ev
+            .iter()
+            .filter(|e| matches!(e, ReceiverEvent::Skipped(_)))
+            .count();
+        assert_eq!(skipped, 8);
+        // A keyframe restores delivery.
+        let now = t0() + Duration::from_secs(5);
+        // Frame 148 is captured at ~4.9 s, so it arrives in time at 5 s.
+        let kf: Vec<Vec<u8>> = frame(148, true)
+            .into_iter()
+            .map(|mut p| {
+                // Keep sequence numbers contiguous after frame 11.
+                let seq = u16::from_be_bytes([p[2], p[3]]) - (148 - 12) * 3;
+                p[2..4].copy_from_slice(&seq.to_be_bytes());
+                p
+            })
+            .collect();
+        for p in &kf {
+            r.handle_packet(now, p);
+        }
+        let mut got = Vec::new();
+        while let Some(e) = r.poll_event() {
+            got.push(e);
+        }
+        assert!(
+            got.iter()
+                .any(|e| matches!(e, ReceiverEvent::Frame(f) if f.keyframe)),
+            "{got:?} {:?}",
+            r.stats()
+        );
+    }
+
+    #[test]
+    fn a_retransmission_completes_the_frame_byte_exact() {
+        let mut r = receiver();
+        let start = t0();
+        let f0 = frame(0, true);
+        r.handle_packet(start, &f0[0]);
+        r.handle_packet(start, &f0[2]);
+        let mut nacked = Vec::new();
+        let mut now = start;
+        for _ in 0..4 {
+            now += Duration::from_millis(5);
+            r.handle_timeout(now);
+            while let Some(f) = r.poll_feedback() {
+                for fb in Feedback::parse_compound(&f) {
+                    if let Feedback::Nack { seqs, .. } = fb {
+                        nacked.extend(seqs);
+                    }
+                }
+            }
+        }
+        assert!(nacked.contains(&101), "{nacked:?}");
+        assert!(
+            r.poll_event().is_none(),
+            "incomplete frame must not be delivered"
+        );
+        let rtx = rtx_wrap(&f0[1], RTX, 103, 7).unwrap();
+        r.handle_packet(now, &rtx);
+        match r.poll_event() {
+            Some(ReceiverEvent::Frame(f)) => assert_eq!(f.packets, f0),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fec_rebuilds_without_nack() {
+        use crate::fec::{FecEncoder, FecEncoderConfig};
+        let mut c = ReceiverConfig::new(SSRC, 1, RTX);
+        c.fec_payload_type = 115;
+        let mut r = ProtectedReceiver::new(c);
+        let mut enc_cfg = FecEncoderConfig::new(SSRC, 12, 115);
+        enc_cfg.min_k = 1;
+        let mut enc = FecEncoder::new(enc_cfg).unwrap();
+        enc.set_channel(0.3, 1.0);
+        let start = t0();
+        let f0 = frame(0, true);
+        let mut repairs = Vec::new();
+        for p in &f0 {
+            repairs.extend(enc.push_source(start, p, 0).unwrap());
+        }
+        assert!(!repairs.is_empty());
+        r.handle_packet(start, &f0[0]);
+        r.handle_packet(start, &f0[2]);
+        r.handle_packet(start, &repairs[0]);
+        match r.poll_event() {
+            Some(ReceiverEvent::Frame(f)) => assert_eq!(f.packets, f0),
+            other => panic!("{other:?}"),
+        }
+        assert!(r.poll_feedback().is_none_or(|f| !matches!(
+            Feedback::parse_compound(&f).first(),
+            Some(Feedback::Nack { .. })
+        )));
+        assert_eq!(r.stats().fec_recovered, 1);
+    }
+}

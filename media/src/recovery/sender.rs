@@ -462,6 +462,93 @@ fn expected_shortfall(n: usize, need: usize, q: f64) -> (f64, f64) {
 mod tests {
     use super::*;
 
+    use crate::recovery::wire::{FrameMarking, build_media_packet, rtx_unwrap};
+
+    #[allow(clippy::disallowed_methods)]
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    fn frame(first_seq: u16, n: usize, ts: u32) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|j| {
+                let m = FrameMarking {
+                    start: j == 0,
+                    end: j + 1 == n,
+                    ..Default::default()
+                };
+                build_media_packet(
+                    1,
+                    102,
+                    first_seq + j as u16,
+                    ts,
+                    j + 1 == n,
+                    5,
+                    m,
+                    &[7; 900],
+                )
+            })
+            .collect()
+    }
+
+    fn drain(s: &mut ProtectedSender) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| s.poll_transmit()).collect()
+    }
+
+    #[test]
+    fn nack_gets_byte_exact_rtx_once_per_interval() {
+        let mut s = ProtectedSender::new(SenderConfig::new(1, 2, 3), 500, 900).unwrap();
+        let now = t0();
+        let f = frame(10, 5, 0);
+        s.push_frame(now, &f, 0, true).unwrap();
+        let out = drain(&mut s);
+        assert_eq!(&out[..5], &f[..]);
+        assert!(out.len() > 5, "keyframe must get repair packets");
+        let nack = Feedback::Nack {
+            media_ssrc: 1,
+            seqs: vec![12, 99],
+        }
+        .to_bytes(9);
+        s.handle_feedback(now, &nack);
+        s.handle_feedback(now, &nack);
+        let rtx = drain(&mut s);
+        assert_eq!(rtx.len(), 1, "duplicate NACK copies answered once");
+        assert_eq!(rtx_unwrap(&rtx[0], 1, 102).unwrap(), f[2]);
+        assert_eq!(s.stats().rtx_missing, 2);
+        s.handle_feedback(now + Duration::from_millis(20), &nack);
+        assert_eq!(drain(&mut s).len(), 1);
+    }
+
+    #[test]
+    fn loss_reports_drive_repair_and_plis_are_merged() {
+        let mut cfg = SenderConfig::new(1, 2, 3);
+        cfg.initial_loss = 0.0;
+        cfg.close_on_base_layer = true;
+        let mut s = ProtectedSender::new(cfg, 0, 0).unwrap();
+        let now = t0();
+        s.push_frame(now, &frame(0, 40, 0), 0, false).unwrap();
+        let clean = drain(&mut s).len() - 40;
+        let report = Feedback::LossReport {
+            media_ssrc: 1,
+            fraction: 0.5,
+            burstiness: 2.0,
+            expected: 1000,
+        }
+        .to_bytes(9);
+        s.handle_feedback(now, &report);
+        assert!((s.channel().0 - 0.5).abs() < 1e-3);
+        s.push_frame(now, &frame(40, 40, 3000), 0, false).unwrap();
+        let lossy = drain(&mut s).len() - 40;
+        assert!(lossy > 3 * clean.max(1), "{clean} → {lossy}");
+        let pli = Feedback::Pli { media_ssrc: 1 }.to_bytes(9);
+        s.handle_feedback(now, &pli);
+        s.handle_feedback(now + Duration::from_millis(100), &pli);
+        assert_eq!(s.poll_event(), Some(SenderEvent::KeyframeRequested));
+        assert_eq!(s.poll_event(), None);
+        s.handle_feedback(now + Duration::from_millis(400), &pli);
+        assert_eq!(s.poll_event(), Some(SenderEvent::KeyframeRequested));
+    }
+
     #[test]
     fn shortfall_matches_direct_sum() {
         // n = 4, q = 1/2, need 3: P(0)=1/16 (3), P(1)=4/16 (2), P(2)=6/16 (1).
