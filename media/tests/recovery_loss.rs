@@ -172,6 +172,7 @@ fn run(name: &str, bursty: bool, sizing: FecSizing, seed: u64) -> Outcome {
     let mut skipped: BTreeMap<u32, ()> = BTreeMap::new();
     let mut gaps: Vec<(u16, u16)> = Vec::new();
     let mut keyframes_forced = 0u64;
+    let mut corrupt = 0usize;
     let mut skip_reasons: BTreeMap<String, usize> = BTreeMap::new();
 
     let frame_interval = Duration::from_nanos(1_000_000_000 / FPS);
@@ -217,12 +218,10 @@ fn run(name: &str, bursty: bool, sizing: FecSizing, seed: u64) -> Outcome {
             match e {
                 ReceiverEvent::Frame(f) => {
                     let (want, _, tid, key) = sent.get(&f.rtp_timestamp).expect("a sent frame");
-                    assert_eq!(
-                        &f.packets, want,
-                        "{name}: frame {} not byte-exact",
-                        f.rtp_timestamp
-                    );
-                    assert_eq!((f.temporal_layer, f.keyframe), (*tid, *key));
+                    // A frame with any missing, extra or altered packet is corrupt.
+                    if &f.packets != want || (f.temporal_layer, f.keyframe) != (*tid, *key) {
+                        corrupt += 1;
+                    }
                     assert!(
                         delivered.insert(f.rtp_timestamp, now).is_none(),
                         "delivered twice"
@@ -331,7 +330,7 @@ fn run(name: &str, bursty: bool, sizing: FecSizing, seed: u64) -> Outcome {
     let s = sender.stats();
     let r = receiver.stats();
     println!(
-        "{{\"test\":\"recovery_loss\",\"scenario\":\"{name}\",\"method\":\"{}\",\"frames_sent\":{},\"delivered\":{},\"skipped\":{},\"in_gaps\":{},\"corrupt_frames\":0,\"fps_avg\":{:.2},\"fps_worst_1s\":{},\"p95_latency_ms\":{:.1},\"overhead\":{:.3},\"fec_bytes\":{},\"rtx_bytes\":{},\"media_bytes\":{},\"keyframes_forced\":{},\"nacks_sent\":{},\"nacked_seqs\":{},\"fec_recovered\":{},\"rtt_ms\":{:.1},\"loss_fwd\":{:.3},\"loss_rev\":{:.3},\"sender_loss_estimate\":{:.3}}}",
+        "{{\"test\":\"recovery_loss\",\"scenario\":\"{name}\",\"method\":\"{}\",\"frames_sent\":{},\"delivered\":{},\"skipped\":{},\"in_gaps\":{},\"corrupt_frames\":{},\"fps_avg\":{:.2},\"fps_worst_1s\":{},\"p95_latency_ms\":{:.1},\"overhead\":{:.3},\"fec_bytes\":{},\"rtx_bytes\":{},\"media_bytes\":{},\"keyframes_forced\":{},\"nacks_sent\":{},\"nacked_seqs\":{},\"fec_recovered\":{},\"rtt_ms\":{:.1},\"loss_fwd\":{:.3},\"loss_rev\":{:.3},\"sender_loss_estimate\":{:.3}}}",
         match sizing {
             FecSizing::Off => "nack_only",
             FecSizing::Full => "fec_full",
@@ -341,6 +340,7 @@ fn run(name: &str, bursty: bool, sizing: FecSizing, seed: u64) -> Outcome {
         out.delivered,
         out.skipped,
         out.in_gaps,
+        corrupt,
         out.fps_avg,
         out.fps_worst_1s,
         out.p95_latency_ms,
@@ -356,6 +356,10 @@ fn run(name: &str, bursty: bool, sizing: FecSizing, seed: u64) -> Outcome {
         out.link_loss_fwd,
         out.link_loss_rev,
         sender.channel().0,
+    );
+    assert_eq!(
+        corrupt, 0,
+        "{name}: frames delivered that differ from what was sent"
     );
     out
 }

@@ -670,7 +670,9 @@ impl ProtectedReceiver {
             if !(due || complete && !gap) {
                 break;
             }
-            let f = self.frames.remove(&ts).unwrap_or_else(|| unreachable!());
+            let Some(f) = self.frames.remove(&ts) else {
+                break;
+            };
             if gap && complete {
                 // Nothing arrived of the packets before this frame: whole frames may be gone.
                 let (n, s) = (self.next_seq.unwrap_or(0), f.start.unwrap_or(0));
