@@ -364,10 +364,10 @@ fn run(name: &str, bursty: bool, sizing: FecSizing, seed: u64) -> Outcome {
     out
 }
 
-fn assert_goals(name: &str, o: &Outcome, worst_second: f64, overhead_bound: f64) {
+fn assert_goals(name: &str, o: &Outcome, overhead_bound: f64) {
     assert!(o.fps_avg >= 29.0, "{name}: fps avg {}", o.fps_avg);
     assert!(
-        o.fps_worst_1s >= worst_second,
+        o.fps_worst_1s >= 25.0,
         "{name}: worst second {}",
         o.fps_worst_1s
     );
@@ -391,10 +391,10 @@ fn hybrid_at_50_percent_random_loss() {
         .unwrap_or(1);
     let o = run("random50", false, FecSizing::Hybrid, seed);
     assert!((o.link_loss_fwd - 0.5).abs() < 0.02);
-    // Overhead: 2.0× is the erasure-channel floor at 50 %; measured 2.22–2.27× over
-    // seeds 1 and 3–6 (FEC ≈ 1.0× media, RTX ≈ 0.23×, see docs/recovery.md). The
-    // issue's 2.2× goal is not met; 2.3× is the bound asserted.
-    assert_goals("random50", &o, 25.0, 2.3);
+    // Overhead: 2.0× is the erasure-channel floor at 50 %; measured 2.23–2.26× over
+    // seeds 1–6 (FEC ≈ 1.0× media, RTX ≈ 0.24×, see docs/recovery.md). The issue's
+    // 2.2× goal is not met; 2.3× is the bound asserted.
+    assert_goals("random50", &o, 2.3);
 }
 
 #[test]
@@ -405,12 +405,9 @@ fn hybrid_at_50_percent_bursty_loss() {
         .unwrap_or(2);
     let o = run("bursty50", true, FecSizing::Hybrid, seed);
     assert!((o.link_loss_fwd - 0.5).abs() < 0.05);
-    // Bursty loss: the average holds (29.2–29.9 fps over seeds 2–6) but one base-layer
-    // loss costs a keyframe round trip and ~10 frames, and that happens 0–2 times a
-    // minute: the worst second measured 14–27 over those seeds (27 for seed 2). The
-    // 25-fps worst-second goal is therefore asserted only for random loss; here the
-    // bound is what every seed tried met.
-    assert_goals("bursty50", &o, 12.0, 2.4);
+    // Bursty loss costs more repair (correlated losses inside a block and among
+    // back-to-back retransmissions): measured 2.31–2.34× over seeds 1–6.
+    assert_goals("bursty50", &o, 2.4);
 }
 
 #[test]

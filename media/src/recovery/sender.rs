@@ -416,6 +416,9 @@ pub fn hybrid_design_loss(p: f64, burstiness: f64, k: usize) -> f64 {
     }
     let truth = redundancy_for(p, burstiness, 0);
     let vif = truth.variance_inflation.max(1.0);
+    // Under bursty loss back-to-back retransmissions are lost together, so a block that
+    // needs NACK needs more rounds: weigh a round by the channel's variance inflation.
+    let penalty = NACK_ROUND_PENALTY * vif.powf(0.75);
     let mut best = (f64::INFINITY, p);
     let steps = 80;
     for i in 0..=steps {
@@ -424,9 +427,8 @@ pub fn hybrid_design_loss(p: f64, burstiness: f64, k: usize) -> f64 {
         let n_eff = (((k + r) as f64) / vif).floor().max(1.0) as usize;
         let k_eff = ((k as f64) / vif).ceil().max(1.0) as usize;
         let (short, p_short) = expected_shortfall(n_eff, k_eff, 1.0 - p);
-        let cost = (k + r) as f64 / k as f64
-            + short * vif / (1.0 - p) / k as f64
-            + NACK_ROUND_PENALTY * p_short;
+        let cost =
+            (k + r) as f64 / k as f64 + short * vif / (1.0 - p) / k as f64 + penalty * p_short;
         if cost < best.0 - 1e-9 {
             best = (cost, pd);
         }
