@@ -402,9 +402,10 @@ const NACK_ROUND_PENALTY: f64 = 0.15;
 /// minimising, for a base-layer block of `k` sources, the expected packets sent per
 /// source — `(k + r(p_d))/k` for repair, plus the expected shortfall
 /// `E[max(0, k − X)]` (`X` the arrivals of the `k + r` packets at the true loss `p`)
-/// retransmitted at `1/(1−p)` copies each, plus [`NACK_ROUND_PENALTY`] times the
-/// probability a NACK round is needed at all. Burstiness is handled as in
-/// `media::fec::adapt` (fewer effective independent trials).
+/// retransmitted at `1/(1−p)` copies each, plus [`NACK_ROUND_PENALTY`] × `v^0.75` times
+/// the probability a NACK round is needed at all, `v` the variance inflation of the
+/// channel. Burstiness is handled as in `media::fec::adapt` (fewer effective
+/// independent trials).
 pub fn hybrid_design_loss(p: f64, burstiness: f64, k: usize) -> f64 {
     let p = if p.is_finite() {
         p.clamp(0.0, 0.8)
