@@ -4,10 +4,12 @@
 //!
 //! Nothing here reads a clock or a random source; time and seeds arrive as arguments.
 
+pub mod cc;
 pub mod codec;
 pub mod error;
 pub mod fec;
 pub mod netem;
+pub mod recovery;
 pub mod speaker;
 
 pub use error::Error;
