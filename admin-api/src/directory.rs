@@ -694,6 +694,7 @@ impl AdminState {
         Ok(rows.iter().map(terminal_from).collect::<Result<_, _>>()?)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn update_terminal(
         &self,
         id: i64,

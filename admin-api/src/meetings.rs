@@ -164,21 +164,21 @@ pub struct MeetingDraft {
 
 impl MeetingDraft {
     pub(crate) fn validate(&self) -> ApiResult<()> {
-        if let Some(d) = self.duration_minutes {
-            if !(1..=7 * 24 * 60).contains(&d) {
-                return Err(ApiError::field(
-                    "duration_minutes",
-                    "must be 1..=10080, or null for no time limit",
-                ));
-            }
+        if let Some(d) = self.duration_minutes
+            && !(1..=7 * 24 * 60).contains(&d)
+        {
+            return Err(ApiError::field(
+                "duration_minutes",
+                "must be 1..=10080, or null for no time limit",
+            ));
         }
         if let Some(r) = &self.recurrence {
             r.validate()?;
         }
-        if let Some(p) = &self.passcode {
-            if !(4..=12).contains(&p.len()) || !p.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(ApiError::field("passcode", "4 to 12 digits"));
-            }
+        if let Some(p) = &self.passcode
+            && (!(4..=12).contains(&p.len()) || !p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(ApiError::field("passcode", "4 to 12 digits"));
         }
         if self.cohost_ids.len() > 32 {
             return Err(ApiError::field("cohost_ids", "at most 32"));

@@ -1445,7 +1445,7 @@ impl Gen {
         ];
         match self.next() % 9 {
             0 => Value::Null,
-            1 => json!(self.next() % 2 == 0),
+            1 => json!(self.next().is_multiple_of(2)),
             2 => json!(i64::MAX),
             3 => json!(i64::MIN),
             4 => json!(-1),
@@ -1539,7 +1539,7 @@ async fn fuzz_router(app: &TestApp, doc: &Value, token: &str) {
         for (path, method) in &ops {
             let mut p = path.clone();
             for key in ["{id}", "{sid}"] {
-                let id: &str = *g.pick::<&str>(&ids);
+                let id: &str = g.pick::<&str>(&ids);
                 p = p.replace(key, &urlencode_path(id));
             }
             if round % 3 == 0 {

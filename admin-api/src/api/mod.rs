@@ -203,19 +203,15 @@ impl FromRequestParts<AdminState> for ClientIp {
 }
 
 fn client_ip(parts: &Parts, state: &AdminState) -> String {
-    if state.config().trust_forwarded_for {
-        if let Some(v) = parts
+    if state.config().trust_forwarded_for
+        && let Some(v) = parts
             .headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
-        {
-            if let Some(first) = v.split(',').next() {
-                let ip = first.trim();
-                if ip.parse::<std::net::IpAddr>().is_ok() {
-                    return ip.to_owned();
-                }
-            }
-        }
+        && let Some(first) = v.split(',').next()
+        && first.trim().parse::<std::net::IpAddr>().is_ok()
+    {
+        return first.trim().to_owned();
     }
     parts
         .extensions

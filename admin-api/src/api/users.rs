@@ -98,10 +98,10 @@ pub(crate) fn check_username(u: &str) -> ApiResult<String> {
 
 fn check_email(e: Option<&str>) -> ApiResult<Option<String>> {
     let e = clean_opt("email", e, 254)?;
-    if let Some(v) = &e {
-        if !v.contains('@') || v.contains(' ') {
-            return Err(ApiError::field("email", "not an e-mail address"));
-        }
+    if let Some(v) = &e
+        && (!v.contains('@') || v.contains(' '))
+    {
+        return Err(ApiError::field("email", "not an e-mail address"));
     }
     Ok(e)
 }

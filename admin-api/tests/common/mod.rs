@@ -67,20 +67,48 @@ pub struct TestApp {
     pub clock: Arc<MockClock>,
     pub config: AdminConfig,
     _dir: Option<tempfile::TempDir>,
+    /// (server URL, database) to drop when the test ends.
+    pg_drop: Option<(String, String)>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let Some((base, name)) = self.pg_drop.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime: use a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            use sqlx::Connection;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut c) = sqlx::PgConnection::connect(&base).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut c)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 pub fn test_config() -> AdminConfig {
-    let mut c = AdminConfig::default();
-    c.argon2_memory_kib = 64;
-    c.argon2_iterations = 1;
-    c.max_connections = 5;
+    let mut c = AdminConfig {
+        argon2_memory_kib: 64,
+        argon2_iterations: 1,
+        max_connections: 5,
+        ..AdminConfig::default()
+    };
     c.bootstrap.system_admin_password = SYS_PW.into();
     c.bootstrap.security_admin_password = SEC_PW.into();
     c.bootstrap.audit_admin_password = AUD_PW.into();
     c
 }
 
-async fn fresh_postgres(base: &str) -> String {
+async fn fresh_postgres(base: &str) -> (String, String) {
     use sqlx::Connection;
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let name = format!("huitong_t_{}_{}_{}", std::process::id(), n, T0 % 997);
@@ -101,7 +129,7 @@ async fn fresh_postgres(base: &str) -> String {
         None => (base, String::new()),
     };
     let slash = head.rfind('/').expect("postgres url has a path");
-    format!("{}/{}{}", &head[..slash], name, query)
+    (format!("{}/{}{}", &head[..slash], name, query), name)
 }
 
 impl TestApp {
@@ -111,12 +139,17 @@ impl TestApp {
 
     pub async fn with_config(backend: Backend, mut config: AdminConfig) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
+        let mut pg_drop = None;
         match &backend {
             Backend::Sqlite => {
                 config.data_dir = dir.path().to_path_buf();
                 config.database_url = String::new();
             }
-            Backend::Postgres(base) => config.database_url = fresh_postgres(base).await,
+            Backend::Postgres(base) => {
+                let (url, name) = fresh_postgres(base).await;
+                config.database_url = url;
+                pg_drop = Some((base.clone(), name));
+            }
         }
         let clock = Arc::new(MockClock::new(T0));
         let seed = COUNTER.fetch_add(1, Ordering::SeqCst) + 1;
@@ -134,6 +167,7 @@ impl TestApp {
             clock,
             config,
             _dir: Some(dir),
+            pg_drop,
         }
     }
 
