@@ -23,6 +23,8 @@ pub struct AdminConfig {
     pub trust_forwarded_for: bool,
     /// Request body limit in bytes for JSON endpoints.
     pub max_body_bytes: usize,
+    /// Body limit of CSV imports (300,000 users are about 30 MB).
+    pub max_import_bytes: usize,
     /// Argon2id cost. The defaults are OWASP's (19 MiB, 2 passes); tests lower them.
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
@@ -71,6 +73,7 @@ impl Default for AdminConfig {
             refresh_token_ttl_secs: 12 * 3600,
             trust_forwarded_for: false,
             max_body_bytes: 1 << 20,
+            max_import_bytes: 128 << 20,
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
             audit_retention_days: 180,

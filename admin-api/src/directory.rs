@@ -52,6 +52,30 @@ pub(crate) fn clean_phone(v: Option<&str>) -> ApiResult<Option<String>> {
     Ok(Some(p))
 }
 
+pub(crate) fn check_username(u: &str) -> ApiResult<String> {
+    let u = clean("username", u, 2, 64)?;
+    if !u
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+    {
+        return Err(ApiError::field(
+            "username",
+            "letters, digits, '.', '_', '-', '@' only",
+        ));
+    }
+    Ok(u)
+}
+
+pub(crate) fn check_email(e: Option<&str>) -> ApiResult<Option<String>> {
+    let e = clean_opt("email", e, 254)?;
+    if let Some(v) = &e
+        && (!v.contains('@') || v.contains(' '))
+    {
+        return Err(ApiError::field("email", "not an e-mail address"));
+    }
+    Ok(e)
+}
+
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Org {
     pub id: i64,

@@ -24,6 +24,7 @@ pub mod config;
 pub mod db;
 pub mod directory;
 pub mod error;
+pub mod import;
 pub mod join;
 pub mod meetings;
 mod pinyin_index;

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 both_backends!(
+    csv_import_reports_rows,
     storage_bootstrap_and_reconnect,
     org_tree_moves_without_cycles,
     users_terminals_and_search,
@@ -1584,4 +1585,155 @@ fn urlencode_path(s: &str) -> String {
             }
         })
         .collect()
+}
+
+async fn csv_import_reports_rows(b: Backend) {
+    let app = TestApp::new(b).await;
+    let sys = app.sys().await;
+    let root = app.root_id();
+    let city = app.org(&sys, root, "市").await;
+    let csv = "\u{feff}username,name,org,title,phone,phone_hidden,email,tags\n\
+        zs,张三,达拉特旗/树林召镇,书记,13800000001,1,zs@example.cn,党员;委员\n\
+        bt,Батбаяр ᠪᠠᠲᠤ,达拉特旗,,,0,,\n\
+        root1,\"王, 五\",,\"主任 \"\"大\"\"\",,否,,\n\
+        zs,重复,达拉特旗,,,,,\n\
+        bad phone,名,达拉特旗,,abc,,,\n\
+        ph,名,达拉特旗,,138,maybe,,\n\
+        noname,,达拉特旗,,,,,\n\
+        evil,=cmd|' /C calc'!A0,达拉特旗,,,,,\n";
+    let (s, r) = app
+        .call_csv(
+            &format!("/api/v1/users/import?org_id={city}&create_orgs=true"),
+            Some(&sys),
+            csv,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(
+        (
+            r["rows"].as_i64(),
+            r["created"].as_i64(),
+            r["failed"].as_i64(),
+            r["orgs_created"].as_i64()
+        ),
+        (Some(8), Some(4), Some(4), Some(2)),
+        "{r}"
+    );
+    let lines: Vec<i64> = r["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["line"].as_i64().unwrap())
+        .collect();
+    assert_eq!(lines, vec![5, 6, 7, 8], "{r}");
+    assert_eq!(r["errors"][0]["code"], "conflict");
+    // Imported data landed where the CSV said, hidden phone stays hidden.
+    let users = app
+        .ok(
+            "GET",
+            &format!("/api/v1/users?org_id={city}&q=zs"),
+            &sys,
+            None,
+        )
+        .await;
+    assert_eq!(users[0]["phone_hidden"], true);
+    assert_eq!(users[0]["tags"], json!(["党员", "委员"]));
+    let u = app
+        .ok(
+            "GET",
+            &format!("/api/v1/users?org_id={city}&q=root1"),
+            &sys,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            u[0]["name"].as_str(),
+            u[0]["title"].as_str(),
+            u[0]["org_id"].as_i64()
+        ),
+        (Some("王, 五"), Some("主任 \"大\""), Some(city))
+    );
+    let t = app.login("sysadmin", SYS_PW).await;
+    let dir = app
+        .ok("GET", "/api/v1/directory/users?q=zs", &t, None)
+        .await;
+    assert!(dir[0]["phone"].is_null());
+    // Re-import without creating orgs: unknown org paths are row errors.
+    let (_, r) = app
+        .call_csv(
+            &format!("/api/v1/users/import?org_id={city}"),
+            Some(&sys),
+            "username,name,org\nnew1,新,不存在\nnew2,新,达拉特旗\n",
+        )
+        .await;
+    assert_eq!(
+        (r["created"].as_i64(), r["failed"].as_i64()),
+        (Some(1), Some(1)),
+        "{r}"
+    );
+    // Whole-file problems are 400/415.
+    let (s, v) = app
+        .call_csv(
+            &format!("/api/v1/users/import?org_id={city}"),
+            Some(&sys),
+            "username,name,org,shoe_size\n",
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_body"))
+    );
+    let (s, _) = app
+        .call_csv(
+            &format!("/api/v1/users/import?org_id={city}"),
+            Some(&sys),
+            "username,name\n",
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = app
+        .call(
+            "POST",
+            &format!("/api/v1/users/import?org_id={city}"),
+            Some(&sys),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // Invalid UTF-8 in one row fails that row only.
+    let mut bytes = b"username,name,org\nok1,ok,\nbad,".to_vec();
+    bytes.extend_from_slice(&[0xff, 0xfe]);
+    bytes.extend_from_slice(b",\nok2,ok,\n");
+    let req = Request::post(format!("/api/v1/users/import?org_id={city}"))
+        .header("authorization", format!("Bearer {sys}"))
+        .header("content-type", "text/csv")
+        .body(Body::from(bytes))
+        .unwrap();
+    let (s, r) = app.raw(req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (r["created"].as_i64(), r["failed"].as_i64()),
+        (Some(2), Some(1)),
+        "{r}"
+    );
+    // Progress callbacks see every batch.
+    let mut big = String::from("username,name,org\n");
+    for i in 0..2500 {
+        big.push_str(&format!("bulk{i},用户{i},乡{}\n", i % 7));
+    }
+    let seen = std::sync::Mutex::new(vec![]);
+    let opts = admin_api::import::ImportOptions {
+        root_org_id: city,
+        create_orgs: true,
+    };
+    let rep = app
+        .state
+        .import_users_csv(big.as_bytes(), opts, &|p| {
+            seen.lock().unwrap().push(p.rows_done)
+        })
+        .await
+        .unwrap();
+    assert_eq!((rep.created, rep.orgs_created), (2500, 7));
+    assert_eq!(*seen.lock().unwrap(), vec![1000, 2000, 2500]);
 }

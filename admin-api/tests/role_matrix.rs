@@ -1,6 +1,8 @@
 //! The authorisation matrix: every role × every endpoint × target inside / outside the
 //! caller's scope → allowed (200) or refused (403), and every refusal is audited.
-//! The expectations below are written out independently of `policy.rs`.
+//! The expectations below are written out independently of `policy.rs`, and the
+//! endpoint list is checked against the OpenAPI document so a new route cannot be
+//! forgotten here.
 
 mod common;
 
@@ -80,6 +82,7 @@ enum Ep {
     UserCreate,
     UserGet,
     UserUpdate,
+    UserImport,
     TermList,
     TermCreate,
     TermGet,
@@ -109,7 +112,7 @@ enum Ep {
     SigninCsv,
 }
 
-const ENDPOINTS: [(Ep, May); 37] = [
+const ENDPOINTS: [(Ep, May); 38] = [
     (Ep::OrgList, May::Sys),
     (Ep::OrgCreate, May::Sys),
     (Ep::OrgGet, May::Sys),
@@ -120,6 +123,7 @@ const ENDPOINTS: [(Ep, May); 37] = [
     (Ep::UserCreate, May::Sys),
     (Ep::UserGet, May::Sys),
     (Ep::UserUpdate, May::Sys),
+    (Ep::UserImport, May::Sys),
     (Ep::TermList, May::Sys),
     (Ep::TermCreate, May::Sys),
     (Ep::TermGet, May::Sys),
@@ -249,6 +253,15 @@ async fn request(app: &TestApp, ep: Ep, s: &Side) -> (&'static str, String, Opti
             "PATCH",
             format!("/api/v1/users/{}", s.user),
             Some(json!({"title": format!("t{}", n())})),
+        ),
+        UserImport => (
+            "CSV",
+            format!("/api/v1/users/import?org_id={}&create_orgs=true", s.sub),
+            Some(Value::String(format!(
+                "username,name,org\nimp{},导入,新组织{}\n",
+                n(),
+                n()
+            ))),
         ),
         TermList => ("GET", format!("/api/v1/terminals?org_id={}", s.sub), None),
         TermCreate => (
@@ -431,6 +444,21 @@ async fn role_matrix(b: Backend) {
         };
         tokens.push((who, user, app.login(user, pw).await));
     }
+    let (_, doc) = app.call("GET", "/api/openapi.json", None, None).await;
+    let mut documented = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        // Public (login, refresh) and own-session routes are outside the matrix.
+        if path.starts_with("/api/v1/auth/") || path == "/api/v1/me/password" {
+            continue;
+        }
+        documented += item.as_object().unwrap().len();
+    }
+    // `MeetingList` and `MeetingListScope` are two views of one operation.
+    assert_eq!(
+        documented,
+        ENDPOINTS.len() - 1,
+        "every documented operation needs a row in ENDPOINTS"
+    );
     let mut failures = vec![];
     let mut checked = 0;
     for (ep, may) in ENDPOINTS {
@@ -450,7 +478,12 @@ async fn role_matrix(b: Backend) {
                 let want = expected(may, *who, inside || !scoped);
                 let (method, path, body) = request(&app, ep, side).await;
                 let before = app.count_denied(username).await;
-                let (status, v) = app.call(method, &path, Some(token), body).await;
+                let (status, v) = match (method, body) {
+                    ("CSV", Some(Value::String(csv))) => {
+                        app.call_csv(&path, Some(token), &csv).await
+                    }
+                    (m, b) => app.call(m, &path, Some(token), b).await,
+                };
                 let after = app.count_denied(username).await;
                 checked += 1;
                 let ok = if want {
@@ -475,6 +508,6 @@ async fn role_matrix(b: Backend) {
         failures.len(),
         failures.join("\n")
     );
-    assert_eq!(checked, 37 * 7 * 2);
+    assert_eq!(checked, ENDPOINTS.len() * 7 * 2);
     let _ = ids;
 }

@@ -62,6 +62,7 @@ fn api_router() -> OpenApiRouter<AdminState> {
         .routes(routes!(orgs::move_org))
         .routes(routes!(users::list_users, users::create_user))
         .routes(routes!(users::get_user, users::update_user))
+        .routes(routes!(users::import_users))
         .routes(routes!(
             terminals::list_terminals,
             terminals::create_terminal

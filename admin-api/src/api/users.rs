@@ -3,7 +3,8 @@
 use super::{Json, Path, Query};
 use crate::AdminState;
 use crate::directory::{
-    AdminUserView, NewUser, UserStatus, clean, clean_opt, clean_phone, join_tags, page,
+    AdminUserView, NewUser, UserStatus, check_email, check_username, clean, clean_phone, join_tags,
+    page,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::policy::{Action, Actor, Target};
@@ -80,30 +81,6 @@ pub(crate) struct CreateUser {
     /// Initial one-time password (must be changed at first login). Without it the
     /// account cannot log in until the security admin sets one.
     password: Option<String>,
-}
-
-pub(crate) fn check_username(u: &str) -> ApiResult<String> {
-    let u = clean("username", u, 2, 64)?;
-    if !u
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
-    {
-        return Err(ApiError::field(
-            "username",
-            "letters, digits, '.', '_', '-', '@' only",
-        ));
-    }
-    Ok(u)
-}
-
-fn check_email(e: Option<&str>) -> ApiResult<Option<String>> {
-    let e = clean_opt("email", e, 254)?;
-    if let Some(v) = &e
-        && (!v.contains('@') || v.contains(' '))
-    {
-        return Err(ApiError::field("email", "not an e-mail address"));
-    }
-    Ok(e)
 }
 
 /// Create a user.
@@ -289,4 +266,67 @@ pub(crate) async fn update_user(
         )
         .await?;
     Ok(axum::Json(after))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ImportQuery {
+    /// Organisation the CSV's `org` column is relative to.
+    org_id: i64,
+    /// Create missing organisations (default false).
+    create_orgs: Option<bool>,
+}
+
+/// Bulk import users from CSV (`Content-Type: text/csv`): columns `username`, `name`,
+/// `org` (path of names below `org_id`, `/`-separated), optional `title`, `phone`,
+/// `phone_hidden`, `email`, `tags` (`;`-separated). Bad rows are reported, not fatal.
+#[utoipa::path(post, path = "/api/v1/users/import", tag = "users", params(ImportQuery),
+    request_body(content = String, content_type = "text/csv"),
+    responses((status = 200, body = crate::import::ImportReport), (status = 400, body = ApiError),
+        (status = 403, body = ApiError), (status = 413, body = ApiError), (status = 415, body = ApiError)))]
+pub(crate) async fn import_users(
+    State(state): State<AdminState>,
+    actor: Actor,
+    Query(q): Query<ImportQuery>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult<axum::Json<crate::import::ImportReport>> {
+    let org = state
+        .org(q.org_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("organisation"))?;
+    state
+        .authorize(&actor, Action::UserWrite, &Target::Org(&org.path))
+        .await?;
+    let ct = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("text/csv") {
+        return Err(ApiError::new(
+            crate::ErrorCode::UnsupportedMediaType,
+            "expected Content-Type: text/csv",
+        ));
+    }
+    let data = axum::body::to_bytes(body, state.config().max_import_bytes)
+        .await
+        .map_err(|_| ApiError::new(crate::ErrorCode::PayloadTooLarge, "import file too large"))?;
+    let opts = crate::import::ImportOptions {
+        root_org_id: q.org_id,
+        create_orgs: q.create_orgs.unwrap_or(false),
+    };
+    let report = state.import_users_csv(&data, opts, &|_| {}).await?;
+    state
+        .audit_ok(
+            &actor,
+            "user_import",
+            format!("org:{}", q.org_id),
+            &org.path,
+            format!(
+                "rows {} created {} failed {} orgs {}",
+                report.rows, report.created, report.failed, report.orgs_created
+            ),
+        )
+        .await?;
+    Ok(axum::Json(report))
 }

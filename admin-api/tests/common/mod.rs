@@ -194,6 +194,22 @@ impl TestApp {
         self.raw(req).await
     }
 
+    pub async fn call_csv(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        csv: &str,
+    ) -> (StatusCode, Value) {
+        let mut b = Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("content-type", "text/csv; charset=utf-8");
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        self.raw(b.body(Body::from(csv.to_owned())).unwrap()).await
+    }
+
     pub async fn raw(&self, req: Request<Body>) -> (StatusCode, Value) {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
