@@ -20,8 +20,14 @@ pub struct Db {
 
 /// Migrations, in order. Each is applied once, in a transaction, and its checksum kept
 /// so an edited migration is detected instead of silently diverging.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (
+        2,
+        "recordings",
+        include_str!("../migrations/0002_recordings.sql"),
+    ),
+];
 
 /// Statements that exist in one dialect only: an index PostgreSQL can use for the
 /// `path LIKE '/1/5/%'` subtree queries under a non-C collation, and triggers that make

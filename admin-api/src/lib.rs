@@ -29,6 +29,7 @@ pub mod join;
 pub mod meetings;
 mod pinyin_index;
 pub mod policy;
+pub mod recordings;
 pub mod signin;
 
 pub use api::{openapi, router};

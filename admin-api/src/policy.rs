@@ -84,6 +84,10 @@ pub enum Action {
     AccountRead,
     AccountWrite,
     AuditRead,
+    /// Watch a recording: owner, users it is shared with, system admins in scope.
+    RecordingRead,
+    /// Share or delete a recording: owner, system admins in scope.
+    RecordingWrite,
 }
 
 impl Action {
@@ -107,6 +111,8 @@ impl Action {
             Action::AccountRead => "account_read",
             Action::AccountWrite => "account_write",
             Action::AuditRead => "audit_read",
+            Action::RecordingRead => "recording_read",
+            Action::RecordingWrite => "recording_write",
         }
     }
 }
@@ -124,6 +130,12 @@ pub enum Target<'a> {
     OrgItself(&'a str),
     /// A meeting: its org and the people who own/host it.
     Meeting(MeetingRef<'a>),
+    /// A recording: its org, owner, and whether it is shared with the caller (unexpired).
+    Recording {
+        org_path: &'a str,
+        owner_id: i64,
+        shared: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +155,7 @@ impl Target<'_> {
             Target::Global => "/",
             Target::Org(p) | Target::OrgItself(p) => p,
             Target::Meeting(m) => m.org_path,
+            Target::Recording { org_path, .. } => org_path,
         }
     }
 }
@@ -181,6 +194,7 @@ pub fn decide(actor: &Actor, action: Action, target: &Target<'_>) -> Decision {
         Target::Org(p) => within(scope, p),
         Target::OrgItself(p) => strictly_within(scope, p),
         Target::Meeting(m) => within(scope, m.org_path),
+        Target::Recording { org_path, .. } => within(scope, org_path),
     };
     let allowed = match action {
         OwnAccount => true,
@@ -217,6 +231,16 @@ pub fn decide(actor: &Actor, action: Action, target: &Target<'_>) -> Decision {
         }
         AccountRead | AccountWrite => role == Role::SecurityAdmin && in_scope(target),
         AuditRead => role == Role::AuditAdmin && in_scope(target),
+        RecordingRead | RecordingWrite => match target {
+            Target::Recording {
+                owner_id, shared, ..
+            } => {
+                let admin = role == Role::SystemAdmin && in_scope(target);
+                let own = *owner_id == actor.user_id;
+                admin || own || (action == RecordingRead && *shared)
+            }
+            _ => false,
+        },
     };
     if allowed {
         Decision::Allow

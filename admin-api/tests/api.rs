@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 both_backends!(
+    recording_catalogue_and_shares,
     csv_import_reports_rows,
     storage_bootstrap_and_reconnect,
     org_tree_moves_without_cycles,
@@ -1736,4 +1737,158 @@ async fn csv_import_reports_rows(b: Backend) {
         .unwrap();
     assert_eq!((rep.created, rep.orgs_created), (2500, 7));
     assert_eq!(*seen.lock().unwrap(), vec![1000, 2000, 2500]);
+}
+
+async fn recording_catalogue_and_shares(b: Backend) {
+    let app = TestApp::new(b).await;
+    let sys = app.sys().await;
+    let root = app.root_id();
+    let a = app.org(&sys, root, "甲").await;
+    app.user(&sys, a, "owner", "主人", json!({})).await;
+    let friend = app.user(&sys, a, "friend", "朋友", json!({})).await;
+    app.user(&sys, a, "stranger", "路人", json!({})).await;
+    let owner_t = app.login("owner", USER_PW).await;
+    let m = app
+        .ok(
+            "POST",
+            "/api/v1/meetings",
+            &owner_t,
+            Some(json!({"title": "录制会", "starts_at_ms": T0})),
+        )
+        .await;
+    let mid = m["id"].as_i64().unwrap();
+    // The recorder registers a recording, appends fragments (a repeat is ignored), finishes.
+    let rec = app.state.register_recording(mid, "录制会 1").await.unwrap();
+    for seq in [0, 1, 1, 2] {
+        app.state
+            .add_recording_file(
+                rec.id,
+                seq,
+                &format!("rec/{}/{seq}.mp4", rec.id),
+                1000 + seq,
+                2000,
+            )
+            .await
+            .unwrap();
+    }
+    app.state
+        .finish_recording(rec.id, admin_api::recordings::RecordingStatus::Ready, 6000)
+        .await
+        .unwrap();
+    let v = app
+        .ok(
+            "GET",
+            &format!("/api/v1/recordings/{}", rec.id),
+            &owner_t,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            v["status"].as_str(),
+            v["duration_ms"].as_i64(),
+            v["files"].as_array().unwrap().len()
+        ),
+        (Some("ready"), Some(6000), 3)
+    );
+    // Shared with a chosen user until an expiry.
+    let friend_t = app.login("friend", USER_PW).await;
+    let stranger_t = app.login("stranger", USER_PW).await;
+    let (s, _) = app
+        .call(
+            "GET",
+            &format!("/api/v1/recordings/{}", rec.id),
+            Some(&friend_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    app.ok(
+        "PUT",
+        &format!("/api/v1/recordings/{}/shares", rec.id),
+        &owner_t,
+        Some(json!({"user_ids": [friend], "expires_at_ms": T0 + 600_000})),
+    )
+    .await;
+    app.ok(
+        "GET",
+        &format!("/api/v1/recordings/{}", rec.id),
+        &friend_t,
+        None,
+    )
+    .await;
+    assert_eq!(
+        app.ok("GET", "/api/v1/recordings", &friend_t, None)
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let (s, _) = app
+        .call(
+            "GET",
+            &format!("/api/v1/recordings/{}", rec.id),
+            Some(&stranger_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // Sharees cannot re-share or delete.
+    let (s, _) = app
+        .call(
+            "PUT",
+            &format!("/api/v1/recordings/{}/shares", rec.id),
+            Some(&friend_t),
+            Some(json!({"user_ids": []})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = app
+        .call(
+            "PUT",
+            &format!("/api/v1/recordings/{}/shares", rec.id),
+            Some(&owner_t),
+            Some(json!({"user_ids": [31337]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // After the expiry the share stops working.
+    app.clock.advance(Duration::from_secs(601));
+    let friend_t = app.login("friend", USER_PW).await;
+    let (s, _) = app
+        .call(
+            "GET",
+            &format!("/api/v1/recordings/{}", rec.id),
+            Some(&friend_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.ok("GET", "/api/v1/recordings", &friend_t, None)
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    // Delete.
+    let owner_t = app.login("owner", USER_PW).await;
+    app.ok(
+        "DELETE",
+        &format!("/api/v1/recordings/{}", rec.id),
+        &owner_t,
+        None,
+    )
+    .await;
+    let (s, _) = app
+        .call(
+            "GET",
+            &format!("/api/v1/recordings/{}", rec.id),
+            Some(&owner_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
 }

@@ -110,9 +110,13 @@ enum Ep {
     SigninEnd,
     SigninSubmit,
     SigninCsv,
+    RecordingList,
+    RecordingGet,
+    RecordingShare,
+    RecordingDelete,
 }
 
-const ENDPOINTS: [(Ep, May); 38] = [
+const ENDPOINTS: [(Ep, May); 42] = [
     (Ep::OrgList, May::Sys),
     (Ep::OrgCreate, May::Sys),
     (Ep::OrgGet, May::Sys),
@@ -151,6 +155,10 @@ const ENDPOINTS: [(Ep, May); 38] = [
     (Ep::SigninEnd, May::SysOrOwn),
     (Ep::SigninSubmit, May::Own),
     (Ep::SigninCsv, May::SysOrOwn),
+    (Ep::RecordingList, May::Any),
+    (Ep::RecordingGet, May::SysOrOwn),
+    (Ep::RecordingShare, May::SysOrOwn),
+    (Ep::RecordingDelete, May::SysOrOwn),
 ];
 
 /// One side (inside = subtree A, outside = subtree B) of the fixtures.
@@ -162,6 +170,7 @@ struct Side {
     terminal: i64,
     meeting: i64,
     signin: i64,
+    recording: i64,
 }
 
 static N: AtomicU32 = AtomicU32::new(0);
@@ -362,6 +371,21 @@ async fn request(app: &TestApp, ep: Ep, s: &Side) -> (&'static str, String, Opti
             format!("/api/v1/meetings/{}/signins/{}/submit", s.meeting, s.signin),
             None,
         ),
+        RecordingList => ("GET", "/api/v1/recordings".into(), None),
+        RecordingGet => ("GET", format!("/api/v1/recordings/{}", s.recording), None),
+        RecordingShare => (
+            "PUT",
+            format!("/api/v1/recordings/{}/shares", s.recording),
+            Some(json!({"user_ids": [s.user]})),
+        ),
+        RecordingDelete => {
+            let rec = app
+                .state
+                .register_recording(s.meeting, "临时")
+                .await
+                .unwrap();
+            ("DELETE", format!("/api/v1/recordings/{}", rec.id), None)
+        }
         SigninCsv => (
             "GET",
             format!("/api/v1/meetings/{}/signins/{}/csv", s.meeting, s.signin),
@@ -421,6 +445,12 @@ async fn role_matrix(b: Backend) {
             .await
             .unwrap()
             .id;
+        let recording = app
+            .state
+            .register_recording(meeting, "录像")
+            .await
+            .unwrap()
+            .id;
         sides.push(Side {
             org,
             sub,
@@ -429,6 +459,7 @@ async fn role_matrix(b: Backend) {
             terminal,
             meeting,
             signin,
+            recording,
         });
     }
     let mut tokens = vec![];
@@ -474,6 +505,7 @@ async fn role_matrix(b: Backend) {
                         | Ep::AuditVerify
                         | Ep::MeetingList
                         | Ep::MeetingListScope
+                        | Ep::RecordingList
                 );
                 let want = expected(may, *who, inside || !scoped);
                 let (method, path, body) = request(&app, ep, side).await;

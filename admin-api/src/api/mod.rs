@@ -7,6 +7,7 @@ mod auth;
 mod directory;
 mod meetings;
 mod orgs;
+mod recordings;
 mod security;
 mod signins;
 mod terminals;
@@ -89,6 +90,12 @@ fn api_router() -> OpenApiRouter<AdminState> {
         .routes(routes!(signins::end_signin))
         .routes(routes!(signins::submit_signin))
         .routes(routes!(signins::export_signin))
+        .routes(routes!(recordings::list_recordings))
+        .routes(routes!(
+            recordings::get_recording,
+            recordings::delete_recording
+        ))
+        .routes(routes!(recordings::set_shares))
 }
 
 /// The OpenAPI 3 document of every route.
