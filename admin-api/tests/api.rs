@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 both_backends!(
+    concurrent_writes_keep_signin_idempotent_and_chain_valid,
     recording_catalogue_and_shares,
     csv_import_reports_rows,
     storage_bootstrap_and_reconnect,
@@ -1891,4 +1892,79 @@ async fn recording_catalogue_and_shares(b: Backend) {
         )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+async fn concurrent_writes_keep_signin_idempotent_and_chain_valid(b: Backend) {
+    let app = TestApp::new(b).await;
+    let sys = app.sys().await;
+    let root = app.root_id();
+    let a = app.org(&sys, root, "甲").await;
+    let mut users = vec![];
+    for i in 0..12 {
+        users.push(
+            app.user(&sys, a, &format!("c{i}"), &format!("并发{i}"), json!({}))
+                .await,
+        );
+    }
+    let m = app
+        .ok(
+            "POST",
+            "/api/v1/meetings",
+            &sys,
+            Some(json!({"title": "并发", "starts_at_ms": T0, "invitees": {"orgs": [{"id": a}]}})),
+        )
+        .await;
+    let (mid, number) = (
+        m["id"].as_i64().unwrap(),
+        m["number"].as_str().unwrap().to_owned(),
+    );
+    let si = app
+        .ok(
+            "POST",
+            &format!("/api/v1/meetings/{mid}/signins"),
+            &sys,
+            Some(json!({"deadline_ms": T0 + 600_000})),
+        )
+        .await;
+    // Every user signs in four times at once, while orgs are created concurrently.
+    let mut tasks = tokio::task::JoinSet::new();
+    for round in 0..4 {
+        for &u in &users {
+            let st = app.state.clone();
+            let number = number.clone();
+            tasks.spawn(async move {
+                st.record_sign_in(&number, SignInParticipant::User(u), 1)
+                    .await
+                    .map(|o| (u, o))
+            });
+        }
+        let st = app.state.clone();
+        tasks.spawn(async move {
+            st.create_org(a, &format!("并发组织{round}"), 0)
+                .await
+                .map_err(|e| admin_api::Error::Api(e))?;
+            Ok((0, SignInOutcome::NoOpenSignin))
+        });
+    }
+    let mut recorded = std::collections::HashMap::new();
+    while let Some(r) = tasks.join_next().await {
+        let (u, outcome) = r.unwrap().expect("no write may fail under concurrency");
+        if let SignInOutcome::Recorded { .. } = outcome {
+            *recorded.entry(u).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(recorded.len(), users.len());
+    assert!(recorded.values().all(|&n| n == 1), "{recorded:?}");
+    let r = app
+        .ok(
+            "GET",
+            &format!("/api/v1/meetings/{mid}/signins/{}", si["id"]),
+            &sys,
+            None,
+        )
+        .await;
+    assert_eq!(r["totals"]["signed"], users.len());
+    let aud = app.aud().await;
+    let v = app.ok("GET", "/api/v1/audit/verify", &aud, None).await;
+    assert_eq!(v["ok"], true, "{v}");
 }
