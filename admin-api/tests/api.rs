@@ -1942,7 +1942,7 @@ async fn concurrent_writes_keep_signin_idempotent_and_chain_valid(b: Backend) {
         tasks.spawn(async move {
             st.create_org(a, &format!("并发组织{round}"), 0)
                 .await
-                .map_err(|e| admin_api::Error::Api(e))?;
+                .map_err(admin_api::Error::Api)?;
             Ok((0, SignInOutcome::NoOpenSignin))
         });
     }
