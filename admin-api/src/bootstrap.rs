@@ -53,6 +53,18 @@ pub(crate) async fn run(state: &AdminState) -> Result<String, Error> {
         return Ok(p);
     }
     let cfg = &state.inner.config.bootstrap;
+    // Check every configured password before writing anything, so a refused start
+    // leaves the database empty and the next start bootstraps completely.
+    let policy = crate::auth::PasswordPolicy::default();
+    for (user, pw) in [
+        (&cfg.system_admin_username, &cfg.system_admin_password),
+        (&cfg.security_admin_username, &cfg.security_admin_password),
+        (&cfg.audit_admin_username, &cfg.audit_admin_password),
+    ] {
+        if !pw.is_empty() && policy.check(pw, user).is_err() {
+            return Err(Error::WeakBootstrapPassword(user.clone()));
+        }
+    }
     let now = state.now_ms();
     let root_id = state.new_id();
     let path = format!("/{root_id}/");

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 both_backends!(
+    bootstrap_generates_one_time_passwords,
     concurrent_writes_keep_signin_idempotent_and_chain_valid,
     recording_catalogue_and_shares,
     csv_import_reports_rows,
@@ -1967,4 +1968,62 @@ async fn concurrent_writes_keep_signin_idempotent_and_chain_valid(b: Backend) {
     let aud = app.aud().await;
     let v = app.ok("GET", "/api/v1/audit/verify", &aud, None).await;
     assert_eq!(v["ok"], true, "{v}");
+}
+
+async fn bootstrap_generates_one_time_passwords(b: Backend) {
+    // Empty bootstrap passwords: generated, printed once to stderr, must be changed.
+    let mut cfg = test_config();
+    cfg.bootstrap.system_admin_password.clear();
+    cfg.bootstrap.security_admin_password.clear();
+    cfg.bootstrap.audit_admin_password.clear();
+    let app = TestApp::with_config(b, cfg).await;
+    let flags: Vec<(String, i64, Option<String>)> =
+        sqlx::query_as("SELECT username, must_change_password, role FROM users ORDER BY username")
+            .fetch_all(app.state.pool())
+            .await
+            .unwrap();
+    assert_eq!(flags.len(), 3);
+    assert!(flags.iter().all(|(_, must, _)| *must == 1), "{flags:?}");
+    let roles: Vec<_> = flags.iter().map(|f| f.2.clone().unwrap()).collect();
+    assert_eq!(roles, vec!["audit_admin", "security_admin", "system_admin"]);
+    // The configured passwords of other tests do not work here.
+    let (s, _) = app
+        .call(
+            "POST",
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"username": "sysadmin", "password": SYS_PW})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // A weak configured password refuses to start.
+    let mut weak = test_config();
+    weak.bootstrap.audit_admin_password = "short".into();
+    let dir = tempfile::tempdir().unwrap();
+    weak.data_dir = dir.path().to_path_buf();
+    let err = admin_api::AdminState::connect(
+        weak,
+        app.clock.clone(),
+        std::sync::Arc::new(admin_api::SeededEntropy::new(5)),
+    )
+    .await;
+    assert!(matches!(
+        err,
+        Err(admin_api::Error::WeakBootstrapPassword(_))
+    ));
+    // Nothing was written: fixing the password bootstraps completely.
+    let mut fixed = test_config();
+    fixed.data_dir = dir.path().to_path_buf();
+    let st = admin_api::AdminState::connect(
+        fixed,
+        app.clock.clone(),
+        std::sync::Arc::new(admin_api::SeededEntropy::new(6)),
+    )
+    .await
+    .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+        .fetch_one(st.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
 }
