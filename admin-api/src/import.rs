@@ -1,0 +1,324 @@
+//! Bulk import of users from CSV, with a per-row error report and progress callbacks
+//! (for the CLI's progress bar). Missing organisations named in the `org` column are
+//! created below the import root when asked to.
+//!
+//! Columns (header row required, any order): `username`, `name`, `org` (required);
+//! `title`, `phone`, `phone_hidden` (`1/0`, `true/false`, `是/否`), `email`, `tags`
+//! (separated by `;`). `org` is a path of organisation names below the import root,
+//! separated by `/` (`达拉特旗/树林召镇/某村`); empty means the root itself.
+
+use crate::AdminState;
+use crate::db::flag;
+use crate::directory::{check_email, check_username, clean, clean_phone, join_tags};
+use crate::error::{ApiError, ApiResult, Error, ErrorCode};
+use crate::pinyin_index::initials;
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// Rows inserted per transaction.
+const BATCH: usize = 1000;
+/// At most this many row errors are reported (the counts stay exact).
+const MAX_ERRORS: usize = 1000;
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RowError {
+    /// Line number in the file (the header is line 1).
+    pub line: u64,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct ImportReport {
+    pub rows: u64,
+    pub created: u64,
+    pub failed: u64,
+    pub orgs_created: u64,
+    pub errors: Vec<RowError>,
+    pub errors_truncated: bool,
+}
+
+impl ImportReport {
+    fn fail(&mut self, line: u64, e: ApiError) {
+        self.failed += 1;
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push(RowError {
+                line,
+                code: e.code,
+                message: e.message,
+            });
+        } else {
+            self.errors_truncated = true;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ImportProgress {
+    pub rows_done: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ImportOptions {
+    /// Organisation the `org` column is relative to.
+    pub root_org_id: i64,
+    /// Create organisations named in `org` that do not exist yet.
+    pub create_orgs: bool,
+}
+
+#[derive(Default)]
+struct Columns {
+    username: usize,
+    name: usize,
+    org: usize,
+    title: Option<usize>,
+    phone: Option<usize>,
+    phone_hidden: Option<usize>,
+    email: Option<usize>,
+    tags: Option<usize>,
+}
+
+fn columns(header: &csv::StringRecord) -> ApiResult<Columns> {
+    let mut found: HashMap<&str, usize> = HashMap::new();
+    for (i, h) in header.iter().enumerate() {
+        let h = h.trim().trim_start_matches('\u{feff}');
+        let known = [
+            "username",
+            "name",
+            "org",
+            "title",
+            "phone",
+            "phone_hidden",
+            "email",
+            "tags",
+        ];
+        let Some(k) = known.iter().find(|k| **k == h) else {
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
+                format!(
+                    "unknown column {:?}",
+                    h.chars().take(40).collect::<String>()
+                ),
+            ));
+        };
+        if found.insert(k, i).is_some() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
+                format!("column {k} appears twice"),
+            ));
+        }
+    }
+    let need = |k: &str| {
+        found
+            .get(k)
+            .copied()
+            .ok_or_else(|| ApiError::new(ErrorCode::InvalidBody, format!("missing column {k}")))
+    };
+    Ok(Columns {
+        username: need("username")?,
+        name: need("name")?,
+        org: need("org")?,
+        title: found.get("title").copied(),
+        phone: found.get("phone").copied(),
+        phone_hidden: found.get("phone_hidden").copied(),
+        email: found.get("email").copied(),
+        tags: found.get("tags").copied(),
+    })
+}
+
+struct Row {
+    line: u64,
+    username: String,
+    name: String,
+    org: String,
+    title: String,
+    phone: Option<String>,
+    phone_hidden: bool,
+    email: Option<String>,
+    tags: String,
+}
+
+fn parse_row(c: &Columns, r: &csv::StringRecord, line: u64) -> ApiResult<Row> {
+    let get = |i: Option<usize>| i.and_then(|i| r.get(i)).unwrap_or("");
+    let hidden = match get(c.phone_hidden).trim() {
+        "" | "0" | "false" | "否" | "no" => false,
+        "1" | "true" | "是" | "yes" => true,
+        _ => return Err(ApiError::field("phone_hidden", "1/0, true/false or 是/否")),
+    };
+    let tags: Vec<String> = get(c.tags)
+        .split(';')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    Ok(Row {
+        line,
+        username: check_username(get(Some(c.username)))?,
+        name: clean("name", get(Some(c.name)), 1, 100)?,
+        org: clean("org", get(Some(c.org)), 0, 1000)?,
+        title: clean("title", get(c.title), 0, 100)?,
+        phone: clean_phone(Some(get(c.phone)))?,
+        phone_hidden: hidden,
+        email: check_email(Some(get(c.email)))?,
+        tags: join_tags(&tags)?,
+    })
+}
+
+impl AdminState {
+    /// Resolve (and optionally create) the org at `names` below the import root.
+    async fn import_org(
+        &self,
+        cache: &mut HashMap<String, i64>,
+        opts: &ImportOptions,
+        names: &str,
+        report: &mut ImportReport,
+    ) -> ApiResult<i64> {
+        if let Some(id) = cache.get(names) {
+            return Ok(*id);
+        }
+        let mut parent = opts.root_org_id;
+        let mut prefix = String::new();
+        for part in names.split('/').map(str::trim).filter(|p| !p.is_empty()) {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            if let Some(id) = cache.get(&prefix) {
+                parent = *id;
+                continue;
+            }
+            let existing: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM orgs WHERE parent_id = $1 AND name = $2")
+                    .bind(parent)
+                    .bind(part)
+                    .fetch_optional(&self.inner.db.pool)
+                    .await?;
+            parent = match existing {
+                Some(id) => id,
+                None if opts.create_orgs => {
+                    let name = clean("org", part, 1, 100)?;
+                    report.orgs_created += 1;
+                    self.create_org(parent, &name, 0).await?.id
+                }
+                None => {
+                    return Err(ApiError::field(
+                        "org",
+                        &format!("organisation {prefix:?} does not exist"),
+                    ));
+                }
+            };
+            cache.insert(prefix.clone(), parent);
+        }
+        cache.insert(names.to_owned(), parent);
+        Ok(parent)
+    }
+
+    /// Import users from CSV bytes. Bad rows are reported and skipped; good rows are
+    /// committed in batches, so a failure late in a large file keeps what went before.
+    pub async fn import_users_csv(
+        &self,
+        data: &[u8],
+        opts: ImportOptions,
+        progress: &(dyn Fn(ImportProgress) + Send + Sync),
+    ) -> ApiResult<ImportReport> {
+        let mut rdr = csv::ReaderBuilder::new()
+            .flexible(true)
+            .has_headers(true)
+            .from_reader(data);
+        let header = rdr
+            .headers()
+            .map_err(|e| ApiError::new(ErrorCode::InvalidBody, format!("header: {e}")))?
+            .clone();
+        let cols = columns(&header)?;
+        let mut report = ImportReport::default();
+        let mut orgs: HashMap<String, i64> = HashMap::new();
+        let mut record = csv::StringRecord::new();
+        let mut batch: Vec<(Row, i64)> = Vec::with_capacity(BATCH);
+        loop {
+            let line = rdr.position().line();
+            let more = match rdr.read_record(&mut record) {
+                Ok(m) => m,
+                Err(e) => {
+                    // A malformed record (e.g. invalid UTF-8) is that row's error; the
+                    // reader continues with the next one.
+                    report.rows += 1;
+                    report.fail(line, ApiError::new(ErrorCode::InvalidBody, e.to_string()));
+                    continue;
+                }
+            };
+            if more {
+                report.rows += 1;
+                let line = record.position().map_or(line, |p| p.line());
+                match parse_row(&cols, &record, line) {
+                    Ok(row) => match self
+                        .import_org(&mut orgs, &opts, &row.org, &mut report)
+                        .await
+                    {
+                        Ok(org) => batch.push((row, org)),
+                        Err(e) => report.fail(line, e),
+                    },
+                    Err(e) => report.fail(line, e),
+                }
+            }
+            if batch.len() >= BATCH || (!more && !batch.is_empty()) {
+                self.insert_batch(&mut batch, &mut report).await?;
+                progress(ImportProgress {
+                    rows_done: report.rows,
+                    bytes_done: rdr.position().byte(),
+                    bytes_total: data.len() as u64,
+                });
+            }
+            if !more {
+                break;
+            }
+        }
+        // Conflicts surface at insert time, after later rows' parse errors.
+        report.errors.sort_by_key(|e| e.line);
+        Ok(report)
+    }
+
+    async fn insert_batch(
+        &self,
+        batch: &mut Vec<(Row, i64)>,
+        report: &mut ImportReport,
+    ) -> Result<(), Error> {
+        let now = self.now_ms();
+        let mut tx = self.inner.db.pool.begin().await?;
+        for (r, org) in batch.drain(..) {
+            let done = sqlx::query(
+                "INSERT INTO users (id, username, name, name_initials, org_id, title, tags, phone, phone_hidden, \
+                 email, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$11) \
+                 ON CONFLICT (username) DO NOTHING",
+            )
+            .bind(self.new_id())
+            .bind(&r.username)
+            .bind(&r.name)
+            .bind(initials(&r.name))
+            .bind(org)
+            .bind(&r.title)
+            .bind(&r.tags)
+            .bind(&r.phone)
+            .bind(flag(r.phone_hidden))
+            .bind(&r.email)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if done == 1 {
+                report.created += 1;
+            } else {
+                report.fail(
+                    r.line,
+                    ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("user name {} already exists", r.username),
+                    ),
+                );
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
