@@ -20,6 +20,9 @@ pub struct Config {
     pub http: HttpConfig,
     pub media: MediaConfig,
     pub signaling: signaling::HubConfig,
+    /// The admin plane (directory, auth, scheduling, audit). Its database lives under
+    /// `data_dir` unless `admin.database_url` points elsewhere.
+    pub admin: admin_api::AdminConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,6 +59,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             media: MediaConfig::default(),
             signaling: signaling::HubConfig::default(),
+            admin: admin_api::AdminConfig::default(),
         }
     }
 }

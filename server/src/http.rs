@@ -17,12 +17,19 @@ use signaling::Hub;
 #[folder = "../web/client"]
 struct WebClient;
 
-pub fn app(hub: Arc<Hub>) -> Router {
+/// Signalling, operations, the admin API and the web client on one router. The admin
+/// router brings the JSON 404/405 fallback; the client's files are a catch-all below the
+/// more specific API routes.
+pub fn app(hub: Arc<Hub>, admin: Router) -> Router {
     let ops = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(Arc::clone(&hub));
-    signaling::router(hub).merge(ops).fallback(static_file)
+    signaling::router(hub)
+        .merge(ops)
+        .route("/", get(static_file))
+        .route("/{*path}", get(static_file))
+        .merge(admin)
 }
 
 /// A JSON error body with a stable code, as every API error is.

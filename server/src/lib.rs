@@ -66,19 +66,27 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let (sfu, events) = sfu::spawn(udp, sfu_cfg)?;
     let hub = signaling::Hub::start(sfu, events, cfg.signaling.clone());
 
+    let mut admin_cfg = cfg.admin.clone();
+    admin_cfg.data_dir = cfg.data_dir.clone();
+    let admin = admin_api::AdminState::connect(admin_cfg, Arc::new(admin_api::SystemClock), Arc::new(admin_api::OsEntropy))
+        .await
+        .context("starting the admin plane")?;
+
     let mut tls_names = cfg.http.tls_names.clone();
     tls_names.push(advertised.ip().to_string());
     let tls = tls::server_config(cfg.http.tls_cert.as_deref(), cfg.http.tls_key.as_deref(), &cfg.data_dir, &tls_names)?;
     let tcp = TcpListener::bind(cfg.http.listen).await.with_context(|| format!("binding HTTP {}", cfg.http.listen))?;
     let http_addr = tcp.local_addr()?;
     let listener = tls::SniffListener::new(tcp, tls)?;
-    let app = http::app(Arc::clone(&hub));
+    let app = http::app(Arc::clone(&hub), admin_api::router(admin));
     let (shutdown, mut rx) = tokio::sync::watch::channel(false);
     let serve = tokio::spawn(async move {
         let stop = async move {
             let _ = rx.wait_for(|v| *v).await;
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        // Connection info lets the admin plane audit where each request came from.
+        let svc = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, svc).with_graceful_shutdown(stop).await {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
