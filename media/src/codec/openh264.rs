@@ -62,7 +62,7 @@ impl I420Frame {
         u: Vec<u8>,
         v: Vec<u8>,
     ) -> Result<Self, Error> {
-        if width == 0 || height == 0 || width % 2 != 0 || height % 2 != 0 {
+        if width == 0 || height == 0 || !width.is_multiple_of(2) || !height.is_multiple_of(2) {
             return Err(Error::FrameSize(
                 "I420 needs a non-zero even width and height",
             ));
