@@ -23,4 +23,15 @@ pub enum Error {
     /// A configuration value outside its range.
     #[error("invalid configuration: {0}")]
     Config(&'static str),
+    /// A codec library refused to initialise, encode or decode (the message is the library's).
+    #[error("{codec} codec error: {message}")]
+    Codec {
+        /// Which codec ("h264", "opus").
+        codec: &'static str,
+        /// What the library said.
+        message: String,
+    },
+    /// Samples or pictures whose size does not match what the codec was set up for.
+    #[error("bad frame size: {0}")]
+    FrameSize(&'static str),
 }

@@ -3,6 +3,8 @@
 pub mod g711;
 pub mod g722;
 pub mod h264;
+pub mod openh264;
+pub mod opus;
 pub mod vp8;
 
 /// Facts about one RTP payload that drive forwarding decisions.

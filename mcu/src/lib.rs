@@ -1,0 +1,18 @@
+//! Sans-IO core of the MCU: multi-picture layouts, composition (scaling, placeholders,
+//! speaking border, CJK name labels), mixing modes (voice-activated, host-fixed, roll
+//! call 点名, polling 轮询), per-meeting video engine with encoders shared between
+//! terminals of equal settings, and the audio mixer.
+//!
+//! Nothing here reads a clock or spawns a thread: `now` is an argument, so a shell (the
+//! SFU-side task) decides when to tick and tests run on virtual time.
+
+pub mod audio;
+pub mod compose;
+pub mod engine;
+pub mod error;
+pub mod layout;
+pub mod mode;
+pub mod picture;
+pub mod text;
+
+pub use error::Error;

@@ -1,0 +1,406 @@
+//! H.264 encoding and decoding through OpenH264 (built from source by the `openh264`
+//! crate), set up for real-time conferencing.
+//!
+//! Temporal layers: `openh264` 0.9 hard-codes `iTemporalLayerNum = 1` when it
+//! (re)initialises the encoder, and the parameter is reachable only through
+//! `Encoder::raw_api()`, which is `unsafe`; this crate denies unsafe code, so the wrapper
+//! emits a single temporal layer for now (see `docs/mcu.md`).
+
+use openh264::OpenH264API;
+use openh264::decoder::{DecodedYUV, Decoder, DecoderConfig};
+use openh264::encoder::{
+    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod,
+    RateControlMode, UsageType,
+};
+use openh264::formats::YUVSource;
+
+use crate::Error;
+
+fn codec_err(e: openh264::Error) -> Error {
+    Error::Codec {
+        codec: "h264",
+        message: e.to_string(),
+    }
+}
+
+/// A planar YUV 4:2:0 picture with tightly packed planes (stride = width).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct I420Frame {
+    width: usize,
+    height: usize,
+    /// Luma, `width * height` bytes.
+    pub y: Vec<u8>,
+    /// Cb, `width/2 * height/2` bytes.
+    pub u: Vec<u8>,
+    /// Cr, `width/2 * height/2` bytes.
+    pub v: Vec<u8>,
+}
+
+impl I420Frame {
+    /// A picture filled with one colour. Odd sizes are rounded down to even because 4:2:0
+    /// needs whole chroma samples; zero sizes are refused.
+    pub fn filled(width: usize, height: usize, yuv: [u8; 3]) -> Result<Self, Error> {
+        let (w, h) = (width & !1, height & !1);
+        if w == 0 || h == 0 {
+            return Err(Error::FrameSize("picture has no pixels"));
+        }
+        let c = (w / 2) * (h / 2);
+        Ok(Self {
+            width: w,
+            height: h,
+            y: vec![yuv[0]; w * h],
+            u: vec![yuv[1]; c],
+            v: vec![yuv[2]; c],
+        })
+    }
+
+    /// Wraps planes; fails when their lengths do not match the (even) size.
+    pub fn from_planes(
+        width: usize,
+        height: usize,
+        y: Vec<u8>,
+        u: Vec<u8>,
+        v: Vec<u8>,
+    ) -> Result<Self, Error> {
+        if width == 0 || height == 0 || !width.is_multiple_of(2) || !height.is_multiple_of(2) {
+            return Err(Error::FrameSize(
+                "I420 needs a non-zero even width and height",
+            ));
+        }
+        let c = (width / 2) * (height / 2);
+        if y.len() != width * height || u.len() != c || v.len() != c {
+            return Err(Error::FrameSize(
+                "plane lengths do not match the picture size",
+            ));
+        }
+        Ok(Self {
+            width,
+            height,
+            y,
+            u,
+            v,
+        })
+    }
+
+    /// Width in pixels (even).
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Height in pixels (even).
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// Luma PSNR against another picture of the same size, in dB (`f64::INFINITY` when equal).
+    pub fn psnr_y(&self, other: &I420Frame) -> Result<f64, Error> {
+        if self.width != other.width || self.height != other.height {
+            return Err(Error::FrameSize("PSNR of pictures of different sizes"));
+        }
+        let sse: u64 = self
+            .y
+            .iter()
+            .zip(&other.y)
+            .map(|(a, b)| u64::from(a.abs_diff(*b)).pow(2))
+            .sum();
+        if sse == 0 {
+            return Ok(f64::INFINITY);
+        }
+        let mse = sse as f64 / self.y.len() as f64;
+        Ok(10.0 * (255.0 * 255.0 / mse).log10())
+    }
+
+    fn from_decoded(d: &DecodedYUV<'_>) -> Self {
+        let (w, h) = d.dimensions();
+        let (w, h) = (w & !1, h & !1);
+        let (sy, su, sv) = d.strides();
+        let copy = |plane: &[u8], stride: usize, pw: usize, ph: usize| {
+            let mut out = Vec::with_capacity(pw * ph);
+            for row in 0..ph {
+                out.extend_from_slice(&plane[row * stride..row * stride + pw]);
+            }
+            out
+        };
+        Self {
+            width: w,
+            height: h,
+            y: copy(d.y(), sy, w, h),
+            u: copy(d.u(), su, w / 2, h / 2),
+            v: copy(d.v(), sv, w / 2, h / 2),
+        }
+    }
+}
+
+impl YUVSource for I420Frame {
+    fn dimensions(&self) -> (usize, usize) {
+        (self.width, self.height)
+    }
+
+    fn strides(&self) -> (usize, usize, usize) {
+        (self.width, self.width / 2, self.width / 2)
+    }
+
+    fn y(&self) -> &[u8] {
+        &self.y
+    }
+
+    fn u(&self) -> &[u8] {
+        &self.u
+    }
+
+    fn v(&self) -> &[u8] {
+        &self.v
+    }
+}
+
+/// Real-time encoder settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct H264EncoderConfig {
+    /// Target bitrate in bit/s.
+    pub bitrate_bps: u32,
+    /// Frame rate the rate control plans for.
+    pub fps: f32,
+    /// Frames between periodic IDRs (0: only on request). Conferencing relies on PLI,
+    /// so 0 is the default.
+    pub intra_period: u32,
+    /// Let rate control drop frames when over budget (keeps latency low on busy scenes).
+    pub allow_frame_skip: bool,
+    /// Encoder threads (1 keeps one meeting on one core; the MCU schedules meetings).
+    pub threads: u16,
+}
+
+impl Default for H264EncoderConfig {
+    fn default() -> Self {
+        Self {
+            bitrate_bps: 2_000_000,
+            fps: 30.0,
+            intra_period: 0,
+            allow_frame_skip: true,
+            threads: 1,
+        }
+    }
+}
+
+/// One encoded picture as an Annex-B access unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedPicture {
+    /// SPS/PPS (on keyframes) and slice NAL units with start codes.
+    pub data: Vec<u8>,
+    /// The picture is an IDR: a receiver can start decoding here.
+    pub keyframe: bool,
+}
+
+/// An OpenH264 encoder for camera-like content with a bitrate target.
+pub struct H264Encoder {
+    inner: Encoder,
+    cfg: H264EncoderConfig,
+}
+
+impl std::fmt::Debug for H264Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H264Encoder")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl H264Encoder {
+    /// An encoder; the picture size comes from the first frame and may change later (the
+    /// encoder re-initialises and emits an IDR).
+    pub fn new(cfg: H264EncoderConfig) -> Result<Self, Error> {
+        if cfg.bitrate_bps == 0 || !(cfg.fps > 0.0 && cfg.fps <= 120.0) {
+            return Err(Error::Config(
+                "H.264 encoder needs a bitrate and 0 < fps <= 120",
+            ));
+        }
+        let config = EncoderConfig::new()
+            .bitrate(BitRate::from_bps(cfg.bitrate_bps))
+            .max_frame_rate(FrameRate::from_hz(cfg.fps))
+            .usage_type(UsageType::CameraVideoRealTime)
+            .rate_control_mode(RateControlMode::Bitrate)
+            .skip_frames(cfg.allow_frame_skip)
+            .complexity(Complexity::Medium)
+            .intra_frame_period(IntraFramePeriod::from_num_frames(cfg.intra_period))
+            .num_threads(cfg.threads);
+        let inner =
+            Encoder::with_api_config(OpenH264API::from_source(), config).map_err(codec_err)?;
+        Ok(Self { inner, cfg })
+    }
+
+    /// The settings this encoder was built with.
+    pub fn config(&self) -> H264EncoderConfig {
+        self.cfg
+    }
+
+    /// Makes the next encoded picture an IDR (a receiver sent PLI/FIR or joined).
+    pub fn force_keyframe(&mut self) {
+        self.inner.force_intra_frame();
+    }
+
+    /// Encodes one picture. `Ok(None)` when rate control skipped it.
+    pub fn encode(&mut self, frame: &I420Frame) -> Result<Option<EncodedPicture>, Error> {
+        let bs = self.inner.encode(frame).map_err(codec_err)?;
+        let keyframe = match bs.frame_type() {
+            FrameType::IDR | FrameType::I => true,
+            FrameType::P | FrameType::IPMixed => false,
+            FrameType::Skip => return Ok(None),
+            FrameType::Invalid => {
+                return Err(Error::Codec {
+                    codec: "h264",
+                    message: "encoder returned an invalid frame".into(),
+                });
+            }
+        };
+        let data = bs.to_vec();
+        if data.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(EncodedPicture { data, keyframe }))
+    }
+}
+
+/// An OpenH264 decoder returning packed I420 pictures.
+pub struct H264Decoder {
+    inner: Decoder,
+}
+
+impl std::fmt::Debug for H264Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H264Decoder").finish_non_exhaustive()
+    }
+}
+
+impl H264Decoder {
+    /// A decoder with OpenH264's error concealment on.
+    pub fn new() -> Result<Self, Error> {
+        let inner = Decoder::with_api_config(OpenH264API::from_source(), DecoderConfig::new())
+            .map_err(codec_err)?;
+        Ok(Self { inner })
+    }
+
+    /// Decodes one Annex-B access unit. `Ok(None)` when the decoder needs more data
+    /// (parameter sets only, or a picture still being assembled).
+    pub fn decode(&mut self, access_unit: &[u8]) -> Result<Option<I420Frame>, Error> {
+        match self.inner.decode(access_unit) {
+            Ok(Some(pic)) => {
+                let (w, h) = pic.dimensions();
+                if w < 2 || h < 2 {
+                    return Err(Error::Codec {
+                        codec: "h264",
+                        message: "decoded picture has no pixels".into(),
+                    });
+                }
+                Ok(Some(I420Frame::from_decoded(&pic)))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(codec_err(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A textured background with a bright square moving by `t` pixels: real content for
+    /// motion search, so PSNR reflects actual coding.
+    pub(crate) fn moving_pattern(w: usize, h: usize, t: usize) -> I420Frame {
+        let mut f = I420Frame::filled(w, h, [16, 128, 128]).expect("size");
+        for y in 0..h {
+            for x in 0..w {
+                let v = ((x / 8 + y / 8) % 2) as u8 * 60 + (x * 100 / w) as u8 + 40;
+                f.y[y * w + x] = v;
+            }
+        }
+        let (sx, sy) = ((t * 3) % (w - 64), (t * 2) % (h - 64));
+        for y in sy..sy + 64 {
+            for x in sx..sx + 64 {
+                f.y[y * w + x] = 220;
+            }
+        }
+        for y in 0..h / 2 {
+            for x in 0..w / 2 {
+                f.u[y * (w / 2) + x] = (90 + x * 80 / (w / 2)) as u8;
+                f.v[y * (w / 2) + x] = (160 - y * 60 / (h / 2)) as u8;
+            }
+        }
+        f
+    }
+
+    #[test]
+    fn round_trip_keeps_quality_and_keyframes_on_request() {
+        let (w, h) = (640, 360);
+        let cfg = H264EncoderConfig {
+            bitrate_bps: 1_500_000,
+            allow_frame_skip: false,
+            ..Default::default()
+        };
+        let mut enc = H264Encoder::new(cfg).expect("encoder");
+        let mut dec = H264Decoder::new().expect("decoder");
+        let mut psnrs = Vec::new();
+        let mut keyframes = Vec::new();
+        for t in 0..40 {
+            if t == 25 {
+                enc.force_keyframe();
+            }
+            let src = moving_pattern(w, h, t);
+            let pic = enc
+                .encode(&src)
+                .expect("encode")
+                .expect("no skip configured");
+            keyframes.push(pic.keyframe);
+            let out = dec
+                .decode(&pic.data)
+                .expect("decode")
+                .expect("one picture per access unit");
+            assert_eq!((out.width(), out.height()), (w, h));
+            psnrs.push(src.psnr_y(&out).expect("same size"));
+        }
+        assert!(keyframes[0], "stream starts with an IDR");
+        assert!(keyframes[25], "forced keyframe honoured");
+        assert!(
+            keyframes[1..25].iter().all(|k| !k),
+            "no periodic IDRs configured"
+        );
+        let avg = psnrs.iter().sum::<f64>() / psnrs.len() as f64;
+        let min = psnrs.iter().copied().fold(f64::INFINITY, f64::min);
+        assert!(
+            avg >= 35.0 && min >= 32.0,
+            "avg {avg:.1} dB, min {min:.1} dB"
+        );
+    }
+
+    #[test]
+    fn garbage_and_truncated_streams_are_errors_not_panics() {
+        let mut enc = H264Encoder::new(H264EncoderConfig::default()).expect("encoder");
+        let pic = enc
+            .encode(&moving_pattern(320, 240, 0))
+            .expect("encode")
+            .expect("idr");
+        let mut dec = H264Decoder::new().expect("decoder");
+        // Truncated IDR: must not panic; whatever it returns, a later full IDR decodes.
+        let _ = dec.decode(&pic.data[..pic.data.len() / 3]);
+        let _ = dec.decode(&[0, 0, 0, 1, 0x65, 0xff, 0x00, 0x12, 0x34]);
+        let _ = dec.decode(&[0xde, 0xad, 0xbe, 0xef]);
+        enc.force_keyframe();
+        let pic = enc
+            .encode(&moving_pattern(320, 240, 1))
+            .expect("encode")
+            .expect("idr");
+        let out = dec.decode(&pic.data).expect("decode").expect("picture");
+        assert_eq!(out.width(), 320);
+    }
+
+    #[test]
+    fn bad_sizes_and_settings_are_refused() {
+        assert!(I420Frame::filled(0, 10, [0; 3]).is_err());
+        assert!(I420Frame::from_planes(4, 4, vec![0; 16], vec![0; 4], vec![0; 3]).is_err());
+        assert!(
+            H264Encoder::new(H264EncoderConfig {
+                bitrate_bps: 0,
+                ..Default::default()
+            })
+            .is_err()
+        );
+    }
+}
