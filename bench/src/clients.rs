@@ -210,7 +210,7 @@ async fn run(o: ClientOpts) -> Result<()> {
         // Janus subscribers name the feeds they want; publishers take everyone else's.
         for t in terminals.iter_mut() {
             if let Terminal::Janus(j) = t {
-                let feeds = j.list_feeds().await?;
+                let feeds = janus_feeds(j, o.publishers - 1).await?;
                 j.subscribe(&feeds).await?;
             }
         }
@@ -229,7 +229,7 @@ async fn run(o: ClientOpts) -> Result<()> {
     for t in futures_util::future::join_all(joins).await {
         let mut t = t?;
         if let Terminal::Janus(j) = &mut t {
-            let feeds = j.list_feeds().await?;
+            let feeds = janus_feeds(j, o.publishers).await?;
             j.subscribe(&feeds).await?;
         }
         terminals.push(t);
@@ -262,6 +262,13 @@ async fn run(o: ClientOpts) -> Result<()> {
     };
     let setup_ms = now().duration_since(t0).as_millis();
     if ready < terminals.len() {
+        for (i, t) in terminals.iter().enumerate() {
+            eprintln!(
+                "terminal {i}: subscriber {:?}, wants video from {}",
+                t.subscriber().map(|s| s.status()),
+                expect(i)
+            );
+        }
         eprintln!(
             "only {ready} of {} terminals receive all publishers' video after {setup_ms} ms; measuring anyway",
             terminals.len()
@@ -314,4 +321,16 @@ async fn run(o: ClientOpts) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(3), t.leave()).await;
     }
     Ok(())
+}
+
+/// The other publishers' feeds once Janus lists `want` of them as publishing.
+async fn janus_feeds(j: &mut JanusTerminal, want: usize) -> Result<Vec<u64>> {
+    let deadline = now() + Duration::from_secs(15);
+    loop {
+        let feeds = j.list_feeds().await?;
+        if feeds.len() >= want || now() > deadline {
+            return Ok(feeds);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

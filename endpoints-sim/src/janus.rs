@@ -210,6 +210,8 @@ pub struct JanusTerminal {
     pub feed: Option<u64>,
     pub publisher: Option<PeerHandle>,
     pub subscriber: Option<PeerHandle>,
+    /// Handle for synchronous requests (listing participants).
+    control: Option<u64>,
 }
 
 impl JanusTerminal {
@@ -231,6 +233,7 @@ impl JanusTerminal {
             feed: None,
             publisher: None,
             subscriber: None,
+            control: None,
         };
         if t.cfg.media.is_some() {
             t.publish().await?;
@@ -277,7 +280,14 @@ impl JanusTerminal {
 
     /// Feed ids of the room's publishers (other than ours).
     pub async fn list_feeds(&mut self) -> Result<Vec<u64>, SimError> {
-        let h = self.session.attach().await?;
+        let h = match self.control {
+            Some(h) => h,
+            None => {
+                let h = self.session.attach().await?;
+                self.control = Some(h);
+                h
+            }
+        };
         let r = self
             .session
             .message(
