@@ -184,7 +184,7 @@ async fn metrics_forwarded(o: &ClientOpts) -> Option<f64> {
     for l in text.lines().filter(|l| !l.starts_with('#')) {
         let (name, value) = l.rsplit_once(' ')?;
         let n = name.to_ascii_lowercase();
-        if n.contains("forward") && n.contains("packets") {
+        if n.contains("rtp_forwarded") || (n.contains("forwarded") && n.contains("packets")) {
             *sum.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
         }
     }

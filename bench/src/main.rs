@@ -97,11 +97,37 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("sfu-forward") => sfu_forward(parse_opts(&args[1..])?),
         Some("__clients") => clients::main(&args[1..]),
+        Some("__serve") => serve_main(),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2)
         }
     }
+}
+
+/// `bench __serve`: the real Huitong server (the `server` crate's `start`, as
+/// `huitong serve` runs it), in this binary so the bench always measures the server
+/// built from the same tree.
+fn serve_main() -> Result<()> {
+    let cfg = server::Config::load(None)?;
+    // `bench` initialised tracing from RUST_LOG already; the server's `log` setting is for
+    // its own binary.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let running = server::start(cfg).await.context("starting huitong")?;
+            println!(
+                "HUITONG_READY {}",
+                json!({"http": running.http_addr.to_string(), "udp": running.udp_addr.to_string()})
+            );
+            std::io::Write::flush(&mut std::io::stdout())?;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            term.recv().await;
+            running.shutdown().await;
+            Ok(())
+        })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,40 +199,31 @@ fn in_ns(ns: Option<&str>, program: &str) -> Command {
     }
 }
 
-fn huitong_bin() -> Result<PathBuf> {
+/// The server to run: `HUITONG_BIN serve` if set, else this binary's `__serve`.
+fn huitong_cmd() -> Result<(PathBuf, &'static str)> {
     if let Ok(p) = std::env::var("HUITONG_BIN") {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("HUITONG_BIN={} is not a file (build it with `cargo build --release -p server`)", p.display());
+        }
+        return Ok((p, "serve"));
     }
-    let mut candidates = Vec::new();
-    if let Ok(t) = std::env::var("CARGO_TARGET_DIR") {
-        candidates.push(PathBuf::from(t).join("release/huitong"));
-    }
-    if let Some(dir) = std::env::current_exe()?.parent() {
-        candidates.push(dir.join("huitong"));
-    }
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            anyhow!(
-                "the huitong server binary is missing (looked at {candidates:?}); build it first \
-                 with `cargo build --release -p server` (same CARGO_TARGET_DIR) or set HUITONG_BIN"
-            )
-        })
+    Ok((std::env::current_exe()?, "__serve"))
 }
 
 fn start_huitong(ns: Option<&Netns>) -> Result<Server> {
-    let bin = huitong_bin()?;
+    let (bin, sub) = huitong_cmd()?;
     let dir = TempDir::new("huitong")?;
     let ip = ns.map(|n| n.server_ip.to_string()).unwrap_or("127.0.0.1".into());
     let mut child = in_ns(ns.map(|n| n.server.as_str()), &bin.to_string_lossy())
-        .arg("serve")
+        .arg(sub)
+        .current_dir(&dir.0)
         .env("HUITONG_HTTP__LISTEN", format!("{ip}:0"))
         .env("HUITONG_MEDIA__UDP_LISTEN", format!("{ip}:0"))
         .env("HUITONG_MEDIA__ADVERTISE_IP", &ip)
         .env("HUITONG_DATA_DIR", &dir.0)
-        .env("RUST_LOG", std::env::var("HUITONG_LOG").unwrap_or("warn".into()))
+        // The config's `log` filter; `warn` keeps logging out of the measured cost.
+        .env("HUITONG_LOG", std::env::var("BENCH_SERVER_LOG").unwrap_or("warn".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -228,11 +245,19 @@ fn start_huitong(ns: Option<&Netns>) -> Result<Server> {
         http: "0.0.0.0:0".parse()?,
         _dir: dir,
     };
-    let ready = match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(r) => r,
-        Err(_) => {
-            let status = server.child.try_wait()?;
-            bail!("huitong did not print HUITONG_READY within 30 s (exit status: {status:?})");
+    let mut waited = Duration::ZERO;
+    let ready = loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(r) => break r,
+            Err(_) => {
+                waited += Duration::from_millis(200);
+                if let Some(status) = server.child.try_wait()? {
+                    bail!("huitong exited before it was ready ({status}); its stderr is above");
+                }
+                if waited > Duration::from_secs(30) {
+                    bail!("huitong did not print HUITONG_READY within 30 s");
+                }
+            }
         }
     };
     let v: Value = serde_json::from_str(&ready).context("HUITONG_READY is not JSON")?;

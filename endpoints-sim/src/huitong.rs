@@ -186,6 +186,7 @@ async fn run(
                     Ok(None) => return,
                     Err(e) => { let _ = err_tx.send(e.to_string()); return; }
                 };
+                tracing::debug!(id = cfg.id, "signal in: {}", m["type"]);
                 if let Err(e) = handle(&mut ws, &m, &pcs, local_ip, &cfg, &stats).await {
                     let _ = err_tx.send(format!("{}: {e}", m["type"]));
                 }
