@@ -59,6 +59,9 @@ impl HuitongTerminal {
             join["passcode"] = json!(p);
         }
         send(&mut ws, &join).await?;
+        // The server may send events (even the first subscribe offer) before `joined`:
+        // keep them and handle them once the message loop runs.
+        let mut early = Vec::new();
         let joined = loop {
             let m = recv(&mut ws)
                 .await?
@@ -66,7 +69,7 @@ impl HuitongTerminal {
             match m["type"].as_str() {
                 Some("joined") => break m,
                 Some("error") => return Err(refused(&m)),
-                _ => {}
+                _ => early.push(m),
             }
         };
         let participant = joined["participant"].as_str().unwrap_or_default().to_string();
@@ -94,7 +97,7 @@ impl HuitongTerminal {
             }
         }
         let (leave_tx, leave_rx) = oneshot::channel();
-        let task = tokio::spawn(run(ws, pcs.clone(), local_ip, cfg, stats, leave_rx));
+        let task = tokio::spawn(run(ws, early, pcs.clone(), local_ip, cfg, stats, leave_rx));
         Ok(HuitongTerminal {
             participant,
             pcs,
@@ -158,6 +161,7 @@ async fn recv(ws: &mut Ws) -> Result<Option<Value>, SimError> {
 
 async fn run(
     mut ws: Ws,
+    early: Vec<Value>,
     pcs: Arc<Mutex<Pcs>>,
     local_ip: IpAddr,
     cfg: PeerConfig,
@@ -166,6 +170,11 @@ async fn run(
 ) {
     let mut ping = tokio::time::interval(Duration::from_secs(10));
     let (err_tx, mut err_rx) = mpsc::unbounded_channel::<String>();
+    for m in early {
+        if let Err(e) = handle(&mut ws, &m, &pcs, local_ip, &cfg, &stats).await {
+            let _ = err_tx.send(format!("{}: {e}", m["type"]));
+        }
+    }
     loop {
         tokio::select! {
             _ = &mut leave => {
