@@ -204,7 +204,10 @@ fn huitong_cmd() -> Result<(PathBuf, &'static str)> {
     if let Ok(p) = std::env::var("HUITONG_BIN") {
         let p = PathBuf::from(p);
         if !p.is_file() {
-            bail!("HUITONG_BIN={} is not a file (build it with `cargo build --release -p server`)", p.display());
+            bail!(
+                "HUITONG_BIN={} is not a file (build it with `cargo build --release -p server`)",
+                p.display()
+            );
         }
         return Ok((p, "serve"));
     }
@@ -214,7 +217,9 @@ fn huitong_cmd() -> Result<(PathBuf, &'static str)> {
 fn start_huitong(ns: Option<&Netns>) -> Result<Server> {
     let (bin, sub) = huitong_cmd()?;
     let dir = TempDir::new("huitong")?;
-    let ip = ns.map(|n| n.server_ip.to_string()).unwrap_or("127.0.0.1".into());
+    let ip = ns
+        .map(|n| n.server_ip.to_string())
+        .unwrap_or("127.0.0.1".into());
     let mut child = in_ns(ns.map(|n| n.server.as_str()), &bin.to_string_lossy())
         .arg(sub)
         .current_dir(&dir.0)
@@ -223,7 +228,10 @@ fn start_huitong(ns: Option<&Netns>) -> Result<Server> {
         .env("HUITONG_MEDIA__ADVERTISE_IP", &ip)
         .env("HUITONG_DATA_DIR", &dir.0)
         // The config's `log` filter; `warn` keeps logging out of the measured cost.
-        .env("HUITONG_LOG", std::env::var("BENCH_SERVER_LOG").unwrap_or("warn".into()))
+        .env(
+            "HUITONG_LOG",
+            std::env::var("BENCH_SERVER_LOG").unwrap_or("warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -327,7 +335,9 @@ fn run_target(target: Target, opts: &Opts, ns: Option<&Netns>) -> Result<Figures
         }
     };
     let server_pid = server.child.id();
-    let client_ip = ns.map(|n| n.client_ip.to_string()).unwrap_or("127.0.0.1".into());
+    let client_ip = ns
+        .map(|n| n.client_ip.to_string())
+        .unwrap_or("127.0.0.1".into());
     let exe = std::env::current_exe()?;
     let mut cmd = in_ns(ns.map(|n| n.client.as_str()), &exe.to_string_lossy());
     cmd.arg("__clients")
@@ -452,7 +462,12 @@ fn sfu_forward(opts: Opts) -> Result<()> {
     drop(ns);
 
     println!();
-    summary(&opts, huitong.as_ref(), janus.as_ref(), janus_error.as_deref());
+    summary(
+        &opts,
+        huitong.as_ref(),
+        janus.as_ref(),
+        janus_error.as_deref(),
+    );
 
     let h_cpu = huitong.as_ref().and_then(Figures::cpu_per_mpkt);
     let j_cpu = janus.as_ref().and_then(Figures::cpu_per_mpkt);
@@ -508,11 +523,17 @@ fn summary(opts: &Opts, h: Option<&Figures>, j: Option<&Figures>, janus_error: O
     if let (Some(h), Some(j)) = (h, j)
         && let (Some(hc), Some(jc)) = (h.cpu_per_mpkt(), j.cpu_per_mpkt())
     {
-        println!("  janus_ratio = janus CPU per packet / huitong CPU per packet = {:.2}", jc / hc);
+        println!(
+            "  janus_ratio = janus CPU per packet / huitong CPU per packet = {:.2}",
+            jc / hc
+        );
     }
     if let Some(h) = h {
         let util = h.cpu_s / h.window_s;
-        let spp = h.strace.as_ref().and_then(|s| s["syscalls_per_packet"].as_f64());
+        let spp = h
+            .strace
+            .as_ref()
+            .and_then(|s| s["syscalls_per_packet"].as_f64());
         let limit = if util > 0.9 {
             "the server is CPU-bound on its core (utilisation > 90 %): the figure is its per-packet cost at saturation"
         } else if spp.is_some_and(|s| s > 1.5) {

@@ -42,7 +42,9 @@ impl Netns {
         n.teardown();
         ip(&["netns", "add", &n.server])?;
         ip(&["netns", "add", &n.client])?;
-        ip(&["link", "add", "hbvs", "type", "veth", "peer", "name", "hbvc"])?;
+        ip(&[
+            "link", "add", "hbvs", "type", "veth", "peer", "name", "hbvc",
+        ])?;
         ip(&["link", "set", "hbvs", "netns", &n.server])?;
         ip(&["link", "set", "hbvc", "netns", &n.client])?;
         for (ns, dev, addr) in [

@@ -42,7 +42,11 @@ pub async fn request(
             String::from_utf8_lossy(body)
         )));
     }
-    if chunked { dechunk(body) } else { Ok(body.to_vec()) }
+    if chunked {
+        dechunk(body)
+    } else {
+        Ok(body.to_vec())
+    }
 }
 
 fn split_response(raw: &[u8]) -> Result<(u16, bool, &[u8]), SimError> {

@@ -40,7 +40,8 @@ pub struct HuitongTerminal {
     task: tokio::task::JoinHandle<()>,
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 impl HuitongTerminal {
     /// Connects, joins, and (if `cfg.media` is set) sends the publish offer.
@@ -72,7 +73,10 @@ impl HuitongTerminal {
                 _ => early.push(m),
             }
         };
-        let participant = joined["participant"].as_str().unwrap_or_default().to_string();
+        let participant = joined["participant"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let pcs = Arc::new(Mutex::new(Pcs::default()));
         if cfg.media.is_some() {
             let peer = PeerHandle::spawn(local_ip, cfg.clone(), stats.clone()).await?;
@@ -127,7 +131,13 @@ impl HuitongTerminal {
         let pcs: Vec<PeerHandle> = self
             .pcs
             .lock()
-            .map(|p| p.publisher.iter().chain(p.subscriber.iter()).cloned().collect())
+            .map(|p| {
+                p.publisher
+                    .iter()
+                    .chain(p.subscriber.iter())
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         for p in pcs {
             p.close().await;
@@ -217,7 +227,8 @@ async fn handle(
         (Some("answer"), Some("pub")) => {
             let peer = pcs.lock().ok().and_then(|p| p.publisher.clone());
             let peer = peer.ok_or(SimError::Protocol("answer without a publish pc".into()))?;
-            peer.accept_answer(SdpAnswer::from_sdp_string(sdp())?).await?;
+            peer.accept_answer(SdpAnswer::from_sdp_string(sdp())?)
+                .await?;
         }
         (Some("offer"), Some("sub")) => {
             let existing = pcs.lock().ok().and_then(|p| p.subscriber.clone());

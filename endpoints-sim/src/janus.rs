@@ -145,9 +145,8 @@ impl JanusSession {
         what: &'static str,
         pred: impl Fn(&Value) -> bool,
     ) -> Result<Value, SimError> {
-        let matches = |e: &Value| {
-            e["janus"] == "event" && e["sender"].as_u64() == Some(handle) && pred(e)
-        };
+        let matches =
+            |e: &Value| e["janus"] == "event" && e["sender"].as_u64() == Some(handle) && pred(e);
         if let Some(i) = self.backlog.iter().position(matches) {
             return Ok(self.backlog.remove(i).unwrap_or_default());
         }

@@ -105,7 +105,11 @@ pub fn h264_frame(marker: &Marker, keyframe: bool, size: usize, rng: &mut ChaCha
     }
     out.extend_from_slice(&START_CODE);
     // nal_ref_idc 3 for IDR, 2 for reference P slices.
-    out.push(if keyframe { 0x60 | NAL_IDR } else { 0x40 | NAL_NON_IDR });
+    out.push(if keyframe {
+        0x60 | NAL_IDR
+    } else {
+        0x40 | NAL_NON_IDR
+    });
     marker.write(&mut out);
     let body = size.saturating_sub(out.len()).max(16);
     push_random_rbsp(&mut out, rng, body);

@@ -112,7 +112,11 @@ impl Sender {
         let gop = (self.cfg.idr_interval.as_millis() as u64 * fps / 1000).max(1);
         let gop_bytes = self.cfg.video_bps / 8 * gop / fps;
         let delta = gop_bytes / (gop - 1 + KEYFRAME_FACTOR);
-        (if keyframe { delta * KEYFRAME_FACTOR } else { delta }) as usize
+        (if keyframe {
+            delta * KEYFRAME_FACTOR
+        } else {
+            delta
+        }) as usize
     }
 }
 
@@ -267,7 +271,10 @@ impl Peer {
         };
         let mut pick = |mid: Option<Mid>, want: Codec| -> Option<Pt> {
             let w = self.rtc.writer(mid?)?;
-            let params: Vec<_> = w.payload_params().filter(|p| p.spec().codec == want).collect();
+            let params: Vec<_> = w
+                .payload_params()
+                .filter(|p| p.spec().codec == want)
+                .collect();
             params
                 .iter()
                 .find(|p| want != Codec::H264 || p.spec().format.packetization_mode == Some(1))
@@ -325,7 +332,8 @@ impl Peer {
                 sent_us,
             };
             let data = payload::opus_frame(&marker, s.cfg.audio_bytes, &mut s.rng);
-            let rtp_time = MediaTime::new(s.audio_n * 960, str0m::media::Frequency::FORTY_EIGHT_KHZ);
+            let rtp_time =
+                MediaTime::new(s.audio_n * 960, str0m::media::Frequency::FORTY_EIGHT_KHZ);
             if let Some(w) = self.rtc.writer(mid) {
                 // A steady quiet voice: level -30 dBov, voice active.
                 w.audio_level(-30, true).write(pt, now, rtp_time, data)?;
@@ -445,11 +453,16 @@ impl Peer {
         if video {
             *self.senders_seen.entry(m.sender).or_default() += 1;
         }
-        let arrived_us = d.network_time.saturating_duration_since(self.cfg.epoch).as_micros() as u64;
-        self.stats.record_latency(arrived_us.saturating_sub(m.sent_us));
+        let arrived_us = d
+            .network_time
+            .saturating_duration_since(self.cfg.epoch)
+            .as_micros() as u64;
+        self.stats
+            .record_latency(arrived_us.saturating_sub(m.sent_us));
         match self.recv.get_mut(&(m.sender, video)) {
             None => {
-                self.recv.insert((m.sender, video), RecvTrack { last: m.counter });
+                self.recv
+                    .insert((m.sender, video), RecvTrack { last: m.counter });
             }
             Some(t) if m.counter > t.last => {
                 Stats::add(&self.stats.frames_lost, m.counter - t.last - 1);

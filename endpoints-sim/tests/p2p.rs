@@ -44,10 +44,13 @@ async fn peer_to_peer_media_has_zero_loss() {
     let answer = receiver.accept_offer(offer).await.unwrap();
     publisher.accept_answer(answer).await.unwrap();
 
-    tokio::time::timeout(Duration::from_secs(10), receiver.wait_for(|s| s.video_senders == 1))
-        .await
-        .expect("video arrives")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        receiver.wait_for(|s| s.video_senders == 1),
+    )
+    .await
+    .expect("video arrives")
+    .unwrap();
     rx_stats.set_recording(true);
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -64,7 +67,10 @@ async fn peer_to_peer_media_has_zero_loss() {
     assert_eq!(rx.frames_unreadable, 0, "{rx:?}");
     // 1.5 Mbit/s of ~1200-byte packets is well over 100 packets a second.
     assert!(rx.rtp_packets_received > 3 * 100, "{rx:?}");
-    assert!(tx.rtp_packets_sent >= rx.rtp_packets_received, "{tx:?} {rx:?}");
+    assert!(
+        tx.rtp_packets_sent >= rx.rtp_packets_received,
+        "{tx:?} {rx:?}"
+    );
     let p50 = endpoints_sim::stats::quantile(&mut lat, 0.5).unwrap();
     assert!(p50 < 50_000, "loopback latency p50 {p50} us");
 }
