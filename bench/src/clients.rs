@@ -89,7 +89,7 @@ fn say(line: &str) {
 
 enum Terminal {
     Huitong(HuitongTerminal),
-    Janus(JanusTerminal),
+    Janus(Box<JanusTerminal>),
 }
 
 impl Terminal {
@@ -102,7 +102,7 @@ impl Terminal {
     async fn leave(self) {
         match self {
             Terminal::Huitong(t) => t.leave().await,
-            Terminal::Janus(t) => t.leave().await,
+            Terminal::Janus(t) => (*t).leave().await,
         }
     }
 }
@@ -156,7 +156,7 @@ async fn join_one(
                 )
                 .await
                 {
-                    Ok(t) => return Ok(Terminal::Janus(t)),
+                    Ok(t) => return Ok(Terminal::Janus(Box::new(t))),
                     Err(endpoints_sim::SimError::Io(e)) if tries < 100 => {
                         tries += 1;
                         tracing::debug!("janus not up yet: {e}");

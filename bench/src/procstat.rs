@@ -89,8 +89,8 @@ impl StraceRun {
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait()?.is_none() && monotonic_before(deadline) {
+        let deadline = monotonic() + 10.0;
+        while self.child.try_wait()?.is_none() && monotonic() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
@@ -110,7 +110,7 @@ impl StraceRun {
                 (name != "total").then_some((name, calls))
             })
             .collect();
-        rows.sort_by(|a, b| b.1.cmp(&a.1));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1));
         let total: u64 = rows.iter().map(|r| r.1).sum();
         let top: Vec<String> = rows
             .iter()
@@ -126,9 +126,4 @@ impl StraceRun {
             "note": "under strace the server slows down; the ratio, not the rate, is meaningful",
         }))
     }
-}
-
-#[allow(clippy::disallowed_methods)]
-fn monotonic_before(deadline: Instant) -> bool {
-    Instant::now() < deadline
 }

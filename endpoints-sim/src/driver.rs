@@ -123,7 +123,7 @@ async fn run(
     status: &watch::Sender<PeerStatus>,
 ) -> Result<(), SimError> {
     let mut buf = vec![0u8; 2048];
-    let result = loop {
+    loop {
         // Drain output until str0m asks to be woken at some time.
         let deadline = loop {
             match peer.poll_output(now())? {
@@ -146,7 +146,7 @@ async fn run(
             changed
         });
         if !peer.is_alive() {
-            break Ok(());
+            return Ok(());
         }
         tokio::select! {
             r = socket.recv_from(&mut buf) => {
@@ -160,7 +160,7 @@ async fn run(
             }
             cmd = rx.recv() => {
                 match cmd {
-                    None | Some(Cmd::Close) => { peer.close(); break Ok(()); }
+                    None | Some(Cmd::Close) => { peer.close(); return Ok(()); }
                     Some(Cmd::CreateOffer(tx)) => { let _ = tx.send(peer.create_offer()); }
                     Some(Cmd::AcceptAnswer(a, tx)) => { let _ = tx.send(peer.accept_answer(*a)); }
                     Some(Cmd::AcceptOffer(o, tx)) => { let _ = tx.send(peer.accept_offer(*o)); }
@@ -171,8 +171,7 @@ async fn run(
                 peer.handle_timeout(now())?;
             }
         }
-    };
-    result
+    }
 }
 
 /// Convenience for tests and tools: a peer that publishes with default media.
