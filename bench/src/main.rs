@@ -542,5 +542,13 @@ fn summary(opts: &Opts, h: Option<&Figures>, j: Option<&Figures>, janus_error: O
             "the server is not saturated; the offered load (what 2 cores' worth of simulated terminals can generate and decrypt) limits the packet rate, the per-packet cost is what matters"
         };
         println!("  what limits the Huitong figure: {limit}.");
+        if let Some(m) = h.result["metrics_forwarded"].as_f64()
+            && m > 1.1 * h.packets() as f64
+        {
+            println!(
+                "  note: the server wrote {m:.0} packets to subscribers (sfu_rtp_forwarded_total) but the terminals received {}: packets queue in the subscriber pcs' pacer (bandwidth estimate below the forwarded rate), which is what the latency shows.",
+                h.packets()
+            );
+        }
     }
 }
