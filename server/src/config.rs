@@ -81,6 +81,9 @@ impl Default for MediaConfig {
     }
 }
 
+/// Top-level keys of [`Config`]; see [`Config::load`].
+const SECTIONS: [&str; 6] = ["data_dir", "log", "http", "media", "signaling", "admin"];
+
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
@@ -93,7 +96,15 @@ impl Config {
             Some(f) => fig = fig.merge(Toml::file_exact(f)),
             None => fig = fig.merge(Toml::file("huitong.toml")),
         }
-        fig = fig.merge(Env::prefixed("HUITONG_").split("__"));
+        // Only variables naming a configuration section are configuration: HUITONG_CONFIG,
+        // HUITONG_LOG_FILTER and test settings share the prefix but are not keys.
+        let env = Env::prefixed("HUITONG_")
+            .filter(|k| {
+                let top = k.as_str().split("__").next().unwrap_or_default().to_ascii_lowercase();
+                SECTIONS.contains(&top.as_str())
+            })
+            .split("__");
+        fig = fig.merge(env);
         fig.extract().map_err(|e| ConfigError(Box::new(e)))
     }
 }
@@ -110,6 +121,8 @@ mod tests {
             jail.create_file("huitong.toml", "log = \"debug\"\n[media]\nkeyframe_interval_ms = 300\n")?;
             jail.set_env("HUITONG_MEDIA__UDP_LISTEN", "127.0.0.1:9999");
             jail.set_env("HUITONG_DATA_DIR", "/tmp/x");
+            jail.set_env("HUITONG_LOG_FILTER", "debug");
+            jail.set_env("HUITONG_TEST_POSTGRES_URL", "postgres://x");
             let c = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(c.log, "debug");
             assert_eq!(c.media.keyframe_interval_ms, 300);

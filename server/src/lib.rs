@@ -77,7 +77,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let tls = tls::server_config(cfg.http.tls_cert.as_deref(), cfg.http.tls_key.as_deref(), &cfg.data_dir, &tls_names)?;
     let tcp = TcpListener::bind(cfg.http.listen).await.with_context(|| format!("binding HTTP {}", cfg.http.listen))?;
     let http_addr = tcp.local_addr()?;
-    let listener = tls::SniffListener::new(tcp, tls)?;
+    // `tap_io` is a no-op wrapper that gives axum a listener it can take connection info from.
+    let listener = axum::serve::ListenerExt::tap_io(tls::SniffListener::new(tcp, tls)?, |_| {});
     let app = http::app(Arc::clone(&hub), admin_api::router(admin));
     let (shutdown, mut rx) = tokio::sync::watch::channel(false);
     let serve = tokio::spawn(async move {

@@ -128,6 +128,8 @@ struct Subscription {
     pref: Preference,
     /// Publisher payload type → subscriber payload type.
     pt_map: Vec<(u8, Option<u8>)>,
+    /// The outgoing stream was taken off the pacer (see `on_rtp`).
+    unpaced: bool,
 }
 
 #[derive(Default)]
@@ -339,19 +341,6 @@ impl Sfu {
             }
         }
         part.subs.retain(|_, s| s.state != SubState::Stopping || s.mid.is_none());
-        self.drain(key);
-        // Forwarded streams go out unpaced: they are already paced by their publisher,
-        // and holding them back would only add latency.
-        if let (Some(part), Some(peer)) = (self.participants.get(&pid), self.peers.get_mut(&key)) {
-            let mut api = peer.rtc.direct_api();
-            for sub in part.subs.values() {
-                if let Some(mid) = sub.mid {
-                    if let Some(tx) = api.stream_tx_by_mid(mid, None) {
-                        tx.set_unpaced(true);
-                    }
-                }
-            }
-        }
         self.drain(key);
         self.negotiate(now, pid);
         self.reallocate(now, pid);
@@ -814,7 +803,7 @@ impl Sfu {
         let start = if t.kind == MediaKind::Audio { Some(0) } else { Some(2) };
         part.subs.insert(
             tid,
-            Subscription { mid: None, state: SubState::New, fwd: Forwarder::new(start), pref: Preference::default(), pt_map: vec![] },
+            Subscription { mid: None, state: SubState::New, fwd: Forwarder::new(start), pref: Preference::default(), pt_map: vec![], unpaced: false },
         );
         part.renegotiate = true;
     }
@@ -1036,6 +1025,13 @@ impl Sfu {
             {
                 let mut api = speer.rtc.direct_api();
                 let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
+                // Forwarded packets were paced by their publisher already; str0m's pacer
+                // (active with BWE) would queue them behind its estimate and add latency.
+                // The allocator, not the pacer, keeps the rate within the estimate.
+                if !sub.unpaced {
+                    tx.set_unpaced(true);
+                    sub.unpaced = true;
+                }
                 tx.write_rtp(w);
             }
             self.counters.rtp_forwarded += 1;

@@ -51,6 +51,10 @@ struct Member {
     mic_muted: bool,
     camera_muted: bool,
     tx: mpsc::UnboundedSender<Outgoing>,
+    /// `joined` has been sent. Until then the SFU may already offer the subscribe pc;
+    /// those messages wait in `early` so the client always sees `joined` first.
+    ready: bool,
+    early: Vec<ServerMsg>,
 }
 
 struct Meeting {
@@ -79,17 +83,27 @@ impl Meeting {
         })
     }
 
-    fn broadcast(&self, msg: &ServerMsg, except: Option<ParticipantId>) {
-        for (pid, m) in &self.members {
+    fn broadcast(&mut self, msg: &ServerMsg, except: Option<ParticipantId>) {
+        for (pid, m) in &mut self.members {
             if Some(*pid) != except {
-                let _ = m.tx.send(Outgoing::Msg(msg.clone()));
+                m.deliver(msg.clone());
             }
         }
     }
 
-    fn send(&self, pid: ParticipantId, msg: ServerMsg) {
-        if let Some(m) = self.members.get(&pid) {
-            let _ = m.tx.send(Outgoing::Msg(msg));
+    fn send(&mut self, pid: ParticipantId, msg: ServerMsg) {
+        if let Some(m) = self.members.get_mut(&pid) {
+            m.deliver(msg);
+        }
+    }
+}
+
+impl Member {
+    fn deliver(&mut self, msg: ServerMsg) {
+        if self.ready {
+            let _ = self.tx.send(Outgoing::Msg(msg));
+        } else {
+            self.early.push(msg);
         }
     }
 }
@@ -221,15 +235,18 @@ impl Hub {
             if m.host.is_none() {
                 m.host = Some(pid);
             }
-            m.members.insert(pid, Member { name: req.name.clone(), mic_muted: false, camera_muted: false, tx });
+            m.members.insert(
+                pid,
+                Member { name: req.name.clone(), mic_muted: false, camera_muted: false, tx, ready: false, early: vec![] },
+            );
             g.seats.insert(pid, req.meeting.clone());
         }
         if let Err(e) = self.sfu.join(req.meeting.clone(), pid).await {
             self.forget(pid);
             return Err(e.into());
         }
-        let g = self.lock();
-        let Some(m) = g.meetings.get(&req.meeting) else {
+        let mut g = self.lock();
+        let Some(m) = g.meetings.get_mut(&req.meeting) else {
             return Err(SignalError::Internal("meeting vanished during join".into()));
         };
         let me = m.participant(pid).ok_or_else(|| SignalError::Internal("seat vanished during join".into()))?;
@@ -241,7 +258,13 @@ impl Hub {
             participants: m.members.keys().filter_map(|p| m.participant(*p)).collect(),
             tracks: m.tracks.values().cloned().collect(),
         };
-        m.send(pid, joined);
+        if let Some(mem) = m.members.get_mut(&pid) {
+            let _ = mem.tx.send(Outgoing::Msg(joined));
+            mem.ready = true;
+            for early in std::mem::take(&mut mem.early) {
+                let _ = mem.tx.send(Outgoing::Msg(early));
+            }
+        }
         m.broadcast(&ServerMsg::ParticipantJoined { participant: me }, Some(pid));
         tracing::info!(meeting = %req.meeting, participant = pid.0, "joined");
         Ok(pid)
@@ -402,8 +425,8 @@ impl Hub {
         let mut g = self.lock();
         match ev {
             SfuEvent::SubscriberOffer { participant, sdp, tracks } => {
-                let Some(number) = g.seats.get(&participant) else { return };
-                let Some(m) = g.meetings.get(number) else { return };
+                let Some(number) = g.seats.get(&participant).cloned() else { return };
+                let Some(m) = g.meetings.get_mut(&number) else { return };
                 let tracks = tracks
                     .into_iter()
                     .map(|t| TrackWire {
@@ -445,12 +468,12 @@ impl Hub {
                 }
             }
             SfuEvent::ActiveSpeaker { room, participant } => {
-                if let Some(m) = g.meetings.get(&room) {
+                if let Some(m) = g.meetings.get_mut(&room) {
                     m.broadcast(&ServerMsg::Speaking { participant: participant.map(pid_wire) }, None);
                 }
             }
             SfuEvent::Quality { room, stats } => {
-                if let Some(m) = g.meetings.get(&room) {
+                if let Some(m) = g.meetings.get_mut(&room) {
                     let stats = stats
                         .into_iter()
                         .map(|s| QualityWireStat {
