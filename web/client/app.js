@@ -553,7 +553,9 @@ async function stopShare(notify = true) {
 
 function ensureSubPc() {
   if (subPc) return subPc;
-  subPc = new RTCPeerConnection({ iceServers: [], bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
+  // As the answerer we follow the server's BUNDLE group; max-bundle here would make
+  // an offer without one fail outright.
+  subPc = new RTCPeerConnection({ iceServers: [] });
   subPc.onicecandidate = (ev) => sendCandidate('sub', ev.candidate);
   subPc.onconnectionstatechange = () => updateConnState();
   subPc.ontrack = () => syncRemoteMedia();
