@@ -297,7 +297,8 @@ impl Browser {
         )
     }
 
-    async fn join(&self, base: &str, create: bool) -> TestResult<()> {
+    /// Opens the page, fills the join form and clicks "join".
+    async fn submit_join(&self, base: &str, create: bool) -> TestResult<()> {
         let c = &self.client;
         let e =
             |what: &str, err: fantoccini::error::CmdError| format!("{}: {what}: {err}", self.name);
@@ -308,6 +309,10 @@ impl Browser {
             .for_element(Locator::Css("#meeting"))
             .await
             .map_err(|err| e("find #meeting", err))?;
+        meeting
+            .clear()
+            .await
+            .map_err(|err| e("clear meeting", err))?;
         meeting
             .send_keys(MEETING)
             .await
@@ -320,10 +325,17 @@ impl Browser {
         name.send_keys(self.name)
             .await
             .map_err(|err| e("type name", err))?;
-        if create {
-            c.find(Locator::Css("#create"))
-                .await
-                .map_err(|err| e("find #create", err))?
+        let create_box = c
+            .find(Locator::Css("#create"))
+            .await
+            .map_err(|err| e("find #create", err))?;
+        if create_box
+            .is_selected()
+            .await
+            .map_err(|err| e("read #create", err))?
+            != create
+        {
+            create_box
                 .click()
                 .await
                 .map_err(|err| e("tick #create", err))?;
@@ -334,6 +346,12 @@ impl Browser {
             .click()
             .await
             .map_err(|err| e("click #join", err))?;
+        Ok(())
+    }
+
+    /// Joins the meeting through the page and waits for the server's `joined`.
+    async fn join(&self, base: &str, create: bool) -> TestResult<()> {
+        self.submit_join(base, create).await?;
         let joined = poll(
             Duration::from_secs(30),
             Duration::from_millis(100),
@@ -376,17 +394,23 @@ impl Browser {
 
 // ------------------------------------------------------------------ helpers
 
+/// This test drives real browsers and a real server: its timeouts are wall-clock.
+#[allow(clippy::disallowed_methods)]
+fn now() -> tokio::time::Instant {
+    tokio::time::Instant::now()
+}
+
 async fn poll<T, F, Fut>(limit: Duration, every: Duration, mut f: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let end = tokio::time::Instant::now() + limit;
+    let end = now() + limit;
     loop {
         if let Some(v) = f().await {
             return Some(v);
         }
-        if tokio::time::Instant::now() >= end {
+        if now() >= end {
             return None;
         }
         sleep(every).await;
@@ -423,9 +447,9 @@ fn missing_media(stats: &Value, peer: &str) -> Option<String> {
 /// both keep flowing (counters rise over a further interval).
 async fn expect_media(viewer: &Browser, peers: &[(&str, String)]) -> TestResult<()> {
     let mut last = Value::Null;
-    let end = tokio::time::Instant::now() + MEDIA_TIMEOUT;
+    let end = now() + MEDIA_TIMEOUT;
     let mut ok = None;
-    while tokio::time::Instant::now() < end {
+    while now() < end {
         if let Ok(s) = viewer.stats().await {
             let done = peers.iter().all(|(_, id)| missing_media(&s, id).is_none());
             last = s;
@@ -585,9 +609,9 @@ async fn expect_gone(viewer: &Browser, gone_name: &str, gone_id: &str) -> TestRe
                   audio: document.querySelectorAll('audio[data-participant=\"{gone_id}\"]').length }};"
     );
     let mut last = Value::Null;
-    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    let end = now() + Duration::from_secs(20);
     let mut ok = None;
-    while tokio::time::Instant::now() < end {
+    while now() < end {
         if let Ok(v) = viewer.js(&script).await {
             let gone =
                 v["inState"] == json!(false) && v["tiles"] == json!(0) && v["audio"] == json!(0);
@@ -616,6 +640,29 @@ async fn scenario(server: &Server, browsers: &[Browser]) -> TestResult<()> {
     let [a, b, c] = browsers else {
         return Err("need three browsers".into());
     };
+
+    // Before the meeting exists, joining without "create" must fail visibly.
+    c.submit_join(&base, false).await?;
+    let shown = poll(Duration::from_secs(20), Duration::from_millis(100), || async {
+        let v = c
+            .js("const e = document.querySelector('#join-error'); return e && !e.hidden ? e.textContent : null;")
+            .await
+            .ok()?;
+        v.as_str().map(str::to_owned)
+    })
+    .await;
+    match shown {
+        Some(text) if text.contains("unknown_meeting") => {
+            println!("{}: join refused: {text}", c.name)
+        }
+        other => {
+            return Err(format!(
+                "{}: joining an unknown meeting did not show unknown_meeting (got {other:?})\n{}",
+                c.name,
+                c.diagnostics().await
+            ));
+        }
+    }
 
     // A creates the meeting; B and C join one after the other so that each of their
     // join → first-remote-frame times is measured against a meeting already live.
