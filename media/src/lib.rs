@@ -5,3 +5,4 @@
 //! Nothing here reads a clock or a random source; time arrives as an argument.
 
 pub mod codec;
+pub mod speaker;

@@ -1,0 +1,131 @@
+//! The one typed configuration of `huitong`: embedded defaults, then `huitong.toml`
+//! (or `--config FILE`), then `HUITONG_*` environment variables, where `__` separates
+//! sections (`HUITONG_MEDIA__UDP_LISTEN=0.0.0.0:8081`). `deploy/huitong.toml` documents
+//! every key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where state lives (TLS material now; database and recordings later).
+    pub data_dir: PathBuf,
+    /// `tracing` filter, e.g. `info` or `info,sfu=debug`.
+    pub log: String,
+    pub http: HttpConfig,
+    pub media: MediaConfig,
+    pub signaling: signaling::HubConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// One TCP port for HTTP, HTTPS and WebSocket signalling (TLS is detected per connection).
+    pub listen: SocketAddr,
+    /// PEM certificate chain; when unset a self-signed one is made under data_dir/tls.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Extra names for the self-signed certificate besides localhost and the advertised IP.
+    pub tls_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// The one UDP port for all WebRTC media.
+    pub udp_listen: SocketAddr,
+    /// Address clients reach the media port at (put into ICE candidates). Default: the
+    /// listen IP if it is specific, otherwise this host's primary IPv4 address.
+    pub advertise_ip: Option<IpAddr>,
+    /// Minimum time between keyframe requests for one layer of one track.
+    pub keyframe_interval_ms: u64,
+    /// Participants this node accepts.
+    pub max_participants: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            log: "info".into(),
+            http: HttpConfig::default(),
+            media: MediaConfig::default(),
+            signaling: signaling::HubConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: ([0, 0, 0, 0], 8080).into(), tls_cert: None, tls_key: None, tls_names: vec![] }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            udp_listen: ([0, 0, 0, 0], 8081).into(),
+            advertise_ip: None,
+            keyframe_interval_ms: 500,
+            max_participants: 2000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+impl Config {
+    /// Layers defaults, the TOML file (if present) and the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(f) => fig = fig.merge(Toml::file_exact(f)),
+            None => fig = fig.merge(Toml::file("huitong.toml")),
+        }
+        fig = fig.merge(Env::prefixed("HUITONG_").split("__"));
+        fig.extract().map_err(|e| ConfigError(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_then_file_then_env() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("huitong.toml", "log = \"debug\"\n[media]\nkeyframe_interval_ms = 300\n")?;
+            jail.set_env("HUITONG_MEDIA__UDP_LISTEN", "127.0.0.1:9999");
+            jail.set_env("HUITONG_DATA_DIR", "/tmp/x");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.log, "debug");
+            assert_eq!(c.media.keyframe_interval_ms, 300);
+            assert_eq!(c.media.udp_listen, "127.0.0.1:9999".parse().unwrap());
+            assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+            assert_eq!(c.http.listen.port(), 8080);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("huitong.toml", "[media]\nudp_lisen = \"0.0.0.0:1\"\n")?;
+            assert!(Config::load(None).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn shipped_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/huitong.toml");
+        Config::load(Some(&path)).expect("deploy/huitong.toml must match Config");
+    }
+}

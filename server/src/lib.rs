@@ -1,0 +1,87 @@
+//! `huitong serve`: every plane in one process on embedded defaults.
+
+pub mod config;
+pub mod http;
+pub mod tls;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+/// A running server.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub udp_addr: SocketAddr,
+    pub advertised: SocketAddr,
+    serve: tokio::task::JoinHandle<()>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (bounded), and returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.serve).await;
+    }
+
+    /// Waits until the server ends on its own.
+    pub async fn wait(self) {
+        let _ = self.serve.await;
+    }
+}
+
+/// The address put into ICE candidates.
+fn advertise_ip(cfg: &Config) -> IpAddr {
+    if let Some(ip) = cfg.media.advertise_ip {
+        return ip;
+    }
+    let ip = cfg.media.udp_listen.ip();
+    if !ip.is_unspecified() {
+        return ip;
+    }
+    // The source address the kernel would use towards a public address: no packet is sent.
+    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|s| s.connect((Ipv4Addr::new(192, 0, 2, 1), 9)).map(|_| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// Binds the sockets and starts every plane.
+pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+    let udp = UdpSocket::bind(cfg.media.udp_listen).with_context(|| format!("binding media UDP {}", cfg.media.udp_listen))?;
+    let udp_addr = udp.local_addr()?;
+    let advertised = SocketAddr::new(advertise_ip(&cfg), udp_addr.port());
+    let sfu_cfg = sfu::SfuConfig {
+        candidates: vec![advertised],
+        keyframe_interval: std::time::Duration::from_millis(cfg.media.keyframe_interval_ms),
+        max_participants: cfg.media.max_participants,
+        ..Default::default()
+    };
+    let (sfu, events) = sfu::spawn(udp, sfu_cfg)?;
+    let hub = signaling::Hub::start(sfu, events, cfg.signaling.clone());
+
+    let mut tls_names = cfg.http.tls_names.clone();
+    tls_names.push(advertised.ip().to_string());
+    let tls = tls::server_config(cfg.http.tls_cert.as_deref(), cfg.http.tls_key.as_deref(), &cfg.data_dir, &tls_names)?;
+    let tcp = TcpListener::bind(cfg.http.listen).await.with_context(|| format!("binding HTTP {}", cfg.http.listen))?;
+    let http_addr = tcp.local_addr()?;
+    let listener = tls::SniffListener::new(tcp, tls)?;
+    let app = http::app(Arc::clone(&hub));
+    let (shutdown, mut rx) = tokio::sync::watch::channel(false);
+    let serve = tokio::spawn(async move {
+        let stop = async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    tracing::info!(%http_addr, %udp_addr, %advertised, "huitong serving");
+    Ok(Running { http_addr, udp_addr, advertised, serve, shutdown })
+}

@@ -1,0 +1,1215 @@
+//! The SFU engine: a sans-IO state machine over many str0m `Rtc` instances sharing one
+//! UDP port. The shell feeds it datagrams and timeouts with the time they happened and
+//! sends what it returns; signalling calls its command methods. It never reads a clock.
+//!
+//! Each participant has two peer connections: a publish pc (client offers) whose RTP
+//! packets arrive as `Event::RtpPacket`, and a subscribe pc (we offer) into which we write
+//! the forwarded packets with rewritten headers (see [`crate::forward`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use media::codec::{PayloadInfo, h264, vp8};
+use media::speaker::{SpeakerConfig, SpeakerDetector};
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::{Codec, PayloadParams};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
+use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
+use str0m::{Candidate, Event, IceConnectionState, Rtc, RtcConfig};
+
+use crate::alloc::{Demand, allocate};
+use crate::forward::{Forwarder, InPacket, Layer, Verdict};
+use crate::keyframe::KeyframeGate;
+use crate::{
+    ParticipantId, PcRole, Preference, Quality, QualityStat, RoomId, SfuError, SfuEvent,
+    TrackDecl, TrackId, TrackInfo, TrackMapping, TrackSource,
+};
+
+/// Tuning of the engine.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// Addresses put in SDP as host candidates (the shared UDP socket as peers reach it).
+    pub candidates: Vec<SocketAddr>,
+    /// Minimum time between keyframe requests for one layer of one track.
+    pub keyframe_interval: Duration,
+    /// Starting bandwidth estimate of a subscribe pc.
+    pub initial_bwe: Bitrate,
+    /// How often participants get network-quality reports.
+    pub quality_interval: Duration,
+    /// Participants one node accepts.
+    pub max_participants: usize,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        Self {
+            candidates: vec![],
+            keyframe_interval: Duration::from_millis(500),
+            initial_bwe: Bitrate::kbps(2_500),
+            quality_interval: Duration::from_secs(2),
+            max_participants: 2_000,
+        }
+    }
+}
+
+/// Input to [`Sfu::handle_input`].
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// A datagram read from the media socket at `now`.
+    Datagram { now: Instant, source: SocketAddr, destination: SocketAddr, contents: &'a [u8] },
+    /// Time passed.
+    Timeout(Instant),
+}
+
+/// A datagram to send.
+#[derive(Debug)]
+pub struct Transmit {
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub contents: Vec<u8>,
+}
+
+/// Output of [`Sfu::poll_output`].
+#[derive(Debug)]
+pub enum Output {
+    Transmit(Transmit),
+    Event(SfuEvent),
+    Timeout(Instant),
+}
+
+/// Counters the shell exports as metrics.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub datagrams_in: u64,
+    pub datagrams_unparseable: u64,
+    pub datagrams_unmatched: u64,
+    pub rtp_in: u64,
+    pub rtp_forwarded: u64,
+    pub rtp_dropped_layer: u64,
+    pub keyframe_requests_up: u64,
+    pub keyframe_requests_absorbed: u64,
+    pub layer_switches: u64,
+}
+
+type PeerKey = u32;
+
+const TICK: Duration = Duration::from_millis(100);
+const ALLOC_EVERY: Duration = Duration::from_millis(500);
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+struct Peer {
+    rtc: Rtc,
+    participant: ParticipantId,
+    role: PcRole,
+    timeout: Instant,
+    connected: bool,
+    /// Publisher streams already resolved to (track, layer).
+    ssrcs: HashMap<Ssrc, (TrackId, Layer)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubState {
+    /// Wants an m-line in the next subscriber offer.
+    New,
+    /// In an offer that is not answered yet.
+    Negotiating,
+    Open,
+    /// Its m-line should be stopped in the next offer.
+    Stopping,
+}
+
+struct Subscription {
+    mid: Option<Mid>,
+    state: SubState,
+    fwd: Forwarder,
+    pref: Preference,
+    /// Publisher payload type → subscriber payload type.
+    pt_map: Vec<(u8, Option<u8>)>,
+}
+
+#[derive(Default)]
+struct Uplink {
+    rtt: Option<Duration>,
+    loss: Option<f32>,
+}
+
+struct Participant {
+    room: RoomId,
+    publisher: Option<PeerKey>,
+    subscriber: Option<PeerKey>,
+    subs: HashMap<TrackId, Subscription>,
+    pending_offer: Option<SdpPendingOffer>,
+    renegotiate: bool,
+    budget: Option<u64>,
+    desired_sent: u64,
+    up: Uplink,
+    down: Uplink,
+    last_media: Option<Instant>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct LayerState {
+    bytes: u64,
+    bps: u64,
+    last_packet: Option<Instant>,
+    paused: bool,
+    size: Option<(u16, u16)>,
+}
+
+struct Track {
+    owner: ParticipantId,
+    room: RoomId,
+    kind: MediaKind,
+    source: TrackSource,
+    mid: Mid,
+    /// rid per layer index (`None` entries for a non-simulcast track).
+    rids: Vec<Option<Rid>>,
+    layers: [LayerState; 3],
+    gates: [KeyframeGate; 3],
+    codecs: HashMap<u8, PayloadParams>,
+    clock_rate: u32,
+    temporal_seen: bool,
+    muted: bool,
+    subscribers: Vec<ParticipantId>,
+}
+
+struct Room {
+    participants: Vec<ParticipantId>,
+    tracks: Vec<TrackId>,
+    speaker: SpeakerDetector<ParticipantId>,
+}
+
+/// The SFU engine.
+pub struct Sfu {
+    cfg: SfuConfig,
+    peers: HashMap<PeerKey, Peer>,
+    next_peer: PeerKey,
+    by_addr: HashMap<SocketAddr, PeerKey>,
+    participants: HashMap<ParticipantId, Participant>,
+    rooms: HashMap<RoomId, Room>,
+    tracks: HashMap<TrackId, Track>,
+    next_track: u64,
+    out: VecDeque<Output>,
+    deferred: VecDeque<(PeerKey, Event)>,
+    /// The time the engine was created; the base of timeouts before any input.
+    epoch: Instant,
+    last_tick: Option<Instant>,
+    last_alloc: Option<Instant>,
+    last_rates: Option<Instant>,
+    last_quality: Option<Instant>,
+    counters: Counters,
+}
+
+fn rid_layer(rid: &Rid, index: usize) -> Layer {
+    match &**rid {
+        "q" | "l" | "low" => 0,
+        "h" | "m" | "mid" => 1,
+        "f" | "high" => 2,
+        _ => index.min(2) as Layer,
+    }
+}
+
+impl Sfu {
+    pub fn new(cfg: SfuConfig, now: Instant) -> Self {
+        Self {
+            cfg,
+            epoch: now,
+            peers: HashMap::new(),
+            next_peer: 1,
+            by_addr: HashMap::new(),
+            participants: HashMap::new(),
+            rooms: HashMap::new(),
+            tracks: HashMap::new(),
+            next_track: 1,
+            out: VecDeque::new(),
+            deferred: VecDeque::new(),
+            last_tick: None,
+            last_alloc: None,
+            last_rates: None,
+            last_quality: None,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn participant_count(&self) -> usize {
+        self.participants.len()
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    // ---------------------------------------------------------------- commands
+
+    /// Adds a participant to a room (creating the room). Media comes with
+    /// [`Sfu::publish`]; what others publish is offered to it on its subscribe pc.
+    pub fn join(&mut self, now: Instant, room: RoomId, pid: ParticipantId) -> Result<(), SfuError> {
+        if self.participants.contains_key(&pid) {
+            return Err(SfuError::AlreadyJoined);
+        }
+        if self.participants.len() >= self.cfg.max_participants {
+            return Err(SfuError::Full);
+        }
+        let r = self.rooms.entry(room.clone()).or_insert_with(|| Room {
+            participants: vec![],
+            tracks: vec![],
+            speaker: SpeakerDetector::new(SpeakerConfig::default()),
+        });
+        r.participants.push(pid);
+        let existing: Vec<TrackId> = r.tracks.clone();
+        self.participants.insert(
+            pid,
+            Participant {
+                room,
+                publisher: None,
+                subscriber: None,
+                subs: HashMap::new(),
+                pending_offer: None,
+                renegotiate: false,
+                budget: None,
+                desired_sent: 0,
+                up: Uplink::default(),
+                down: Uplink::default(),
+                last_media: None,
+            },
+        );
+        for t in existing {
+            self.subscribe(pid, t);
+        }
+        self.negotiate(now, pid);
+        self.run_deferred(now);
+        Ok(())
+    }
+
+    /// Applies the client's offer on its publish pc and returns the answer SDP.
+    /// `decls` says what each sending m-line carries; m-lines that are gone or no longer
+    /// declared are unpublished.
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        pid: ParticipantId,
+        offer_sdp: &str,
+        decls: &[TrackDecl],
+    ) -> Result<String, SfuError> {
+        let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| SfuError::Sdp(e.to_string()))?;
+        let part = self.participants.get(&pid).ok_or(SfuError::UnknownParticipant)?;
+        let key = match part.publisher {
+            Some(k) => k,
+            None => {
+                let k = self.new_peer(now, pid, PcRole::Publish);
+                if let Some(p) = self.participants.get_mut(&pid) {
+                    p.publisher = Some(k);
+                }
+                k
+            }
+        };
+        let peer = self.peers.get_mut(&key).ok_or(SfuError::UnknownParticipant)?;
+        let answer = peer
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SfuError::Sdp(e.to_string()))?;
+        self.drain(key);
+        self.reconcile_published(now, pid, key, decls);
+        self.run_deferred(now);
+        Ok(answer.to_sdp_string())
+    }
+
+    /// Applies the client's answer to our last subscribe-pc offer.
+    pub fn subscriber_answer(&mut self, now: Instant, pid: ParticipantId, sdp: &str) -> Result<(), SfuError> {
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::Sdp(e.to_string()))?;
+        let part = self.participants.get_mut(&pid).ok_or(SfuError::UnknownParticipant)?;
+        let pending = part.pending_offer.take().ok_or(SfuError::NoPendingOffer)?;
+        let key = part.subscriber.ok_or(SfuError::NoPendingOffer)?;
+        let peer = self.peers.get_mut(&key).ok_or(SfuError::UnknownParticipant)?;
+        peer.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| SfuError::Sdp(e.to_string()))?;
+        for sub in part.subs.values_mut() {
+            if sub.state == SubState::Negotiating {
+                sub.state = SubState::Open;
+            }
+        }
+        part.subs.retain(|_, s| s.state != SubState::Stopping || s.mid.is_none());
+        self.drain(key);
+        // Forwarded streams go out unpaced: they are already paced by their publisher,
+        // and holding them back would only add latency.
+        if let (Some(part), Some(peer)) = (self.participants.get(&pid), self.peers.get_mut(&key)) {
+            let mut api = peer.rtc.direct_api();
+            for sub in part.subs.values() {
+                if let Some(mid) = sub.mid {
+                    if let Some(tx) = api.stream_tx_by_mid(mid, None) {
+                        tx.set_unpaced(true);
+                    }
+                }
+            }
+        }
+        self.drain(key);
+        self.negotiate(now, pid);
+        self.reallocate(now, pid);
+        self.run_deferred(now);
+        Ok(())
+    }
+
+    /// Adds a trickled ICE candidate of the client.
+    pub fn add_candidate(&mut self, now: Instant, pid: ParticipantId, role: PcRole, cand: &str) -> Result<(), SfuError> {
+        let c = Candidate::from_sdp_string(cand).map_err(|e| SfuError::Sdp(e.to_string()))?;
+        let part = self.participants.get(&pid).ok_or(SfuError::UnknownParticipant)?;
+        let key = match role {
+            PcRole::Publish => part.publisher,
+            PcRole::Subscribe => part.subscriber,
+        }
+        .ok_or(SfuError::UnknownParticipant)?;
+        if let Some(peer) = self.peers.get_mut(&key) {
+            peer.rtc.add_remote_candidate(c);
+        }
+        self.drain(key);
+        self.run_deferred(now);
+        Ok(())
+    }
+
+    /// The subscriber's wish for one track.
+    pub fn set_preference(&mut self, now: Instant, pid: ParticipantId, track: TrackId, pref: Preference) -> Result<(), SfuError> {
+        let part = self.participants.get_mut(&pid).ok_or(SfuError::UnknownParticipant)?;
+        let sub = part.subs.get_mut(&track).ok_or(SfuError::UnknownTrack)?;
+        sub.pref = pref;
+        self.reallocate(now, pid);
+        self.run_deferred(now);
+        Ok(())
+    }
+
+    /// Stops (or resumes) forwarding what a participant sends from one source.
+    pub fn set_muted(&mut self, pid: ParticipantId, source: TrackSource, muted: bool) {
+        for t in self.tracks.values_mut() {
+            if t.owner == pid && t.source == source {
+                t.muted = muted;
+            }
+        }
+        if muted && source == TrackSource::Mic {
+            if let Some(room) = self.participants.get(&pid).and_then(|p| self.rooms.get_mut(&p.room)) {
+                room.speaker.remove(pid);
+            }
+        }
+    }
+
+    /// Removes the track carried by `mid` on the participant's publish pc.
+    pub fn unpublish(&mut self, now: Instant, pid: ParticipantId, mid: &str) -> Result<(), SfuError> {
+        let tid = self
+            .tracks
+            .iter()
+            .find(|(_, t)| t.owner == pid && &*t.mid == mid)
+            .map(|(id, _)| *id)
+            .ok_or(SfuError::UnknownTrack)?;
+        self.remove_track(now, tid);
+        self.run_deferred(now);
+        Ok(())
+    }
+
+    /// Removes a participant with both its peer connections.
+    pub fn leave(&mut self, now: Instant, pid: ParticipantId) {
+        let Some(part) = self.participants.get(&pid) else { return };
+        let room = part.room.clone();
+        let peers: Vec<PeerKey> = part.publisher.into_iter().chain(part.subscriber).collect();
+        let owned: Vec<TrackId> = self.tracks.iter().filter(|(_, t)| t.owner == pid).map(|(id, _)| *id).collect();
+        for t in owned {
+            self.remove_track(now, t);
+        }
+        for t in self.tracks.values_mut() {
+            t.subscribers.retain(|s| *s != pid);
+        }
+        for k in peers {
+            if let Some(mut p) = self.peers.remove(&k) {
+                p.rtc.disconnect();
+            }
+            self.by_addr.retain(|_, v| *v != k);
+        }
+        self.participants.remove(&pid);
+        let mut empty = false;
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.participants.retain(|p| *p != pid);
+            r.speaker.remove(pid);
+            empty = r.participants.is_empty();
+        }
+        if empty {
+            self.rooms.remove(&room);
+        }
+        self.run_deferred(now);
+    }
+
+    // ---------------------------------------------------------------- sans-IO core
+
+    pub fn handle_input(&mut self, input: Input<'_>) {
+        match input {
+            Input::Timeout(now) => self.handle_timeout(now),
+            Input::Datagram { now, source, destination, contents } => {
+                self.counters.datagrams_in += 1;
+                let Ok(contents) = DatagramRecv::try_from(contents) else {
+                    self.counters.datagrams_unparseable += 1;
+                    return;
+                };
+                let input = str0m::Input::Receive(
+                    now,
+                    Receive { proto: Protocol::Udp, source, destination, contents },
+                );
+                let key = match self.by_addr.get(&source) {
+                    Some(k) if self.peers.get(k).is_some_and(|p| p.rtc.accepts(&input)) => Some(*k),
+                    _ => {
+                        let k = self.peers.iter().find(|(_, p)| p.rtc.accepts(&input)).map(|(k, _)| *k);
+                        if let Some(k) = k {
+                            self.by_addr.insert(source, k);
+                        }
+                        k
+                    }
+                };
+                let Some(key) = key else {
+                    self.counters.datagrams_unmatched += 1;
+                    return;
+                };
+                let Some(peer) = self.peers.get_mut(&key) else { return };
+                if let Err(e) = peer.rtc.handle_input(input) {
+                    tracing::debug!(participant = peer.participant.0, error = %e, "peer input rejected");
+                }
+                self.drain(key);
+                self.run_deferred(now);
+            }
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Output {
+        if let Some(o) = self.out.pop_front() {
+            return o;
+        }
+        let next_tick = self.last_tick.map(|t| t + TICK);
+        let peer_min = self.peers.values().map(|p| p.timeout).min();
+        let t = match (next_tick, peer_min) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => self.epoch + Duration::from_secs(3600),
+        };
+        Output::Timeout(t)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<PeerKey> = self.peers.iter().filter(|(_, p)| p.timeout <= now).map(|(k, _)| *k).collect();
+        for k in due {
+            if let Some(p) = self.peers.get_mut(&k) {
+                if let Err(e) = p.rtc.handle_input(str0m::Input::Timeout(now)) {
+                    tracing::debug!(error = %e, "peer timeout failed");
+                }
+            }
+            self.drain(k);
+        }
+        if self.last_tick.is_none_or(|t| now >= t + TICK) {
+            self.last_tick = Some(now);
+            self.tick(now);
+        }
+        self.run_deferred(now);
+    }
+
+    fn tick(&mut self, now: Instant) {
+        // Retry absorbed keyframe requests whose keyframe never came.
+        let mut retry = vec![];
+        for (tid, t) in &mut self.tracks {
+            for (l, g) in t.gates.iter_mut().enumerate() {
+                if g.handle_timeout(now) {
+                    retry.push((*tid, l as Layer));
+                }
+            }
+        }
+        for (tid, l) in retry {
+            self.send_keyframe_request(now, tid, l);
+        }
+        // Active speaker per room.
+        let mut changes = vec![];
+        for (id, r) in &mut self.rooms {
+            if let Some(c) = r.speaker.evaluate(now) {
+                changes.push(SfuEvent::ActiveSpeaker { room: id.clone(), participant: c });
+            }
+        }
+        self.out.extend(changes.into_iter().map(Output::Event));
+
+        if self.last_rates.is_none_or(|t| now >= t + RATE_WINDOW) {
+            let secs = self.last_rates.map_or(1.0, |t| now.saturating_duration_since(t).as_secs_f64().max(0.1));
+            self.last_rates = Some(now);
+            for t in self.tracks.values_mut() {
+                for l in &mut t.layers {
+                    l.bps = (l.bytes as f64 * 8.0 / secs) as u64;
+                    l.bytes = 0;
+                }
+            }
+        }
+        if self.last_alloc.is_none_or(|t| now >= t + ALLOC_EVERY) {
+            self.last_alloc = Some(now);
+            let pids: Vec<ParticipantId> = self.participants.keys().copied().collect();
+            for pid in pids {
+                self.reallocate(now, pid);
+            }
+        }
+        if self.last_quality.is_none_or(|t| now >= t + self.cfg.quality_interval) {
+            self.last_quality = Some(now);
+            self.emit_quality(now);
+        }
+        // Peers whose ICE/DTLS died.
+        let dead: Vec<(PeerKey, ParticipantId, PcRole)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.rtc.is_alive())
+            .map(|(k, p)| (*k, p.participant, p.role))
+            .collect();
+        for (k, pid, role) in dead {
+            self.peer_lost(now, k, pid, role);
+        }
+    }
+
+    // ---------------------------------------------------------------- internals
+
+    fn rtc_config(&self, role: PcRole) -> RtcConfig {
+        let mut cfg = RtcConfig::new()
+            .set_rtp_mode(true)
+            .set_ice_lite(true)
+            .clear_codecs()
+            .enable_h264(true)
+            .enable_vp8(true)
+            .enable_opus(true, false)
+            .set_stats_interval(Some(Duration::from_secs(1)));
+        if role == PcRole::Subscribe {
+            cfg = cfg.enable_bwe(Some(self.cfg.initial_bwe));
+        }
+        cfg
+    }
+
+    fn new_peer(&mut self, now: Instant, pid: ParticipantId, role: PcRole) -> PeerKey {
+        let mut rtc = self.rtc_config(role).build(now);
+        for addr in &self.cfg.candidates {
+            match Candidate::host(*addr, "udp") {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => tracing::warn!(%addr, error = %e, "unusable media address"),
+            }
+        }
+        let key = self.next_peer;
+        self.next_peer = self.next_peer.wrapping_add(1).max(1);
+        self.peers.insert(
+            key,
+            Peer { rtc, participant: pid, role, timeout: now, connected: false, ssrcs: HashMap::new() },
+        );
+        key
+    }
+
+    /// Polls one peer until it has nothing more, queueing transmits and events.
+    fn drain(&mut self, key: PeerKey) {
+        if let Some(peer) = self.peers.get_mut(&key) {
+            drain_peer(peer, key, &mut self.out, &mut self.deferred);
+        }
+    }
+
+    fn run_deferred(&mut self, now: Instant) {
+        while let Some((key, ev)) = self.deferred.pop_front() {
+            self.on_event(now, key, ev);
+        }
+    }
+
+    fn on_event(&mut self, now: Instant, key: PeerKey, ev: Event) {
+        let Some(peer) = self.peers.get_mut(&key) else { return };
+        let (pid, role) = (peer.participant, peer.role);
+        match ev {
+            Event::RtpPacket(pkt) => self.on_rtp(now, key, pkt),
+            Event::KeyframeRequest(req) => {
+                let Some(part) = self.participants.get(&pid) else { return };
+                let found = part.subs.iter().find(|(_, s)| s.mid == Some(req.mid));
+                if let Some((tid, s)) = found {
+                    if let Some(l) = s.fwd.current() {
+                        let tid = *tid;
+                        self.keyframe_wanted(now, tid, l);
+                    }
+                }
+            }
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                if let Some(p) = self.participants.get_mut(&pid) {
+                    p.budget = Some(estimate.as_u64());
+                }
+            }
+            Event::StreamPaused(sp) => {
+                let found = self
+                    .tracks
+                    .iter_mut()
+                    .find(|(_, t)| t.owner == pid && t.mid == sp.mid)
+                    .map(|(id, t)| (*id, t));
+                if let Some((tid, t)) = found {
+                    let idx = t.rids.iter().position(|r| *r == sp.rid).unwrap_or(0);
+                    let layer = sp.rid.as_ref().map_or(0, |r| rid_layer(r, idx));
+                    t.layers[usize::from(layer)].paused = sp.paused;
+                    if sp.paused {
+                        t.layers[usize::from(layer)].bps = 0;
+                        let subs = t.subscribers.clone();
+                        for s in subs {
+                            if let Some(sub) = self.participants.get_mut(&s).and_then(|p| p.subs.get_mut(&tid)) {
+                                sub.fwd.layer_lost(layer);
+                            }
+                            self.reallocate(now, s);
+                        }
+                    }
+                }
+            }
+            Event::PeerStats(s) => {
+                if let Some(p) = self.participants.get_mut(&pid) {
+                    let link = match role {
+                        PcRole::Publish => &mut p.up,
+                        PcRole::Subscribe => &mut p.down,
+                    };
+                    link.rtt = s.rtt.or(link.rtt);
+                    let loss = match role {
+                        PcRole::Publish => s.ingress_loss_fraction,
+                        PcRole::Subscribe => s.egress_loss_fraction,
+                    };
+                    link.loss = loss.or(link.loss);
+                }
+            }
+            Event::Connected => {
+                peer.connected = true;
+                self.out.push_back(Output::Event(SfuEvent::MediaConnected { participant: pid, pc: role }));
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.peer_lost(now, key, pid, role);
+            }
+            _ => {}
+        }
+    }
+
+    fn peer_lost(&mut self, now: Instant, key: PeerKey, pid: ParticipantId, role: PcRole) {
+        if let Some(mut p) = self.peers.remove(&key) {
+            p.rtc.disconnect();
+        }
+        self.by_addr.retain(|_, v| *v != key);
+        if let Some(part) = self.participants.get_mut(&pid) {
+            match role {
+                PcRole::Publish => part.publisher = None,
+                PcRole::Subscribe => {
+                    part.subscriber = None;
+                    part.pending_offer = None;
+                    for s in part.subs.values_mut() {
+                        s.mid = None;
+                        s.state = SubState::New;
+                    }
+                }
+            }
+        }
+        if role == PcRole::Publish {
+            let owned: Vec<TrackId> = self.tracks.iter().filter(|(_, t)| t.owner == pid).map(|(id, _)| *id).collect();
+            for t in owned {
+                self.remove_track(now, t);
+            }
+        }
+        self.out.push_back(Output::Event(SfuEvent::MediaDisconnected { participant: pid, pc: role }));
+    }
+
+    /// Makes the set of published tracks match the declarations after an offer.
+    fn reconcile_published(&mut self, now: Instant, pid: ParticipantId, key: PeerKey, decls: &[TrackDecl]) {
+        let Some(room) = self.participants.get(&pid).map(|p| p.room.clone()) else { return };
+        let Some(peer) = self.peers.get(&key) else { return };
+        let mut keep = vec![];
+        let mut added = vec![];
+        for d in decls {
+            let Some(media) = peer.rtc.media(Mid::from(d.mid.as_str())) else { continue };
+            // Our side of a client's sending m-line is recvonly.
+            if !matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv) || media.kind() != d.kind {
+                continue;
+            }
+            let existing = self.tracks.iter().find(|(_, t)| t.owner == pid && t.mid == media.mid()).map(|(id, _)| *id);
+            if let Some(id) = existing {
+                keep.push(id);
+                continue;
+            }
+            let rids: Vec<Option<Rid>> = {
+                let r: Vec<Option<Rid>> = match media.rids_rx() {
+                    str0m::media::Rids::Specific(v) => v.iter().map(|r| Some(*r)).collect(),
+                    _ => vec![],
+                };
+                if r.is_empty() { vec![None] } else { r }
+            };
+            let codecs = peer
+                .rtc
+                .codec_config()
+                .params()
+                .iter()
+                .filter(|p| media.remote_pts().contains(&p.pt()))
+                .map(|p| (*p.pt(), *p))
+                .collect();
+            let id = TrackId(self.next_track);
+            self.next_track += 1;
+            let gate = KeyframeGate::new(self.cfg.keyframe_interval);
+            self.tracks.insert(
+                id,
+                Track {
+                    owner: pid,
+                    room: room.clone(),
+                    kind: d.kind,
+                    source: d.source,
+                    mid: media.mid(),
+                    rids,
+                    layers: [LayerState::default(); 3],
+                    gates: [gate.clone(), gate.clone(), gate],
+                    codecs,
+                    clock_rate: if d.kind == MediaKind::Audio { 48_000 } else { 90_000 },
+                    temporal_seen: false,
+                    muted: false,
+                    subscribers: vec![],
+                },
+            );
+            keep.push(id);
+            added.push(id);
+        }
+        let gone: Vec<TrackId> = self
+            .tracks
+            .iter()
+            .filter(|(id, t)| t.owner == pid && !keep.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        for t in gone {
+            self.remove_track(now, t);
+        }
+        let others: Vec<ParticipantId> = self
+            .rooms
+            .get_mut(&room)
+            .map(|r| {
+                r.tracks.extend(added.iter().copied());
+                r.participants.iter().copied().filter(|p| *p != pid).collect()
+            })
+            .unwrap_or_default();
+        for id in &added {
+            if let Some(info) = self.track_info(*id) {
+                self.out.push_back(Output::Event(SfuEvent::TrackPublished { room: room.clone(), track: info }));
+            }
+            for o in &others {
+                self.subscribe(*o, *id);
+            }
+        }
+        for o in others {
+            self.negotiate(now, o);
+        }
+    }
+
+    fn track_info(&self, id: TrackId) -> Option<TrackInfo> {
+        let t = self.tracks.get(&id)?;
+        Some(TrackInfo { id, owner: t.owner, kind: t.kind, source: t.source })
+    }
+
+    fn subscribe(&mut self, pid: ParticipantId, tid: TrackId) {
+        let Some(t) = self.tracks.get_mut(&tid) else { return };
+        let Some(part) = self.participants.get_mut(&pid) else { return };
+        if part.subs.contains_key(&tid) {
+            return;
+        }
+        t.subscribers.push(pid);
+        let start = if t.kind == MediaKind::Audio { Some(0) } else { Some(2) };
+        part.subs.insert(
+            tid,
+            Subscription { mid: None, state: SubState::New, fwd: Forwarder::new(start), pref: Preference::default(), pt_map: vec![] },
+        );
+        part.renegotiate = true;
+    }
+
+    fn remove_track(&mut self, now: Instant, tid: TrackId) {
+        let Some(t) = self.tracks.remove(&tid) else { return };
+        if let Some(r) = self.rooms.get_mut(&t.room) {
+            r.tracks.retain(|x| *x != tid);
+        }
+        for pid in &t.subscribers {
+            if let Some(part) = self.participants.get_mut(pid) {
+                if let Some(sub) = part.subs.get_mut(&tid) {
+                    if sub.mid.is_some() {
+                        sub.state = SubState::Stopping;
+                        part.renegotiate = true;
+                    } else {
+                        part.subs.remove(&tid);
+                    }
+                }
+            }
+        }
+        self.out.push_back(Output::Event(SfuEvent::TrackUnpublished { room: t.room.clone(), track: tid, owner: t.owner }));
+        for pid in t.subscribers {
+            self.negotiate(now, pid);
+        }
+    }
+
+    /// Sends a new subscribe-pc offer if anything changed and none is outstanding.
+    fn negotiate(&mut self, now: Instant, pid: ParticipantId) {
+        let Some(part) = self.participants.get(&pid) else { return };
+        if part.pending_offer.is_some() || !part.renegotiate {
+            return;
+        }
+        if part.subs.is_empty() && part.subscriber.is_none() {
+            return;
+        }
+        let key = match part.subscriber {
+            Some(k) => k,
+            None => {
+                let k = self.new_peer(now, pid, PcRole::Subscribe);
+                if let Some(p) = self.participants.get_mut(&pid) {
+                    p.subscriber = Some(k);
+                }
+                k
+            }
+        };
+        let (Some(part), Some(peer)) = (self.participants.get_mut(&pid), self.peers.get_mut(&key)) else { return };
+        part.renegotiate = false;
+        let mut api = peer.rtc.sdp_api();
+        let mut ids: Vec<TrackId> = part.subs.keys().copied().collect();
+        ids.sort();
+        for tid in &ids {
+            let Some(sub) = part.subs.get_mut(tid) else { continue };
+            match sub.state {
+                SubState::New => {
+                    let Some(t) = self.tracks.get(tid) else { continue };
+                    let mid = api.add_media(
+                        t.kind,
+                        Direction::SendOnly,
+                        Some(format!("p{}", t.owner.0)),
+                        Some(format!("t{}", tid.0)),
+                        None,
+                    );
+                    sub.mid = Some(mid);
+                    sub.state = SubState::Negotiating;
+                }
+                SubState::Stopping => {
+                    if let Some(mid) = sub.mid {
+                        api.stop_media(mid);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !api.has_changes() {
+            return;
+        }
+        let Some((offer, pending)) = api.apply() else { return };
+        part.pending_offer = Some(pending);
+        let tracks = ids
+            .iter()
+            .filter_map(|tid| {
+                let sub = part.subs.get(tid)?;
+                if sub.state == SubState::Stopping {
+                    return None;
+                }
+                let t = self.tracks.get(tid)?;
+                Some(TrackMapping {
+                    track: TrackInfo { id: *tid, owner: t.owner, kind: t.kind, source: t.source },
+                    mid: sub.mid?.to_string(),
+                })
+            })
+            .collect();
+        self.out.push_back(Output::Event(SfuEvent::SubscriberOffer { participant: pid, sdp: offer.to_sdp_string(), tracks }));
+        self.drain(key);
+    }
+
+    fn on_rtp(&mut self, now: Instant, key: PeerKey, pkt: RtpPacket) {
+        self.counters.rtp_in += 1;
+        let Some(peer) = self.peers.get_mut(&key) else { return };
+        let pid = peer.participant;
+        let ssrc = pkt.header.ssrc;
+        let (tid, layer) = match peer.ssrcs.get(&ssrc) {
+            Some(x) => *x,
+            None => {
+                let Some((mid, rid)) = peer.rtc.direct_api().stream_rx(&ssrc).map(|s| (s.mid(), s.rid())) else {
+                    return;
+                };
+                let Some((tid, t)) = self.tracks.iter().find(|(_, t)| t.owner == pid && t.mid == mid) else {
+                    return;
+                };
+                let idx = t.rids.iter().position(|r| *r == rid).unwrap_or(0);
+                let layer = rid.as_ref().map_or(0, |r| rid_layer(r, idx));
+                peer.ssrcs.insert(ssrc, (*tid, layer));
+                (*tid, layer)
+            }
+        };
+        if let Some(p) = self.participants.get_mut(&pid) {
+            p.last_media = Some(now);
+        }
+        let Some(track) = self.tracks.get_mut(&tid) else { return };
+        let pt = *pkt.header.payload_type;
+        let params = track.codecs.get(&pt).copied();
+        let codec = params.map(|p| p.spec().codec);
+        let payload: &[u8] = &pkt.payload;
+        let info = match codec {
+            Some(Codec::H264) => h264::inspect(payload),
+            Some(Codec::Vp8) => vp8::inspect(payload),
+            _ => Some(PayloadInfo { keyframe_start: true, frame_start: true, ..Default::default() }),
+        };
+        let Some(info) = info else { return };
+        let ls = &mut track.layers[usize::from(layer)];
+        ls.bytes += payload.len() as u64;
+        ls.last_packet = Some(now);
+        ls.paused = false;
+        if info.temporal_id.is_some() {
+            track.temporal_seen = true;
+        }
+        if track.kind == MediaKind::Video && info.keyframe_start {
+            track.gates[usize::from(layer)].keyframe_received(now);
+            let size = match codec {
+                Some(Codec::H264) => h264::sps_size_in_payload(payload),
+                Some(Codec::Vp8) => vp8::keyframe_size(payload),
+                _ => None,
+            };
+            if size.is_some() {
+                ls.size = size;
+            }
+        }
+        if track.kind == MediaKind::Audio && !track.muted {
+            if let (Some(level), Some(room)) = (pkt.header.ext_vals.audio_level, self.rooms.get_mut(&track.room)) {
+                room.speaker.add_level(now, pid, level);
+            }
+        }
+        if track.muted {
+            return;
+        }
+        let vp8d = if codec == Some(Codec::Vp8) { Vp8Descriptor::parse(payload).ok() } else { None };
+        let vp8_fields = if codec == Some(Codec::Vp8) { vp8::parse_descriptor(payload) } else { None };
+        let inp = InPacket {
+            layer,
+            seq: *pkt.seq_no,
+            ts: pkt.header.timestamp,
+            clock_rate: track.clock_rate,
+            info,
+            vp8_picture_id: vp8_fields.and_then(|d| d.picture_id),
+            vp8_tl0: vp8_fields.and_then(|d| d.tl0_pic_idx),
+            arrival: pkt.timestamp,
+        };
+        let is_video = track.kind == MediaKind::Video;
+        let mut ext = ExtensionValues::default();
+        if !is_video {
+            ext.audio_level = pkt.header.ext_vals.audio_level;
+            ext.voice_activity = pkt.header.ext_vals.voice_activity;
+        }
+        let mut want_kf: Vec<Layer> = vec![];
+        for i in 0..track.subscribers.len() {
+            let spid = track.subscribers[i];
+            let Some(part) = self.participants.get_mut(&spid) else { continue };
+            let Some(skey) = part.subscriber else { continue };
+            let Some(sub) = part.subs.get_mut(&tid) else { continue };
+            if sub.state != SubState::Open {
+                continue;
+            }
+            let Some(mid) = sub.mid else { continue };
+            let verdict = sub.fwd.process(&inp);
+            if let Some(l) = sub.fwd.wanted_keyframe() {
+                if !want_kf.contains(&l) {
+                    want_kf.push(l);
+                }
+            }
+            let Verdict::Forward(o) = verdict else {
+                self.counters.rtp_dropped_layer += 1;
+                continue;
+            };
+            let Some(speer) = self.peers.get_mut(&skey) else { continue };
+            let out_pt = match sub.pt_map.iter().find(|(i, _)| *i == pt) {
+                Some((_, o)) => *o,
+                None => {
+                    let mapped = params.and_then(|params| speer.rtc.codec_config().match_params(params).map(|p| *p.pt()));
+                    sub.pt_map.push((pt, mapped));
+                    mapped
+                }
+            };
+            let Some(out_pt) = out_pt else { continue };
+            let mut w = RtpWrite::new(out_pt.into(), o.seq.into(), o.ts, inp.arrival, pkt.payload.clone())
+                .marker(pkt.header.marker)
+                .nackable(is_video)
+                .ext_vals(ext.clone());
+            if let (Some(d), Some(pic), Some(tl0)) = (&vp8d, o.vp8_picture_id, o.vp8_tl0) {
+                if let Ok(patch) = d.patch().picture_id(pic).tl0_pic_idx(tl0).build() {
+                    w = w.vp8_patch(patch);
+                }
+            } else if let (Some(d), Some(pic)) = (&vp8d, o.vp8_picture_id) {
+                if let Ok(patch) = d.patch().picture_id(pic).build() {
+                    w = w.vp8_patch(patch);
+                }
+            }
+            let mut api = speer.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
+            tx.write_rtp(w);
+            drop(api);
+            self.counters.rtp_forwarded += 1;
+            drain_peer(speer, skey, &mut self.out, &mut self.deferred);
+        }
+        for l in want_kf {
+            self.keyframe_wanted(now, tid, l);
+        }
+    }
+
+    fn keyframe_wanted(&mut self, now: Instant, tid: TrackId, layer: Layer) {
+        let Some(t) = self.tracks.get_mut(&tid) else { return };
+        if t.kind != MediaKind::Video {
+            return;
+        }
+        if t.gates[usize::from(layer)].request(now) {
+            self.send_keyframe_request(now, tid, layer);
+        } else {
+            self.counters.keyframe_requests_absorbed += 1;
+        }
+    }
+
+    fn send_keyframe_request(&mut self, _now: Instant, tid: TrackId, layer: Layer) {
+        let Some(t) = self.tracks.get(&tid) else { return };
+        let Some(key) = self.participants.get(&t.owner).and_then(|p| p.publisher) else { return };
+        let rid = t
+            .rids
+            .iter()
+            .enumerate()
+            .find(|(i, r)| r.as_ref().map_or(0, |r| rid_layer(r, *i)) == layer)
+            .and_then(|(_, r)| *r);
+        let mid = t.mid;
+        let Some(peer) = self.peers.get_mut(&key) else { return };
+        if let Some(rx) = peer.rtc.direct_api().stream_rx_by_mid(mid, rid) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+            self.counters.keyframe_requests_up += 1;
+        }
+        self.drain(key);
+    }
+
+    /// Re-runs the bandwidth allocation of one subscriber.
+    fn reallocate(&mut self, now: Instant, pid: ParticipantId) {
+        let Some(part) = self.participants.get_mut(&pid) else { return };
+        let speaker = self.rooms.get(&part.room).and_then(|r| r.speaker.dominant());
+        let mut ids = vec![];
+        let mut demands = vec![];
+        let mut audio_bps = 0u64;
+        let mut desired = 0u64;
+        for (tid, sub) in &part.subs {
+            let Some(t) = self.tracks.get(tid) else { continue };
+            if t.kind == MediaKind::Audio {
+                audio_bps += t.layers[0].bps;
+                continue;
+            }
+            if sub.state != SubState::Open {
+                continue;
+            }
+            let simulcast = t.rids.len() > 1;
+            let received = |l: usize| !t.layers[l].paused && t.layers[l].last_packet.is_some_and(|p| now.saturating_duration_since(p) < Duration::from_secs(2));
+            let mut layer_bps = [0u64; 3];
+            for (l, bps) in layer_bps.iter_mut().enumerate() {
+                if received(l) {
+                    // A layer that just started has no rate yet; count it as present.
+                    *bps = t.layers[l].bps.max(1);
+                }
+            }
+            let ceiling = ceiling_for(&sub.pref, t, simulcast);
+            desired += ceiling.map_or(0, |c| layer_bps[usize::from(c)]);
+            let priority = match t.source {
+                TrackSource::Screen => 3,
+                _ if speaker == Some(t.owner) => 2,
+                _ => 1,
+            };
+            ids.push(*tid);
+            demands.push(Demand { ceiling, layer_bps, priority, temporal_scalable: t.temporal_seen, simulcast });
+        }
+        let budget = part.budget.map_or(u64::MAX, |b| b.saturating_sub(audio_bps));
+        let alloc = allocate(budget, &demands);
+        let mut wanted = vec![];
+        for (tid, a) in ids.iter().zip(alloc) {
+            if let Some(sub) = part.subs.get_mut(tid) {
+                let before = sub.fwd.target();
+                sub.fwd.set_target(a.layer, a.temporal);
+                if before != a.layer {
+                    self.counters.layer_switches += 1;
+                }
+                if let Some(l) = sub.fwd.wanted_keyframe() {
+                    wanted.push((*tid, l));
+                }
+            }
+        }
+        // Ask the estimator to probe up to what the subscriber would like to receive.
+        let desired = desired + audio_bps;
+        let sub_key = part.subscriber;
+        let change = desired.abs_diff(part.desired_sent) > part.desired_sent / 5;
+        if change && desired > 0 {
+            part.desired_sent = desired;
+            if let Some(peer) = sub_key.and_then(|k| self.peers.get_mut(&k)) {
+                peer.rtc.bwe().set_bitrate(Bitrate::kbps(100), Bitrate::bps(desired));
+            }
+            if let Some(k) = sub_key {
+                self.drain(k);
+            }
+        }
+        for (tid, l) in wanted {
+            self.keyframe_wanted(now, tid, l);
+        }
+    }
+
+    fn emit_quality(&mut self, now: Instant) {
+        let mut per_room: HashMap<RoomId, Vec<QualityStat>> = HashMap::new();
+        for (pid, p) in &self.participants {
+            let active = p.last_media.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(5));
+            let rtt = p.up.rtt.or(p.down.rtt);
+            let loss = p.up.loss.unwrap_or(0.0).max(p.down.loss.unwrap_or(0.0));
+            let score = if !active && p.subscriber.is_none() { 0 } else { Quality::score(rtt, loss) };
+            per_room.entry(p.room.clone()).or_default().push(QualityStat {
+                participant: *pid,
+                score,
+                rtt_ms: rtt.map(|d| d.as_millis() as u32),
+                loss_up: p.up.loss,
+                loss_down: p.down.loss,
+                bitrate_down_kbps: p.budget.map(|b| (b / 1000) as u32),
+            });
+        }
+        for (room, stats) in per_room {
+            self.out.push_back(Output::Event(SfuEvent::Quality { room, stats }));
+        }
+    }
+}
+
+/// The highest layer the subscriber's preference allows.
+fn ceiling_for(pref: &Preference, t: &Track, simulcast: bool) -> Option<Layer> {
+    let by_quality = match pref.quality {
+        crate::QualityPref::Off => return None,
+        crate::QualityPref::Low => 0,
+        crate::QualityPref::Medium => 1,
+        crate::QualityPref::High => 2,
+    };
+    if !simulcast {
+        return Some(0);
+    }
+    let by_size = match (pref.max_width, pref.max_height) {
+        (None, None) => 2,
+        (w, h) => {
+            let fits = |l: usize| {
+                t.layers[l].size.is_some_and(|(lw, lh)| {
+                    w.is_none_or(|w| u32::from(lw) * 10 >= w * 9) && h.is_none_or(|h| u32::from(lh) * 10 >= h * 9)
+                })
+            };
+            (0..3).find(|&l| fits(l)).unwrap_or(2) as Layer
+        }
+    };
+    Some(by_quality.min(by_size))
+}
+
+/// Polls one peer until it has nothing more, queueing transmits and events.
+fn drain_peer(peer: &mut Peer, key: PeerKey, out: &mut VecDeque<Output>, deferred: &mut VecDeque<(PeerKey, Event)>) {
+    loop {
+        match peer.rtc.poll_output() {
+            Ok(str0m::Output::Timeout(t)) => {
+                peer.timeout = t;
+                break;
+            }
+            Ok(str0m::Output::Transmit(t)) => out.push_back(Output::Transmit(Transmit {
+                source: t.source,
+                destination: t.destination,
+                contents: t.contents.into(),
+            })),
+            Ok(str0m::Output::Event(e)) => deferred.push_back((key, e)),
+            Err(e) => {
+                tracing::debug!(participant = peer.participant.0, error = %e, "peer failed");
+                peer.rtc.disconnect();
+                break;
+            }
+        }
+    }
+}

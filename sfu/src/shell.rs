@@ -1,0 +1,229 @@
+//! The tokio shell around [`Sfu`]: one thread owns the engine and the media socket,
+//! reads datagrams in batches, feeds commands from signalling, sends what the engine
+//! emits and sleeps until its next timeout. This is the only place in the crate that
+//! reads the clock.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::{Counters, Input, Output, Sfu, SfuConfig};
+use crate::{ParticipantId, PcRole, Preference, RoomId, SfuError, SfuEvent, TrackDecl, TrackId, TrackSource};
+
+type Reply<T> = oneshot::Sender<Result<T, SfuError>>;
+
+enum Command {
+    Join(RoomId, ParticipantId, Reply<()>),
+    Publish(ParticipantId, String, Vec<TrackDecl>, Reply<String>),
+    Answer(ParticipantId, String, Reply<()>),
+    Candidate(ParticipantId, PcRole, String, Reply<()>),
+    Preference(ParticipantId, TrackId, Preference, Reply<()>),
+    Mute(ParticipantId, TrackSource, bool),
+    Unpublish(ParticipantId, String, Reply<()>),
+    Leave(ParticipantId),
+    Stats(oneshot::Sender<Stats>),
+}
+
+/// A snapshot for metrics and health.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub counters: Counters,
+    pub participants: usize,
+    pub peers: usize,
+}
+
+/// Cheap, cloneable access to a running SFU.
+#[derive(Clone)]
+pub struct SfuHandle {
+    tx: mpsc::UnboundedSender<Command>,
+    local_addr: SocketAddr,
+}
+
+macro_rules! call {
+    ($self:ident, $variant:ident ( $($arg:expr),* )) => {{
+        let (tx, rx) = oneshot::channel();
+        $self.tx.send(Command::$variant($($arg,)* tx)).map_err(|_| SfuError::Stopped)?;
+        rx.await.map_err(|_| SfuError::Stopped)?
+    }};
+}
+
+impl SfuHandle {
+    /// The media socket's bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub async fn join(&self, room: RoomId, pid: ParticipantId) -> Result<(), SfuError> {
+        call!(self, Join(room, pid))
+    }
+
+    pub async fn publish(&self, pid: ParticipantId, offer: String, decls: Vec<TrackDecl>) -> Result<String, SfuError> {
+        call!(self, Publish(pid, offer, decls))
+    }
+
+    pub async fn subscriber_answer(&self, pid: ParticipantId, answer: String) -> Result<(), SfuError> {
+        call!(self, Answer(pid, answer))
+    }
+
+    pub async fn add_candidate(&self, pid: ParticipantId, role: PcRole, cand: String) -> Result<(), SfuError> {
+        call!(self, Candidate(pid, role, cand))
+    }
+
+    pub async fn set_preference(&self, pid: ParticipantId, track: TrackId, pref: Preference) -> Result<(), SfuError> {
+        call!(self, Preference(pid, track, pref))
+    }
+
+    pub async fn unpublish(&self, pid: ParticipantId, mid: String) -> Result<(), SfuError> {
+        call!(self, Unpublish(pid, mid))
+    }
+
+    pub fn set_muted(&self, pid: ParticipantId, source: TrackSource, muted: bool) {
+        let _ = self.tx.send(Command::Mute(pid, source, muted));
+    }
+
+    pub fn leave(&self, pid: ParticipantId) {
+        let _ = self.tx.send(Command::Leave(pid));
+    }
+
+    pub async fn stats(&self) -> Result<Stats, SfuError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Stats(tx)).map_err(|_| SfuError::Stopped)?;
+        rx.await.map_err(|_| SfuError::Stopped)
+    }
+}
+
+/// Starts the SFU on its own thread. It stops when every [`SfuHandle`] is dropped.
+/// `cfg.candidates` empty means "advertise the socket's own address".
+pub fn spawn(socket: StdUdpSocket, mut cfg: SfuConfig) -> Result<(SfuHandle, mpsc::UnboundedReceiver<SfuEvent>), SfuError> {
+    socket.set_nonblocking(true)?;
+    let local_addr = socket.local_addr()?;
+    if cfg.candidates.is_empty() {
+        cfg.candidates.push(local_addr);
+    }
+    // Bigger kernel buffers ride out bursts (keyframes × subscribers) without drops.
+    let sock2 = socket2::SockRef::from(&socket);
+    let _ = sock2.set_recv_buffer_size(8 << 20);
+    let _ = sock2.set_send_buffer_size(8 << 20);
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("sfu".into()).spawn(move || {
+        rt.block_on(async move {
+            match UdpSocket::from_std(socket) {
+                Ok(sock) => run(sock, cfg, cmd_rx, ev_tx).await,
+                Err(e) => tracing::error!(error = %e, "media socket unusable"),
+            }
+        })
+    })?;
+    Ok((SfuHandle { tx: cmd_tx, local_addr }, ev_rx))
+}
+
+#[allow(clippy::disallowed_methods)] // the shell is where time comes from
+fn now() -> Instant {
+    Instant::now()
+}
+
+async fn run(
+    sock: UdpSocket,
+    cfg: SfuConfig,
+    mut cmds: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::UnboundedSender<SfuEvent>,
+) {
+    // The address peers reach us at: str0m matches it against the local candidates.
+    let destination = cfg.candidates[0];
+    let mut sfu = Sfu::new(cfg, now());
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let timeout = loop {
+            match sfu.poll_output() {
+                Output::Transmit(t) => send(&sock, &t.contents, t.destination).await,
+                Output::Event(e) => {
+                    let _ = events.send(e);
+                }
+                Output::Timeout(t) => break t,
+            }
+        };
+        tokio::select! {
+            biased;
+            r = sock.readable() => {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "media socket failed");
+                    return;
+                }
+                // Up to a batch of datagrams per wake-up; the engine's output is flushed after.
+                for _ in 0..64 {
+                    match sock.try_recv_from(&mut buf) {
+                        Ok((n, source)) => sfu.handle_input(Input::Datagram {
+                            now: now(),
+                            source,
+                            destination,
+                            contents: &buf[..n],
+                        }),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        // ICMP port unreachable from a departed peer surfaces here on Linux.
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "media recv failed");
+                            break;
+                        }
+                    }
+                }
+            }
+            cmd = cmds.recv() => {
+                let Some(cmd) = cmd else { return };
+                handle_command(&mut sfu, cmd);
+            }
+            _ = tokio::time::sleep_until(timeout.into()) => {
+                sfu.handle_input(Input::Timeout(now()));
+            }
+        }
+    }
+}
+
+fn handle_command(sfu: &mut Sfu, cmd: Command) {
+    let t = now();
+    match cmd {
+        Command::Join(room, pid, r) => {
+            let _ = r.send(sfu.join(t, room, pid));
+        }
+        Command::Publish(pid, sdp, decls, r) => {
+            let _ = r.send(sfu.publish(t, pid, &sdp, &decls));
+        }
+        Command::Answer(pid, sdp, r) => {
+            let _ = r.send(sfu.subscriber_answer(t, pid, &sdp));
+        }
+        Command::Candidate(pid, role, c, r) => {
+            let _ = r.send(sfu.add_candidate(t, pid, role, &c));
+        }
+        Command::Preference(pid, track, pref, r) => {
+            let _ = r.send(sfu.set_preference(t, pid, track, pref));
+        }
+        Command::Mute(pid, source, muted) => sfu.set_muted(pid, source, muted),
+        Command::Unpublish(pid, mid, r) => {
+            let _ = r.send(sfu.unpublish(t, pid, &mid));
+        }
+        Command::Leave(pid) => sfu.leave(t, pid),
+        Command::Stats(r) => {
+            let _ = r.send(Stats {
+                counters: sfu.counters().clone(),
+                participants: sfu.participant_count(),
+                peers: sfu.peer_count(),
+            });
+        }
+    }
+}
+
+async fn send(sock: &UdpSocket, data: &[u8], dest: SocketAddr) {
+    match sock.try_send_to(data, dest) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            if let Err(e) = sock.send_to(data, dest).await {
+                tracing::debug!(error = %e, %dest, "media send failed");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, %dest, "media send failed"),
+    }
+}

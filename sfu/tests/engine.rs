@@ -1,0 +1,407 @@
+//! The SFU engine driven by a virtual clock: str0m clients and the engine exchange
+//! datagrams in memory, so seconds of media run in milliseconds and every run is the same.
+// Tests need an arbitrary origin for virtual time; only offsets from it matter.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sfu::{Input, Output, ParticipantId, Preference, QualityPref, Sfu, SfuConfig, SfuEvent, TrackDecl, TrackSource};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid, Simulcast, SimulcastLayer};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Rtc};
+
+const SFU_ADDR: &str = "10.0.0.1:5000";
+const RIDS: [&str; 3] = ["q", "h", "f"];
+/// Frame sizes per layer, ~72 kbit/s, 360 kbit/s and 1.4 Mbit/s at 30 fps.
+const SIZES: [usize; 3] = [300, 1_500, 6_000];
+const DIMS: [(u16, u16); 3] = [(320, 180), (640, 360), (1280, 720)];
+
+/// A VP8 frame whose first bytes are a real frame tag (and keyframe header) and whose
+/// byte 10 names the layer, so the receiver can tell which layer reached it.
+fn vp8_frame(layer: usize, key: bool, n: u32) -> Vec<u8> {
+    let mut f = vec![0u8; SIZES[layer]];
+    if key {
+        f[..6].copy_from_slice(&[0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a]);
+        f[6..8].copy_from_slice(&DIMS[layer].0.to_le_bytes());
+        f[8..10].copy_from_slice(&DIMS[layer].1.to_le_bytes());
+    } else {
+        f[0] = 0x11;
+    }
+    f[10] = layer as u8;
+    f[11..15].copy_from_slice(&n.to_be_bytes());
+    f
+}
+
+struct Client {
+    rtc: Rtc,
+    addr: SocketAddr,
+    /// (time, layer marker, contiguous) of each received video frame.
+    frames: Vec<(Instant, u8, bool)>,
+    audio_frames: usize,
+    keyframe_requests: Vec<(Instant, Option<String>)>,
+    nacks_seen: usize,
+}
+
+impl Client {
+    fn new(now: Instant, addr: &str) -> Self {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let mut rtc = Rtc::builder().clear_codecs().enable_vp8(true).enable_opus(true, false).build(now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        Self { rtc, addr, frames: vec![], audio_frames: 0, keyframe_requests: vec![], nacks_seen: 0 }
+    }
+}
+
+/// A one-way link with a bottleneck rate and an optional drop filter.
+#[derive(Default)]
+struct Link {
+    rate_bps: Option<u64>,
+    busy_until: Option<Instant>,
+    /// Drop the n-th datagram sent over this link (1-based), once.
+    drop_nth: Vec<usize>,
+    sent: usize,
+}
+
+impl Link {
+    /// When the datagram arrives, or None if dropped.
+    fn admit(&mut self, now: Instant, len: usize) -> Option<Instant> {
+        self.sent += 1;
+        if let Some(i) = self.drop_nth.iter().position(|n| *n == self.sent) {
+            self.drop_nth.remove(i);
+            return None;
+        }
+        let latency = Duration::from_millis(10);
+        let Some(rate) = self.rate_bps else { return Some(now + latency) };
+        let start = self.busy_until.map_or(now, |b| b.max(now));
+        if start.saturating_duration_since(now) > Duration::from_millis(250) {
+            return None; // queue full
+        }
+        let done = start + Duration::from_secs_f64(len as f64 * 8.0 / rate as f64);
+        self.busy_until = Some(done);
+        Some(done + latency)
+    }
+}
+
+struct World {
+    now: Instant,
+    sfu: Sfu,
+    clients: Vec<Client>,
+    /// Link from the SFU to each client.
+    down: Vec<Link>,
+    in_flight: VecDeque<(Instant, SocketAddr, SocketAddr, Vec<u8>)>,
+    events: Vec<SfuEvent>,
+    /// (subscriber participant, track, mid on its subscribe pc) from the last offers.
+    sub_mids: Vec<(u64, sfu::TrackId, Mid)>,
+    audio_mid: Option<Mid>,
+}
+
+impl World {
+    fn new() -> Self {
+        let now = Instant::now();
+        let cfg = SfuConfig { candidates: vec![SFU_ADDR.parse().unwrap()], ..Default::default() };
+        Self { now, sfu: Sfu::new(cfg, now), clients: vec![], down: vec![], in_flight: VecDeque::new(), events: vec![], sub_mids: vec![], audio_mid: None }
+    }
+
+    fn add_client(&mut self) -> usize {
+        let addr = format!("10.0.1.{}:4000", self.clients.len() + 1);
+        self.clients.push(Client::new(self.now, &addr));
+        self.down.push(Link::default());
+        self.clients.len() - 1
+    }
+
+    fn sfu_out(&mut self) {
+        loop {
+            match self.sfu.poll_output() {
+                Output::Transmit(t) => {
+                    let Some(i) = self.clients.iter().position(|c| c.addr == t.destination) else { continue };
+                    if let Some(at) = self.down[i].admit(self.now, t.contents.len()) {
+                        self.in_flight.push_back((at, t.source, t.destination, t.contents));
+                    }
+                }
+                Output::Event(e) => self.events.push(e),
+                Output::Timeout(_) => break,
+            }
+        }
+    }
+
+    fn client_out(&mut self, i: usize) {
+        loop {
+            match self.clients[i].rtc.poll_output().unwrap() {
+                str0m::Output::Transmit(t) => {
+                    let at = self.now + Duration::from_millis(10);
+                    self.in_flight.push_back((at, t.source, t.destination, t.contents.into()));
+                }
+                str0m::Output::Event(e) => {
+                    let now = self.now;
+                    let c = &mut self.clients[i];
+                    match e {
+                        Event::MediaData(d) if d.params.spec().codec == str0m::format::Codec::Vp8 => {
+                            c.frames.push((now, d.data.get(10).copied().unwrap_or(255), d.contiguous));
+                        }
+                        Event::MediaData(_) => c.audio_frames += 1,
+                        Event::KeyframeRequest(r) => c.keyframe_requests.push((now, r.rid.map(|r| r.to_string()))),
+                        Event::MediaEgressStats(s) => c.nacks_seen = c.nacks_seen.max(s.nacks as usize),
+                        _ => {}
+                    }
+                }
+                str0m::Output::Timeout(_) => break,
+            }
+        }
+    }
+
+    /// Advances virtual time by `d` in 1 ms steps, delivering datagrams.
+    fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now += Duration::from_millis(1);
+            let now = self.now;
+            let mut due = vec![];
+            self.in_flight.retain(|p| {
+                if p.0 <= now {
+                    due.push(p.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            for (_, src, dst, data) in due {
+                if dst == SFU_ADDR.parse().unwrap() {
+                    self.sfu.handle_input(Input::Datagram { now, source: src, destination: dst, contents: &data });
+                    self.sfu_out();
+                } else if let Some(i) = self.clients.iter().position(|c| c.addr == dst) {
+                    let contents = data.as_slice().try_into().unwrap();
+                    let _ = self.clients[i].rtc.handle_input(str0m::Input::Receive(
+                        now,
+                        Receive { proto: Protocol::Udp, source: src, destination: dst, contents },
+                    ));
+                    self.client_out(i);
+                }
+            }
+            self.sfu.handle_input(Input::Timeout(now));
+            self.sfu_out();
+            for i in 0..self.clients.len() {
+                let _ = self.clients[i].rtc.handle_input(str0m::Input::Timeout(now));
+                self.client_out(i);
+            }
+            self.answer_offers();
+        }
+    }
+
+    /// Clients answer the SFU's subscribe-pc offers at once.
+    fn answer_offers(&mut self) {
+        let offers: Vec<(ParticipantId, String)> = self
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                SfuEvent::SubscriberOffer { participant, sdp, tracks } => {
+                    for t in tracks {
+                        self.sub_mids.push((participant.0, t.track.id, Mid::from(t.mid.as_str())));
+                    }
+                    Some((*participant, sdp.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        self.events.retain(|e| !matches!(e, SfuEvent::SubscriberOffer { .. }));
+        for (pid, sdp) in offers {
+            // Subscriber pcs are clients with index pid*2+1 (see `join`).
+            let i = (pid.0 * 2 + 1) as usize;
+            let answer = self.clients[i].rtc.sdp_api().accept_offer(SdpOffer::from_sdp_string(&sdp).unwrap()).unwrap();
+            self.client_out(i);
+            self.sfu.subscriber_answer(self.now, pid, &answer.to_sdp_string()).unwrap();
+            self.sfu_out();
+        }
+    }
+
+    /// A participant with a publish client (index pid*2) and a subscribe client (pid*2+1).
+    fn join(&mut self, pid: u64, publish: bool) -> (usize, usize, Option<Mid>) {
+        let p = self.add_client();
+        let s = self.add_client();
+        assert_eq!((p, s), ((pid * 2) as usize, (pid * 2 + 1) as usize));
+        self.sfu.join(self.now, "room".into(), ParticipantId(pid)).unwrap();
+        self.sfu_out();
+        if !publish {
+            return (p, s, None);
+        }
+        let mut sim = Simulcast::new();
+        for r in RIDS {
+            sim.add_send_layer(SimulcastLayer::new(r));
+        }
+        let mut api = self.clients[p].rtc.sdp_api();
+        let vmid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(sim));
+        let amid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        let (offer, pending): (SdpOffer, SdpPendingOffer) = api.apply().unwrap();
+        let decls = vec![
+            TrackDecl { mid: vmid.to_string(), kind: MediaKind::Video, source: TrackSource::Camera },
+            TrackDecl { mid: amid.to_string(), kind: MediaKind::Audio, source: TrackSource::Mic },
+        ];
+        let answer = self.sfu.publish(self.now, ParticipantId(pid), &offer.to_sdp_string(), &decls).unwrap();
+        self.sfu_out();
+        self.clients[p].rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).unwrap();
+        self.client_out(p);
+        self.audio_mid = Some(amid);
+        (p, s, Some(vmid))
+    }
+
+    /// Publishes 3 simulcast layers + audio for `d`, answering keyframe requests per rid.
+    fn publish_for(&mut self, p: usize, vmid: Mid, d: Duration, frame_no: &mut u32) {
+        let end = self.now + d;
+        let amid = self.audio_mid;
+        let mut handled_kf = 0;
+        while self.now < end {
+            let n = *frame_no;
+            *frame_no += 1;
+            let pending_kf: Vec<Option<String>> =
+                self.clients[p].keyframe_requests[handled_kf..].iter().map(|(_, r)| r.clone()).collect();
+            handled_kf = self.clients[p].keyframe_requests.len();
+            let vpt = self.clients[p].rtc.codec_config().params().iter().find(|x| x.spec().codec == str0m::format::Codec::Vp8).unwrap().pt();
+            let t = MediaTime::new(u64::from(n) * 3000, Frequency::NINETY_KHZ);
+            for (l, rid) in RIDS.iter().enumerate() {
+                let key = n % 90 == 0 || pending_kf.iter().any(|r| r.as_deref() == Some(rid) || r.is_none());
+                let now = self.now;
+                if let Some(w) = self.clients[p].rtc.writer(vmid) {
+                    w.rid((*rid).into()).write(vpt, now, t, vp8_frame(l, key, n)).unwrap();
+                }
+                self.client_out(p);
+            }
+            if let Some(amid) = amid {
+                let apt = self.clients[p].rtc.codec_config().params().iter().find(|x| x.spec().codec == str0m::format::Codec::Opus).unwrap().pt();
+                let now = self.now;
+                for k in 0..2u64 {
+                    let at = MediaTime::new((u64::from(n) * 2 + k) * 960, Frequency::FORTY_EIGHT_KHZ);
+                    if let Some(w) = self.clients[p].rtc.writer(amid) {
+                        w.write(apt, now, at, vec![0xfc; 60]).unwrap();
+                    }
+                    self.client_out(p);
+                }
+            }
+            self.run(Duration::from_millis(33));
+        }
+    }
+
+    fn layers_received(&self, c: usize, since: Instant) -> Vec<u8> {
+        self.clients[c].frames.iter().filter(|f| f.0 >= since).map(|f| f.1).collect()
+    }
+}
+
+fn dominant(v: &[u8]) -> Option<u8> {
+    let mut counts = [0usize; 3];
+    for x in v {
+        if let Some(c) = counts.get_mut(usize::from(*x)) {
+            *c += 1;
+        }
+    }
+    let (i, n) = counts.iter().enumerate().max_by_key(|x| x.1)?;
+    (*n > 0).then_some(i as u8)
+}
+
+#[test]
+fn forwards_full_layer_then_lower_layer_when_bandwidth_drops() {
+    let mut w = World::new();
+    let (p, _, vmid) = w.join(0, true);
+    let (_, s, _) = w.join(1, false);
+    let mut n = 0;
+    w.publish_for(p, vmid.unwrap(), Duration::from_secs(4), &mut n);
+    let t_full = w.now;
+    w.publish_for(p, vmid.unwrap(), Duration::from_secs(2), &mut n);
+    let got = w.layers_received(s, t_full);
+    assert!(got.len() > 40, "subscriber got {} frames", got.len());
+    assert_eq!(dominant(&got), Some(2), "with plenty of bandwidth the full layer flows: {got:?}");
+
+    // The downlink shrinks to 600 kbit/s: the estimate falls and the allocator moves the
+    // subscriber to the 360 kbit/s layer (on one of its keyframes).
+    w.down[s].rate_bps = Some(600_000);
+    w.publish_for(p, vmid.unwrap(), Duration::from_secs(12), &mut n);
+    let t_low = w.now;
+    w.publish_for(p, vmid.unwrap(), Duration::from_secs(3), &mut n);
+    let got = w.layers_received(s, t_low);
+    assert!(got.len() > 40, "subscriber got {} frames after the drop", got.len());
+    let d = dominant(&got);
+    assert!(d.is_some_and(|l| l < 2), "after the drop a lower layer flows, got {got:?}");
+    assert!(w.sfu.counters().layer_switches >= 1);
+}
+
+#[test]
+fn rendered_size_picks_the_layer() {
+    let mut w = World::new();
+    let (p, _, vmid) = w.join(0, true);
+    let (_, s, _) = w.join(1, false);
+    let mut n = 0;
+    w.publish_for(p, vmid.unwrap(), Duration::from_secs(3), &mut n);
+    let track = sfu::TrackId(1);
+    w.sfu
+        .set_preference(w.now, ParticipantId(1), track, Preference { quality: QualityPref::High, max_width: Some(320), max_height: Some(180) })
+        .unwrap();
+    w.publish_for(p, vmid.unwrap(), Duration::from_secs(2), &mut n);
+    let t = w.now;
+    w.publish_for(p, vmid.unwrap(), Duration::from_secs(2), &mut n);
+    assert_eq!(dominant(&w.layers_received(s, t)), Some(0));
+    // Every frame handed to the decoder after the switch was complete.
+    assert!(w.clients[s].frames.iter().filter(|f| f.0 >= t).all(|f| f.2));
+}
+
+#[test]
+fn nack_on_the_downlink_is_served_by_the_sfu() {
+    let mut w = World::new();
+    let (p, _, vmid) = w.join(0, true);
+    let (_, s, _) = w.join(1, false);
+    let mut n = 0;
+    w.publish_for(p, vmid.unwrap(), Duration::from_secs(3), &mut n);
+    let frames_before = w.clients[s].frames.len();
+    let kf_before = w.clients[p].keyframe_requests.len();
+    // Lose a few datagrams on the way to the subscriber only.
+    let sent = w.down[s].sent;
+    w.down[s].drop_nth = vec![sent + 20, sent + 45, sent + 46, sent + 90];
+    w.publish_for(p, vmid.unwrap(), Duration::from_secs(2), &mut n);
+    let after: Vec<_> = w.clients[s].frames[frames_before..].to_vec();
+    assert!(after.len() > 50);
+    // Every frame came out complete: the holes were filled by retransmission from the
+    // SFU's buffer, not papered over by a keyframe from the publisher.
+    assert!(after.iter().all(|f| f.2), "a frame reached the decoder incomplete");
+    assert_eq!(w.clients[p].keyframe_requests.len(), kf_before, "the publisher was asked for a keyframe");
+    let counters = w.sfu.counters();
+    assert!(counters.rtp_forwarded > 0);
+}
+
+#[test]
+fn keyframe_requests_from_many_subscribers_are_coalesced() {
+    let mut w = World::new();
+    let (p, _, vmid) = w.join(0, true);
+    let mut subs = vec![];
+    for pid in 1..=5 {
+        subs.push(w.join(pid, false).1);
+    }
+    let mut n = 0;
+    w.publish_for(p, vmid.unwrap(), Duration::from_secs(3), &mut n);
+    let before = w.clients[p].keyframe_requests.len();
+    let t0 = w.now;
+    // Every subscriber asks for a keyframe at the same moment.
+    for (pid, &s) in (1u64..).zip(&subs) {
+        let mid = w.sub_mids.iter().find(|(p, t, _)| *p == pid && *t == sfu::TrackId(1)).map(|x| x.2).expect("video mid");
+        let mut wr = w.clients[s].rtc.writer(mid).expect("writer");
+        wr.request_keyframe(None, KeyframeRequestKind::Pli).unwrap();
+        w.client_out(s);
+    }
+    w.publish_for(p, vmid.unwrap(), Duration::from_millis(300), &mut n);
+    let got: Vec<_> = w.clients[p].keyframe_requests[before..].iter().filter(|(t, _)| *t >= t0).collect();
+    assert_eq!(got.len(), 1, "5 PLIs within 300 ms should reach the publisher once: {got:?}");
+    assert!(w.sfu.counters().keyframe_requests_absorbed >= 4);
+}
+
+#[test]
+fn audio_reaches_every_other_participant_and_leave_cleans_up() {
+    let mut w = World::new();
+    let (p, _, vmid) = w.join(0, true);
+    let (_, s1, _) = w.join(1, false);
+    let (_, s2, _) = w.join(2, false);
+    let mut n = 0;
+    w.publish_for(p, vmid.unwrap(), Duration::from_secs(3), &mut n);
+    assert!(w.clients[s1].audio_frames > 50 && w.clients[s2].audio_frames > 50);
+    w.sfu.leave(w.now, ParticipantId(0));
+    w.sfu_out();
+    assert!(w.events.iter().any(|e| matches!(e, SfuEvent::TrackUnpublished { owner, .. } if *owner == ParticipantId(0))));
+    assert_eq!(w.sfu.participant_count(), 2);
+}
+

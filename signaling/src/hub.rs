@@ -1,0 +1,484 @@
+//! Meetings and their participants. The hub owns who is in which meeting, names, roles,
+//! mute and lock state, and the track list clients see; it relays SFU events to the
+//! right sessions. Its lock is never held across an await.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::Value;
+use sfu::{ParticipantId, PcRole, Preference, QualityPref, SfuEvent, SfuHandle, TrackDecl, TrackId, TrackSource};
+use tokio::sync::mpsc;
+
+use crate::SignalError;
+use crate::protocol::{
+    HostAction, Kind, MeetingWire, ParticipantWire, Pc, QualityWire, QualityWireStat, ServerMsg, Source, TrackWire,
+};
+
+/// A meeting that exists from start-up (until admin-api provides scheduled meetings).
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct MeetingSeed {
+    pub number: String,
+    #[serde(default)]
+    pub passcode: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubConfig {
+    /// Let `join` with `create: true` open a meeting under an unused number.
+    pub adhoc_meetings: bool,
+    /// Meetings that always exist.
+    pub meetings: Vec<MeetingSeed>,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self { adhoc_meetings: true, meetings: vec![] }
+    }
+}
+
+/// What a session receives from the hub.
+#[derive(Debug)]
+pub enum Outgoing {
+    Msg(ServerMsg),
+    /// Close the connection (removed by the host).
+    Close,
+}
+
+struct Member {
+    name: String,
+    mic_muted: bool,
+    camera_muted: bool,
+    tx: mpsc::UnboundedSender<Outgoing>,
+}
+
+struct Meeting {
+    passcode: Option<String>,
+    locked: bool,
+    persistent: bool,
+    host: Option<ParticipantId>,
+    members: BTreeMap<ParticipantId, Member>,
+    tracks: BTreeMap<TrackId, TrackWire>,
+}
+
+impl Meeting {
+    fn wire(&self, number: &str) -> MeetingWire {
+        MeetingWire { number: number.to_string(), locked: self.locked }
+    }
+
+    fn participant(&self, pid: ParticipantId) -> Option<ParticipantWire> {
+        let m = self.members.get(&pid)?;
+        Some(ParticipantWire {
+            id: pid_wire(pid),
+            name: m.name.clone(),
+            role: if self.host == Some(pid) { "host" } else { "participant" },
+            mic_muted: m.mic_muted,
+            camera_muted: m.camera_muted,
+            sharing: self.tracks.values().any(|t| t.participant == pid_wire(pid) && t.source == Source::Screen),
+        })
+    }
+
+    fn broadcast(&self, msg: &ServerMsg, except: Option<ParticipantId>) {
+        for (pid, m) in &self.members {
+            if Some(*pid) != except {
+                let _ = m.tx.send(Outgoing::Msg(msg.clone()));
+            }
+        }
+    }
+
+    fn send(&self, pid: ParticipantId, msg: ServerMsg) {
+        if let Some(m) = self.members.get(&pid) {
+            let _ = m.tx.send(Outgoing::Msg(msg));
+        }
+    }
+}
+
+pub fn pid_wire(p: ParticipantId) -> String {
+    format!("p{}", p.0)
+}
+
+fn parse_pid(s: &str) -> Option<ParticipantId> {
+    s.strip_prefix('p')?.parse().ok().map(ParticipantId)
+}
+
+fn kind_wire(k: sfu::MediaKind) -> Kind {
+    if k == sfu::MediaKind::Audio { Kind::Audio } else { Kind::Video }
+}
+
+fn source_wire(s: TrackSource) -> Source {
+    match s {
+        TrackSource::Mic => Source::Mic,
+        TrackSource::Camera => Source::Camera,
+        TrackSource::Screen => Source::Screen,
+    }
+}
+
+fn source_sfu(s: Source) -> TrackSource {
+    match s {
+        Source::Mic => TrackSource::Mic,
+        Source::Camera => TrackSource::Camera,
+        Source::Screen => TrackSource::Screen,
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    meetings: HashMap<String, Meeting>,
+    /// participant → meeting number
+    seats: HashMap<ParticipantId, String>,
+}
+
+pub struct Hub {
+    sfu: SfuHandle,
+    cfg: HubConfig,
+    inner: Mutex<Inner>,
+    next_pid: AtomicU64,
+}
+
+/// A join request, validated by the session.
+pub struct JoinRequest {
+    pub meeting: String,
+    pub passcode: Option<String>,
+    pub name: String,
+    pub create: bool,
+}
+
+impl Hub {
+    /// Creates the hub and starts relaying `events` from the SFU.
+    pub fn start(sfu: SfuHandle, events: mpsc::UnboundedReceiver<SfuEvent>, cfg: HubConfig) -> Arc<Hub> {
+        let mut inner = Inner::default();
+        for s in &cfg.meetings {
+            inner.meetings.insert(
+                s.number.clone(),
+                Meeting {
+                    passcode: s.passcode.clone().filter(|p| !p.is_empty()),
+                    locked: false,
+                    persistent: true,
+                    host: None,
+                    members: BTreeMap::new(),
+                    tracks: BTreeMap::new(),
+                },
+            );
+        }
+        let hub = Arc::new(Hub { sfu, cfg, inner: Mutex::new(inner), next_pid: AtomicU64::new(1) });
+        tokio::spawn(relay(Arc::downgrade(&hub), events));
+        hub
+    }
+
+    pub fn sfu(&self) -> &SfuHandle {
+        &self.sfu
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock is a bug elsewhere; the data is still consistent
+        // enough to keep serving other meetings.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of meetings and participants, for metrics.
+    pub fn census(&self) -> (usize, usize) {
+        let g = self.lock();
+        (g.meetings.values().filter(|m| !m.members.is_empty()).count(), g.seats.len())
+    }
+
+    pub async fn join(
+        &self,
+        req: JoinRequest,
+        tx: mpsc::UnboundedSender<Outgoing>,
+        re: Option<Value>,
+    ) -> Result<ParticipantId, SignalError> {
+        let pid = ParticipantId(self.next_pid.fetch_add(1, Ordering::Relaxed));
+        {
+            let mut g = self.lock();
+            if !g.meetings.contains_key(&req.meeting) {
+                if !(req.create && self.cfg.adhoc_meetings) {
+                    return Err(SignalError::UnknownMeeting(req.meeting));
+                }
+                g.meetings.insert(
+                    req.meeting.clone(),
+                    Meeting {
+                        passcode: req.passcode.clone().filter(|p| !p.is_empty()),
+                        locked: false,
+                        persistent: false,
+                        host: None,
+                        members: BTreeMap::new(),
+                        tracks: BTreeMap::new(),
+                    },
+                );
+            }
+            let Some(m) = g.meetings.get_mut(&req.meeting) else {
+                return Err(SignalError::UnknownMeeting(req.meeting));
+            };
+            if let Some(p) = &m.passcode {
+                if req.passcode.as_deref() != Some(p.as_str()) {
+                    return Err(SignalError::WrongPasscode);
+                }
+            }
+            if m.locked {
+                return Err(SignalError::MeetingLocked);
+            }
+            if m.host.is_none() {
+                m.host = Some(pid);
+            }
+            m.members.insert(pid, Member { name: req.name.clone(), mic_muted: false, camera_muted: false, tx });
+            g.seats.insert(pid, req.meeting.clone());
+        }
+        if let Err(e) = self.sfu.join(req.meeting.clone(), pid).await {
+            self.forget(pid);
+            return Err(e.into());
+        }
+        let g = self.lock();
+        let Some(m) = g.meetings.get(&req.meeting) else {
+            return Err(SignalError::Internal("meeting vanished during join".into()));
+        };
+        let me = m.participant(pid).ok_or_else(|| SignalError::Internal("seat vanished during join".into()))?;
+        let joined = ServerMsg::Joined {
+            re,
+            participant: pid_wire(pid),
+            role: me.role,
+            meeting: m.wire(&req.meeting),
+            participants: m.members.keys().filter_map(|p| m.participant(*p)).collect(),
+            tracks: m.tracks.values().cloned().collect(),
+        };
+        m.send(pid, joined);
+        m.broadcast(&ServerMsg::ParticipantJoined { participant: me }, Some(pid));
+        tracing::info!(meeting = %req.meeting, participant = pid.0, "joined");
+        Ok(pid)
+    }
+
+    /// Removes the seat without telling anyone (failed join).
+    fn forget(&self, pid: ParticipantId) {
+        let mut g = self.lock();
+        if let Some(number) = g.seats.remove(&pid) {
+            if let Some(m) = g.meetings.get_mut(&number) {
+                m.members.remove(&pid);
+                if m.host == Some(pid) {
+                    m.host = m.members.keys().next().copied();
+                }
+            }
+        }
+    }
+
+    /// The participant left (or was removed, or its connection dropped).
+    pub fn leave(&self, pid: ParticipantId, reason: &'static str) {
+        self.sfu.leave(pid);
+        let mut g = self.lock();
+        let Some(number) = g.seats.remove(&pid) else { return };
+        let Some(m) = g.meetings.get_mut(&number) else { return };
+        m.members.remove(&pid);
+        m.tracks.retain(|_, t| t.participant != pid_wire(pid));
+        m.broadcast(&ServerMsg::ParticipantLeft { participant: pid_wire(pid), reason }, None);
+        if m.host == Some(pid) {
+            // The longest-present participant takes over, so a meeting is never without host.
+            m.host = m.members.keys().next().copied();
+            if let Some(h) = m.host.and_then(|h| m.participant(h)) {
+                m.broadcast(&ServerMsg::ParticipantUpdated { participant: h }, None);
+            }
+        }
+        if m.members.is_empty() && !m.persistent {
+            g.meetings.remove(&number);
+        }
+        tracing::info!(meeting = %number, participant = pid.0, reason, "left");
+    }
+
+    pub async fn publish(&self, pid: ParticipantId, sdp: String, tracks: Vec<crate::protocol::TrackDecl>) -> Result<String, SignalError> {
+        let decls = tracks
+            .into_iter()
+            .map(|t| TrackDecl {
+                mid: t.mid,
+                kind: if t.kind == Kind::Audio { sfu::MediaKind::Audio } else { sfu::MediaKind::Video },
+                source: source_sfu(t.source),
+            })
+            .collect();
+        Ok(self.sfu.publish(pid, sdp, decls).await?)
+    }
+
+    pub async fn subscriber_answer(&self, pid: ParticipantId, sdp: String) -> Result<(), SignalError> {
+        Ok(self.sfu.subscriber_answer(pid, sdp).await?)
+    }
+
+    pub async fn candidate(&self, pid: ParticipantId, pc: Pc, cand: String) -> Result<(), SignalError> {
+        let role = if pc == Pc::Pub { PcRole::Publish } else { PcRole::Subscribe };
+        Ok(self.sfu.add_candidate(pid, role, cand).await?)
+    }
+
+    pub async fn subscribe(
+        &self,
+        pid: ParticipantId,
+        track: &str,
+        quality: Option<QualityWire>,
+        max_width: Option<u32>,
+        max_height: Option<u32>,
+    ) -> Result<(), SignalError> {
+        let tid = TrackId::parse(track).ok_or_else(|| SignalError::UnknownTrack(track.into()))?;
+        let quality = match quality.unwrap_or(QualityWire::High) {
+            QualityWire::Off => QualityPref::Off,
+            QualityWire::Low => QualityPref::Low,
+            QualityWire::Medium => QualityPref::Medium,
+            QualityWire::High => QualityPref::High,
+        };
+        self.sfu
+            .set_preference(pid, tid, Preference { quality, max_width, max_height })
+            .await
+            .map_err(|e| match e {
+                sfu::SfuError::UnknownTrack => SignalError::UnknownTrack(track.into()),
+                e => e.into(),
+            })
+    }
+
+    pub async fn unpublish(&self, pid: ParticipantId, mid: String) -> Result<(), SignalError> {
+        self.sfu.unpublish(pid, mid.clone()).await.map_err(|e| match e {
+            sfu::SfuError::UnknownTrack => SignalError::UnknownTrack(mid),
+            e => e.into(),
+        })
+    }
+
+    pub fn mute(&self, pid: ParticipantId, source: Source, muted: bool) {
+        self.sfu.set_muted(pid, source_sfu(source), muted);
+        let mut g = self.lock();
+        let Some(number) = g.seats.get(&pid).cloned() else { return };
+        let Some(m) = g.meetings.get_mut(&number) else { return };
+        if let Some(me) = m.members.get_mut(&pid) {
+            match source {
+                Source::Mic => me.mic_muted = muted,
+                Source::Camera => me.camera_muted = muted,
+                Source::Screen => {}
+            }
+        }
+        if let Some(p) = m.participant(pid) {
+            m.broadcast(&ServerMsg::ParticipantUpdated { participant: p }, None);
+        }
+    }
+
+    pub fn host_action(&self, pid: ParticipantId, action: HostAction, target: Option<&str>) -> Result<(), SignalError> {
+        let mut g = self.lock();
+        let number = g.seats.get(&pid).cloned().ok_or(SignalError::NotJoined)?;
+        let m = g.meetings.get_mut(&number).ok_or(SignalError::NotJoined)?;
+        if m.host != Some(pid) {
+            return Err(SignalError::NotHost);
+        }
+        let target_pid = || -> Result<ParticipantId, SignalError> {
+            let t = target.ok_or_else(|| SignalError::BadRequest("`participant` is required".into()))?;
+            parse_pid(t).filter(|p| m.members.contains_key(p)).ok_or_else(|| SignalError::UnknownParticipant(t.into()))
+        };
+        match action {
+            HostAction::Mute | HostAction::MuteAll => {
+                let victims: Vec<ParticipantId> = if action == HostAction::Mute {
+                    vec![target_pid()?]
+                } else {
+                    m.members.keys().copied().filter(|p| *p != pid).collect()
+                };
+                for v in victims {
+                    self.sfu.set_muted(v, TrackSource::Mic, true);
+                    if let Some(mem) = m.members.get_mut(&v) {
+                        mem.mic_muted = true;
+                    }
+                    m.send(v, ServerMsg::MutedByHost { source: Source::Mic });
+                    if let Some(p) = m.participant(v) {
+                        m.broadcast(&ServerMsg::ParticipantUpdated { participant: p }, None);
+                    }
+                }
+            }
+            HostAction::Remove => {
+                let v = target_pid()?;
+                if let Some(mem) = m.members.get(&v) {
+                    let _ = mem.tx.send(Outgoing::Msg(ServerMsg::Removed { reason: "removed by the host".into() }));
+                    let _ = mem.tx.send(Outgoing::Close);
+                }
+                drop(g);
+                self.leave(v, "removed");
+                return Ok(());
+            }
+            HostAction::Lock | HostAction::Unlock => {
+                m.locked = action == HostAction::Lock;
+                m.broadcast(&ServerMsg::MeetingUpdated { meeting: m.wire(&number) }, None);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_sfu_event(&self, ev: SfuEvent) {
+        let mut g = self.lock();
+        match ev {
+            SfuEvent::SubscriberOffer { participant, sdp, tracks } => {
+                let Some(number) = g.seats.get(&participant) else { return };
+                let Some(m) = g.meetings.get(number) else { return };
+                let tracks = tracks
+                    .into_iter()
+                    .map(|t| TrackWire {
+                        id: t.track.id.to_string(),
+                        participant: pid_wire(t.track.owner),
+                        kind: kind_wire(t.track.kind),
+                        source: source_wire(t.track.source),
+                        mid: Some(t.mid),
+                    })
+                    .collect();
+                m.send(participant, ServerMsg::Offer { pc: Pc::Sub, sdp, tracks });
+            }
+            SfuEvent::TrackPublished { room, track } => {
+                let Some(m) = g.meetings.get_mut(&room) else { return };
+                let w = TrackWire {
+                    id: track.id.to_string(),
+                    participant: pid_wire(track.owner),
+                    kind: kind_wire(track.kind),
+                    source: source_wire(track.source),
+                    mid: None,
+                };
+                m.tracks.insert(track.id, w.clone());
+                m.broadcast(&ServerMsg::TrackPublished { track: w }, None);
+                if track.source == TrackSource::Screen {
+                    if let Some(p) = m.participant(track.owner) {
+                        m.broadcast(&ServerMsg::ParticipantUpdated { participant: p }, None);
+                    }
+                }
+            }
+            SfuEvent::TrackUnpublished { room, track, owner } => {
+                let Some(m) = g.meetings.get_mut(&room) else { return };
+                if let Some(t) = m.tracks.remove(&track) {
+                    m.broadcast(&ServerMsg::TrackUnpublished { track: t.id }, None);
+                    if t.source == Source::Screen {
+                        if let Some(p) = m.participant(owner) {
+                            m.broadcast(&ServerMsg::ParticipantUpdated { participant: p }, None);
+                        }
+                    }
+                }
+            }
+            SfuEvent::ActiveSpeaker { room, participant } => {
+                if let Some(m) = g.meetings.get(&room) {
+                    m.broadcast(&ServerMsg::Speaking { participant: participant.map(pid_wire) }, None);
+                }
+            }
+            SfuEvent::Quality { room, stats } => {
+                if let Some(m) = g.meetings.get(&room) {
+                    let stats = stats
+                        .into_iter()
+                        .map(|s| QualityWireStat {
+                            participant: pid_wire(s.participant),
+                            score: s.score,
+                            rtt_ms: s.rtt_ms,
+                            loss_up: s.loss_up,
+                            loss_down: s.loss_down,
+                            bitrate_down_kbps: s.bitrate_down_kbps,
+                        })
+                        .collect();
+                    m.broadcast(&ServerMsg::Quality { stats }, None);
+                }
+            }
+            SfuEvent::MediaConnected { participant, pc } => {
+                tracing::debug!(participant = participant.0, ?pc, "media connected");
+            }
+            SfuEvent::MediaDisconnected { participant, pc } => {
+                tracing::info!(participant = participant.0, ?pc, "media connection lost");
+            }
+        }
+        drop(g);
+    }
+}
+
+async fn relay(hub: std::sync::Weak<Hub>, mut events: mpsc::UnboundedReceiver<SfuEvent>) {
+    while let Some(ev) = events.recv().await {
+        let Some(hub) = hub.upgrade() else { return };
+        hub.on_sfu_event(ev);
+    }
+}

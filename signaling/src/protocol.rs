@@ -1,0 +1,308 @@
+//! Wire types of signalling protocol v1 (docs/signaling.md). Parsing never panics: any
+//! input becomes either a [`ClientMsg`] or a [`SignalError`] with a stable code.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::SignalError;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest accepted text frame.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pc {
+    Pub,
+    Sub,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Audio,
+    Video,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Mic,
+    Camera,
+    Screen,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TrackDecl {
+    pub mid: String,
+    pub kind: Kind,
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QualityWire {
+    Off,
+    Low,
+    Medium,
+    High,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostAction {
+    Mute,
+    MuteAll,
+    Remove,
+    Lock,
+    Unlock,
+}
+
+/// A request from a client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    Join {
+        v: u32,
+        meeting: String,
+        #[serde(default)]
+        passcode: Option<String>,
+        #[serde(default)]
+        token: Option<String>,
+        name: String,
+        #[serde(default)]
+        create: bool,
+    },
+    Offer {
+        pc: Pc,
+        sdp: String,
+        #[serde(default)]
+        tracks: Vec<TrackDecl>,
+    },
+    Answer {
+        pc: Pc,
+        sdp: String,
+    },
+    Candidate {
+        pc: Pc,
+        candidate: String,
+    },
+    Subscribe {
+        track: String,
+        #[serde(default)]
+        quality: Option<QualityWire>,
+        #[serde(default)]
+        max_width: Option<u32>,
+        #[serde(default)]
+        max_height: Option<u32>,
+    },
+    Unpublish {
+        mid: String,
+    },
+    Mute {
+        source: Source,
+        muted: bool,
+    },
+    Host {
+        action: HostAction,
+        #[serde(default)]
+        participant: Option<String>,
+    },
+    Ping,
+    Leave,
+}
+
+/// A parsed request and the id to echo in its reply.
+#[derive(Debug)]
+pub struct Request {
+    pub id: Option<Value>,
+    pub msg: ClientMsg,
+}
+
+/// Parses one text frame. On failure returns the id (if one could be read) with the error.
+pub fn parse(text: &str) -> Result<Request, (Option<Value>, SignalError)> {
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err((None, SignalError::TooLarge));
+    }
+    let v: Value = serde_json::from_str(text).map_err(|e| (None, SignalError::BadRequest(format!("not JSON: {e}"))))?;
+    let Value::Object(ref obj) = v else {
+        return Err((None, SignalError::BadRequest("a message is a JSON object".into())));
+    };
+    let id = match obj.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= 64 => Some(Value::String(s.clone())),
+        Some(Value::Number(n)) => Some(Value::Number(n.clone())),
+        Some(_) => return Err((None, SignalError::BadRequest("id must be a string of ≤ 64 chars or a number".into()))),
+    };
+    match obj.get("type") {
+        Some(Value::String(_)) => {}
+        _ => return Err((id, SignalError::BadRequest("missing string field `type`".into()))),
+    }
+    let msg: ClientMsg = serde_json::from_value(v).map_err(|e| (id.clone(), SignalError::BadRequest(e.to_string())))?;
+    Ok(Request { id, msg })
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ParticipantWire {
+    pub id: String,
+    pub name: String,
+    pub role: &'static str,
+    pub mic_muted: bool,
+    pub camera_muted: bool,
+    pub sharing: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TrackWire {
+    pub id: String,
+    pub participant: String,
+    pub kind: Kind,
+    pub source: Source,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mid: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MeetingWire {
+    pub number: String,
+    pub locked: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct QualityWireStat {
+    pub participant: String,
+    pub score: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_up: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_down: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bitrate_down_kbps: Option<u32>,
+}
+
+/// A message to a client.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    Joined {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        re: Option<Value>,
+        participant: String,
+        role: &'static str,
+        meeting: MeetingWire,
+        participants: Vec<ParticipantWire>,
+        tracks: Vec<TrackWire>,
+    },
+    Answer {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        re: Option<Value>,
+        pc: Pc,
+        sdp: String,
+    },
+    Offer {
+        pc: Pc,
+        sdp: String,
+        tracks: Vec<TrackWire>,
+    },
+    ParticipantJoined {
+        participant: ParticipantWire,
+    },
+    ParticipantLeft {
+        participant: String,
+        reason: &'static str,
+    },
+    ParticipantUpdated {
+        participant: ParticipantWire,
+    },
+    TrackPublished {
+        track: TrackWire,
+    },
+    TrackUnpublished {
+        track: String,
+    },
+    Speaking {
+        participant: Option<String>,
+    },
+    Quality {
+        stats: Vec<QualityWireStat>,
+    },
+    MutedByHost {
+        source: Source,
+    },
+    Removed {
+        reason: String,
+    },
+    MeetingUpdated {
+        meeting: MeetingWire,
+    },
+    Ok {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        re: Option<Value>,
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        re: Option<Value>,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        re: Option<Value>,
+        code: &'static str,
+        message: String,
+    },
+}
+
+impl ServerMsg {
+    pub fn error(re: Option<Value>, e: &SignalError) -> Self {
+        ServerMsg::Error { re, code: e.code(), message: e.to_string() }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising these plain structs cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|_| r#"{"type":"error","code":"internal","message":"serialisation"}"#.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_join_and_keeps_id() {
+        let r = parse(r#"{"type":"join","id":7,"v":1,"meeting":"123","name":"张三","extra":1}"#).unwrap();
+        assert_eq!(r.id, Some(Value::from(7)));
+        assert!(matches!(r.msg, ClientMsg::Join { v: 1, .. }));
+    }
+
+    #[test]
+    fn malformed_inputs_map_to_stable_codes() {
+        let cases = [
+            ("", "bad_request"),
+            ("nope", "bad_request"),
+            ("[]", "bad_request"),
+            ("{}", "bad_request"),
+            (r#"{"type":5}"#, "bad_request"),
+            (r#"{"type":"fly"}"#, "bad_request"),
+            (r#"{"type":"join","v":"1"}"#, "bad_request"),
+            (r#"{"type":"mute","source":"mic"}"#, "bad_request"),
+            (r#"{"type":"ping","id":{"a":1}}"#, "bad_request"),
+        ];
+        for (text, code) in cases {
+            let (_, e) = parse(text).expect_err(text);
+            assert_eq!(e.code(), code, "{text}");
+        }
+        let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(MAX_MESSAGE_BYTES));
+        assert_eq!(parse(&big).unwrap_err().1.code(), "message_too_large");
+        let (id, _) = parse(r#"{"type":"fly","id":"abc"}"#).unwrap_err();
+        assert_eq!(id, Some(Value::from("abc")));
+    }
+
+    #[test]
+    fn server_messages_serialise_with_type_tags() {
+        let m = ServerMsg::Speaking { participant: Some("p1".into()) };
+        assert_eq!(m.to_json(), r#"{"type":"speaking","participant":"p1"}"#);
+        let e = ServerMsg::error(Some(Value::from(3)), &SignalError::NotJoined);
+        assert!(e.to_json().contains(r#""code":"not_joined""#));
+    }
+}
