@@ -361,7 +361,7 @@ function upsertParticipant(p) {
   if (!p || !p.id) return;
   state.participants.set(p.id, p);
   if (p.id === state.participant) state.role = p.role;
-  render();
+  syncRemoteMedia();
 }
 
 function removeParticipant(id, reason) {
@@ -369,7 +369,7 @@ function removeParticipant(id, reason) {
   state.quality.delete(id);
   for (const [tid, t] of state.tracks) if (t.participant === id) state.tracks.delete(tid);
   if (state.speaker === id) state.speaker = null;
-  render();
+  syncRemoteMedia();
   console.info('participant left', id, reason);
 }
 
@@ -570,6 +570,8 @@ function onSubOffer(msg) {
     // The mid map must be in place before setRemoteDescription fires `track`.
     subTracksByMid = new Map(tracks.filter((t) => t.mid != null).map((t) => [String(t.mid), t]));
     for (const t of tracks) {
+      // A stale m-line of someone who already left must not bring them back.
+      if (!state.participants.has(t.participant)) continue;
       const known = state.tracks.get(t.id);
       state.tracks.set(t.id, { ...known, ...t });
     }
@@ -597,6 +599,8 @@ function remoteReceivers() {
     if (tr.mid == null || tr.stopped) continue;
     const info = subTracksByMid.get(String(tr.mid));
     if (!info || !tr.receiver.track) continue;
+    // Only people in the meeting are seen and heard, whatever the last offer still carries.
+    if (!state.participants.has(info.participant)) continue;
     if (tr.currentDirection && !tr.currentDirection.includes('recv')) continue;
     out.push({ info, track: tr.receiver.track, mid: String(tr.mid) });
   }
