@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Needs Debian `chromium` and `chromium-driver` (`/usr/bin/chromedriver`); set
-//! `HUITONG_CHROMEDRIVER` / `HUITONG_CHROMIUM` to use other paths. Nothing is downloaded.
+//! `BROWSER_E2E_CHROMEDRIVER` / `BROWSER_E2E_CHROMIUM` to use other paths. Nothing is downloaded.
 //! On failure the panic message says which browser missed what from whom, with its
 //! client state and send statistics, followed by the tail of the server's output.
 
@@ -63,7 +63,7 @@ fn drain<R: Read + Send + 'static>(reader: R, tag: &'static str, log: LogBuf) {
     std::thread::spawn(move || {
         for line in BufReader::new(reader).lines() {
             let Ok(line) = line else { break };
-            if std::env::var_os("HUITONG_E2E_VERBOSE").is_some() {
+            if std::env::var_os("BROWSER_E2E_VERBOSE").is_some() {
                 eprintln!("[server {tag}] {line}");
             }
             log.push(format!("[{tag}] {line}"));
@@ -95,11 +95,17 @@ impl Server {
         let log = LogBuf::default();
         drain(child.stdout.take().expect("piped"), "out", log.clone());
         drain(child.stderr.take().expect("piped"), "err", log.clone());
-        let ready = poll(SERVER_START_TIMEOUT, Duration::from_millis(50), || {
-            let log = log.clone();
-            async move { log.find_ready() }
-        })
-        .await;
+        let mut ready = None;
+        let end = now() + SERVER_START_TIMEOUT;
+        while now() < end {
+            ready = log.find_ready();
+            // A server that exits (bad config, port in use) will never be ready.
+            if ready.is_some() || child.try_wait().ok().flatten().is_some() {
+                sleep(Duration::from_millis(100)).await; // let the drain threads catch up
+                break;
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
         let server = |child| Server {
             child,
             http: String::new(),
@@ -109,7 +115,7 @@ impl Server {
         let Some(ready) = ready else {
             let s = server(child);
             return Err(format!(
-                "server printed no HUITONG_READY line within {SERVER_START_TIMEOUT:?}\n{}",
+                "server printed no HUITONG_READY line (exited or {SERVER_START_TIMEOUT:?} passed)\n{}",
                 s.log.tail(LOG_TAIL_LINES)
             ));
         };
@@ -134,13 +140,13 @@ impl Drop for Server {
 // ------------------------------------------------------------------ browsers
 
 fn chromedriver_path() -> PathBuf {
-    std::env::var_os("HUITONG_CHROMEDRIVER")
+    std::env::var_os("BROWSER_E2E_CHROMEDRIVER")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromedriver"))
 }
 
 fn chromium_path() -> PathBuf {
-    std::env::var_os("HUITONG_CHROMIUM")
+    std::env::var_os("BROWSER_E2E_CHROMIUM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
 }

@@ -97,6 +97,7 @@ let micTrack = null;
 let cameraTrack = null;
 let screenTrack = null;
 let subTracksByMid = new Map(); // tracks of the last server offer, by mid
+let sessionGen = 0; // bumped on teardown so late async work of an old session stops
 
 // ---------------------------------------------------------------- DOM helpers
 
@@ -304,7 +305,7 @@ function onJoined(msg) {
   $('#meeting-view').hidden = false;
   clearInterval(pingTimer);
   pingTimer = setInterval(() => send({ type: 'ping' }), PING_INTERVAL_MS);
-  render();
+  syncRemoteMedia(); // an offer that came before `joined` may already carry media
 }
 
 function leave() {
@@ -321,6 +322,7 @@ function onRemoved(msg) {
 }
 
 function teardown() {
+  sessionGen += 1;
   clearInterval(pingTimer);
   pingTimer = null;
   for (const t of [micTrack, cameraTrack, screenTrack]) t?.stop();
@@ -564,8 +566,11 @@ function ensureSubPc() {
 
 function onSubOffer(msg) {
   const tracks = Array.isArray(msg.tracks) ? msg.tracks : [];
+  // The server may send the first offer just before `joined`: it belongs to this
+  // session all the same, so only a teardown (new session) discards it.
+  const session = sessionGen;
   const run = async () => {
-    if (!state.joined) return;
+    if (session !== sessionGen || !ws) return;
     const pc = ensureSubPc();
     // The mid map must be in place before setRemoteDescription fires `track`.
     subTracksByMid = new Map(tracks.filter((t) => t.mid != null).map((t) => [String(t.mid), t]));
