@@ -119,6 +119,8 @@ enum SubState {
     Open,
     /// Its m-line should be stopped in the next offer.
     Stopping,
+    /// The offer stopping its m-line is out; the answer retires it.
+    StopOffered,
 }
 
 struct Subscription {
@@ -340,7 +342,9 @@ impl Sfu {
                 sub.state = SubState::Open;
             }
         }
-        part.subs.retain(|_, s| s.state != SubState::Stopping || s.mid.is_none());
+        // Only stops that were in the answered offer are done; a track that went away
+        // while the offer was out is still `Stopping` and goes into the next offer.
+        part.subs.retain(|_, s| s.state != SubState::StopOffered);
         self.drain(key);
         self.negotiate(now, pid);
         self.reallocate(now, pid);
@@ -874,6 +878,7 @@ impl Sfu {
                     if let Some(mid) = sub.mid {
                         api.stop_media(mid);
                     }
+                    sub.state = SubState::StopOffered;
                 }
                 _ => {}
             }
@@ -887,7 +892,7 @@ impl Sfu {
             .iter()
             .filter_map(|tid| {
                 let sub = part.subs.get(tid)?;
-                if sub.state == SubState::Stopping {
+                if matches!(sub.state, SubState::Stopping | SubState::StopOffered) {
                     return None;
                 }
                 let t = self.tracks.get(tid)?;
