@@ -171,6 +171,13 @@ async fn run(
                         }
                     }
                 }
+                // Under steady traffic the socket is always readable and the biased select
+                // would never reach the timer branch: feed due timeouts here so str0m's
+                // queued output (RTX, RTCP, feedback) is not held back by incoming load.
+                let t = now();
+                if t >= timeout {
+                    sfu.handle_input(Input::Timeout(t));
+                }
             }
             cmd = cmds.recv() => {
                 let Some(cmd) = cmd else { return };
