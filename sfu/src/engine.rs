@@ -934,9 +934,11 @@ impl Sfu {
         let params = track.codecs.get(&pt).copied();
         let codec = params.map(|p| p.spec().codec);
         let payload: &[u8] = &pkt.payload;
+        // One parse of the VP8 descriptor serves layer detection and id rewriting.
+        let vp8_fields = if codec == Some(Codec::Vp8) { vp8::parse_descriptor(payload) } else { None };
         let info = match codec {
             Some(Codec::H264) => h264::inspect(payload),
-            Some(Codec::Vp8) => vp8::inspect(payload),
+            Some(Codec::Vp8) => vp8_fields.map(|d| vp8::info(&d, payload)),
             _ => Some(PayloadInfo { keyframe_start: true, frame_start: true, ..Default::default() }),
         };
         let Some(info) = info else { return };
@@ -967,7 +969,6 @@ impl Sfu {
             return;
         }
         let vp8d = if codec == Some(Codec::Vp8) { Vp8Descriptor::parse(payload).ok() } else { None };
-        let vp8_fields = if codec == Some(Codec::Vp8) { vp8::parse_descriptor(payload) } else { None };
         let inp = InPacket {
             layer,
             seq: *pkt.seq_no,

@@ -64,16 +64,20 @@ pub fn parse_descriptor(p: &[u8]) -> Option<Vp8Descriptor> {
 
 /// Forwarding facts for one VP8 RTP payload.
 pub fn inspect(payload: &[u8]) -> Option<PayloadInfo> {
-    let d = parse_descriptor(payload)?;
+    Some(info(&parse_descriptor(payload)?, payload))
+}
+
+/// Forwarding facts from an already parsed descriptor of `payload`.
+pub fn info(d: &Vp8Descriptor, payload: &[u8]) -> PayloadInfo {
     let frame_start = d.start_of_partition && d.partition_index == 0;
     // The VP8 frame tag's P bit (RFC 6386 §9.1) is 0 on keyframes.
     let keyframe_start = frame_start && payload.get(d.len).is_some_and(|b| b & 0x01 == 0);
-    Some(PayloadInfo {
+    PayloadInfo {
         keyframe_start,
         frame_start,
         temporal_id: d.temporal_id,
         layer_sync: d.layer_sync || d.temporal_id == Some(0),
-    })
+    }
 }
 
 /// Width and height from the start of a VP8 keyframe (after the descriptor).
