@@ -17,5 +17,5 @@ pub mod stats;
 
 pub use driver::{PeerHandle, PeerStatus};
 pub use error::SimError;
-pub use peer::{MediaConfig, Peer, PeerConfig};
-pub use stats::{Snapshot, Stats};
+pub use peer::{MediaConfig, Peer, PeerConfig, VideoSource};
+pub use stats::{Snapshot, Stats, VideoTap};

@@ -35,6 +35,19 @@ pub struct MediaConfig {
     pub simulcast: bool,
     /// Bytes per 20 ms audio packet.
     pub audio_bytes: usize,
+    /// Real encoded video instead of marker frames (e.g. a numbered test pattern).
+    pub video_source: Option<VideoSource>,
+}
+
+/// Produces the access unit (Annex B) of frame `n`: `(n, keyframe wanted, layer divisor
+/// 1/4/16)`. Frames from a source carry no marker, so receivers do not count them.
+#[derive(Clone)]
+pub struct VideoSource(pub Arc<dyn Fn(u64, bool, usize) -> Vec<u8> + Send + Sync>);
+
+impl std::fmt::Debug for VideoSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VideoSource")
+    }
 }
 
 impl Default for MediaConfig {
@@ -47,6 +60,7 @@ impl Default for MediaConfig {
             video: true,
             simulcast: false,
             audio_bytes: 80,
+            video_source: None,
         }
     }
 }
@@ -367,7 +381,10 @@ impl Peer {
                 &[(None, 1)]
             };
             for &(rid, div) in layers {
-                let data = payload::h264_frame(&marker, key, full / div, &mut s.rng);
+                let data = match &s.cfg.video_source {
+                    Some(src) => (src.0)(s.video_n, key, div),
+                    None => payload::h264_frame(&marker, key, full / div, &mut s.rng),
+                };
                 if let Some(mut w) = self.rtc.writer(mid) {
                     if let Some(rid) = rid {
                         w = w.rid(Rid::from(rid));
@@ -432,7 +449,8 @@ impl Peer {
         let video = codec == Codec::H264;
         if video {
             let got_key = self.got_key.entry(d.mid).or_insert(false);
-            let is_key = parsed.map(|(_, k)| k).unwrap_or(false);
+            let is_key = parsed.map_or_else(|| d.is_keyframe(), |(_, k)| k);
+            self.stats.tap_video(&d.mid.to_string(), &d.data);
             *got_key |= is_key;
             if !d.contiguous || !*got_key {
                 self.request_keyframe(now, d.mid, d.rid);

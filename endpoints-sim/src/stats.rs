@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::Serialize;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Stats {
     pub video_frames_sent: AtomicU64,
     pub audio_frames_sent: AtomicU64,
@@ -25,6 +25,32 @@ pub struct Stats {
     pub keyframe_requests_sent: AtomicU64,
     recording: AtomicBool,
     latencies_us: Mutex<Vec<u32>>,
+    video_tap: Mutex<Option<VideoTap>>,
+}
+
+/// Sees every video frame the peers of a [`Stats`] receive: `(mid, access unit)`.
+pub type VideoTap = std::sync::Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stats").field("snapshot", &self.snapshot()).finish_non_exhaustive()
+    }
+}
+
+impl Stats {
+    /// Hands every received video frame to `tap` (tests decode real pictures with it).
+    pub fn set_video_tap(&self, tap: VideoTap) {
+        if let Ok(mut t) = self.video_tap.lock() {
+            *t = Some(tap);
+        }
+    }
+
+    pub(crate) fn tap_video(&self, mid: &str, data: &[u8]) {
+        let tap = self.video_tap.lock().ok().and_then(|t| t.clone());
+        if let Some(tap) = tap {
+            tap(mid, data);
+        }
+    }
 }
 
 /// A plain copy of [`Stats`] at one instant.

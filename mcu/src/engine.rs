@@ -563,6 +563,35 @@ impl MeetingMixer {
     }
 }
 
+/// Tile sizes, for asking the SFU for the right simulcast layer of each input.
+impl MeetingMixer {
+    /// The pixel size of the tile each participant occupies in `key`'s picture right now
+    /// (participants not shown are absent). Applies the mode's layout override.
+    pub fn tile_sizes(&self, now: Instant, key: &OutputKey) -> Vec<(ParticipantId, usize, usize)> {
+        let present: Vec<ParticipantId> =
+            self.order.iter().copied().filter(|p| Some(*p) != key.hidden).collect();
+        let default = self.layouts.get(&self.cfg.default_layout).ok();
+        let Some(mut layout) = self.layouts.get(&key.layout).ok().or(default) else {
+            return Vec::new();
+        };
+        let people: Vec<_> = layout.tiles.iter().filter(|t| t.role != TileRole::Content).collect();
+        let arrangement = self.modes.arrange(now, &present, people.len());
+        if let Some(forced) = arrangement.layout_override.and_then(|n| self.layouts.get(n).ok()) {
+            layout = forced;
+        }
+        layout
+            .tiles
+            .iter()
+            .filter(|t| t.role != TileRole::Content)
+            .zip(arrangement.tiles.iter())
+            .filter_map(|(t, who)| {
+                let r = t.rect.to_pixels(key.width, key.height);
+                who.map(|p| (p, r.w, r.h))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 // Tests need an arbitrary origin for virtual time; only offsets from it matter.
 #[allow(clippy::disallowed_methods)]

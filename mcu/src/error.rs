@@ -18,6 +18,9 @@ pub enum Error {
     /// A participant id the meeting does not know.
     #[error("unknown participant {0}")]
     UnknownParticipant(u64),
+    /// Sockets or threads of the MCU shell.
+    #[error("io: {0}")]
+    Io(String),
     /// A codec or picture error from `media`.
     #[error(transparent)]
     Media(#[from] media::Error),

@@ -23,6 +23,46 @@ pub struct Config {
     /// The admin plane (directory, auth, scheduling, audit). Its database lives under
     /// `data_dir` unless `admin.database_url` points elsewhere.
     pub admin: admin_api::AdminConfig,
+    /// The in-process MCU (docs/mcu.md): what it publishes when a meeting asks for one.
+    pub mcu: McuConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct McuConfig {
+    /// Run MCUs in this process. Off: `host` `mcu` is refused with `unavailable`.
+    pub enabled: bool,
+    /// Layout when the request names none.
+    pub layout: String,
+    /// The mixed picture.
+    pub width: usize,
+    pub height: usize,
+    pub fps: u32,
+    pub bitrate_bps: u32,
+    /// The content (dual) stream while someone shares.
+    pub content_fps: u32,
+    pub content_bitrate_bps: u32,
+    /// Font for participant names (a CJK font; face 0 of a .ttc). Missing: no labels.
+    pub font: Option<PathBuf>,
+    /// Extra layouts: a JSON file as described in docs/mcu.md.
+    pub layouts_file: Option<PathBuf>,
+}
+
+impl Default for McuConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            layout: "4".into(),
+            width: 1920,
+            height: 1080,
+            fps: 15,
+            bitrate_bps: 2_000_000,
+            content_fps: 5,
+            content_bitrate_bps: 1_500_000,
+            font: Some(PathBuf::from("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")),
+            layouts_file: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,6 +100,7 @@ impl Default for Config {
             media: MediaConfig::default(),
             signaling: signaling::HubConfig::default(),
             admin: admin_api::AdminConfig::default(),
+            mcu: McuConfig::default(),
         }
     }
 }
@@ -82,7 +123,7 @@ impl Default for MediaConfig {
 }
 
 /// Top-level keys of [`Config`]; see [`Config::load`].
-const SECTIONS: [&str; 6] = ["data_dir", "log", "http", "media", "signaling", "admin"];
+const SECTIONS: [&str; 7] = ["data_dir", "log", "http", "media", "signaling", "admin", "mcu"];
 
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]

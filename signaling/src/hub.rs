@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 
 use crate::SignalError;
 use crate::protocol::{
-    HostAction, Kind, MeetingWire, ParticipantWire, Pc, QualityWire, QualityWireStat, ServerMsg, Source, TrackWire,
+    HostAction, Kind, McuOptions, MeetingWire, MemberKind, ParticipantWire, Pc, QualityWire, QualityWireStat, ServerMsg,
+    Source, TrackWire,
 };
 
 /// A meeting that exists from start-up (until admin-api provides scheduled meetings).
@@ -21,6 +22,9 @@ pub struct MeetingSeed {
     pub number: String,
     #[serde(default)]
     pub passcode: Option<String>,
+    /// Give this meeting an MCU from its first participant on (overrides `mcu_auto`).
+    #[serde(default)]
+    pub mcu: Option<McuOptions>,
 }
 
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
@@ -30,12 +34,23 @@ pub struct HubConfig {
     pub adhoc_meetings: bool,
     /// Meetings that always exist.
     pub meetings: Vec<MeetingSeed>,
+    /// Give every meeting an MCU (with these options) when its first person joins.
+    pub mcu_auto: Option<McuOptions>,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
-        Self { adhoc_meetings: true, meetings: vec![] }
+        Self { adhoc_meetings: true, meetings: vec![], mcu_auto: None }
     }
+}
+
+/// What the hub asks of whoever runs MCUs (`huitong serve`: an in-process supervisor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum McuRequest {
+    /// The meeting wants an MCU with these options; if one runs, it re-lays-out.
+    Start { meeting: String, options: McuOptions },
+    /// The meeting no longer wants its MCU (host stopped it, or no person is left).
+    Stop { meeting: String },
 }
 
 /// What a session receives from the hub.
@@ -48,6 +63,8 @@ pub enum Outgoing {
 
 struct Member {
     name: String,
+    /// A service participant (the MCU): never host, not counted as a person.
+    kind: MemberKind,
     mic_muted: bool,
     camera_muted: bool,
     tx: mpsc::UnboundedSender<Outgoing>,
@@ -64,9 +81,35 @@ struct Meeting {
     host: Option<ParticipantId>,
     members: BTreeMap<ParticipantId, Member>,
     tracks: BTreeMap<TrackId, TrackWire>,
+    /// Options of the MCU this meeting asked for, while it wants one.
+    mcu: Option<McuOptions>,
+    /// From the seed: start an MCU when the first person joins.
+    mcu_seed: Option<McuOptions>,
 }
 
 impl Meeting {
+    fn new(passcode: Option<String>, persistent: bool, mcu_seed: Option<McuOptions>) -> Self {
+        Meeting {
+            passcode: passcode.filter(|p| !p.is_empty()),
+            locked: false,
+            persistent,
+            host: None,
+            members: BTreeMap::new(),
+            tracks: BTreeMap::new(),
+            mcu: None,
+            mcu_seed,
+        }
+    }
+
+    /// The longest-present person: service members never hold the host role.
+    fn first_person(&self) -> Option<ParticipantId> {
+        self.members.iter().find(|(_, m)| m.kind == MemberKind::User).map(|(p, _)| *p)
+    }
+
+    fn has_people(&self) -> bool {
+        self.first_person().is_some()
+    }
+
     fn wire(&self, number: &str) -> MeetingWire {
         MeetingWire { number: number.to_string(), locked: self.locked }
     }
@@ -80,6 +123,7 @@ impl Meeting {
             mic_muted: m.mic_muted,
             camera_muted: m.camera_muted,
             sharing: self.tracks.values().any(|t| t.participant == pid_wire(pid) && t.source == Source::Screen),
+            kind: (m.kind == MemberKind::Mcu).then_some("mcu"),
         })
     }
 
@@ -148,6 +192,7 @@ pub struct Hub {
     cfg: HubConfig,
     inner: Mutex<Inner>,
     next_pid: AtomicU64,
+    mcu: Mutex<Option<mpsc::UnboundedSender<McuRequest>>>,
 }
 
 /// A join request, validated by the session.
@@ -156,6 +201,8 @@ pub struct JoinRequest {
     pub passcode: Option<String>,
     pub name: String,
     pub create: bool,
+    /// `Mcu` only from trusted connections: skips passcode and lock, never becomes host.
+    pub kind: MemberKind,
 }
 
 impl Hub {
@@ -163,25 +210,31 @@ impl Hub {
     pub fn start(sfu: SfuHandle, events: mpsc::UnboundedReceiver<SfuEvent>, cfg: HubConfig) -> Arc<Hub> {
         let mut inner = Inner::default();
         for s in &cfg.meetings {
-            inner.meetings.insert(
-                s.number.clone(),
-                Meeting {
-                    passcode: s.passcode.clone().filter(|p| !p.is_empty()),
-                    locked: false,
-                    persistent: true,
-                    host: None,
-                    members: BTreeMap::new(),
-                    tracks: BTreeMap::new(),
-                },
-            );
+            inner.meetings.insert(s.number.clone(), Meeting::new(s.passcode.clone(), true, s.mcu.clone()));
         }
-        let hub = Arc::new(Hub { sfu, cfg, inner: Mutex::new(inner), next_pid: AtomicU64::new(1) });
+        let hub = Arc::new(Hub { sfu, cfg, inner: Mutex::new(inner), next_pid: AtomicU64::new(1), mcu: Mutex::new(None) });
         tokio::spawn(relay(Arc::downgrade(&hub), events));
         hub
     }
 
     pub fn sfu(&self) -> &SfuHandle {
         &self.sfu
+    }
+
+    /// Where MCU start/stop requests go from now on. Without a taker, `host` `mcu` is
+    /// refused with `unavailable`.
+    pub fn mcu_requests(&self) -> mpsc::UnboundedReceiver<McuRequest> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.mcu.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        rx
+    }
+
+    fn request_mcu(&self, req: McuRequest) -> Result<(), SignalError> {
+        let g = self.mcu.lock().unwrap_or_else(|e| e.into_inner());
+        match g.as_ref() {
+            Some(tx) if tx.send(req).is_ok() => Ok(()),
+            _ => Err(SignalError::Unavailable("this node runs no MCU".into())),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -209,35 +262,34 @@ impl Hub {
                 if !(req.create && self.cfg.adhoc_meetings) {
                     return Err(SignalError::UnknownMeeting(req.meeting));
                 }
-                g.meetings.insert(
-                    req.meeting.clone(),
-                    Meeting {
-                        passcode: req.passcode.clone().filter(|p| !p.is_empty()),
-                        locked: false,
-                        persistent: false,
-                        host: None,
-                        members: BTreeMap::new(),
-                        tracks: BTreeMap::new(),
-                    },
-                );
+                g.meetings.insert(req.meeting.clone(), Meeting::new(req.passcode.clone(), false, None));
             }
             let Some(m) = g.meetings.get_mut(&req.meeting) else {
                 return Err(SignalError::UnknownMeeting(req.meeting));
             };
+            let service = req.kind != MemberKind::User;
             if let Some(p) = &m.passcode {
-                if req.passcode.as_deref() != Some(p.as_str()) {
+                if !service && req.passcode.as_deref() != Some(p.as_str()) {
                     return Err(SignalError::WrongPasscode);
                 }
             }
-            if m.locked {
+            if m.locked && !service {
                 return Err(SignalError::MeetingLocked);
             }
-            if m.host.is_none() {
+            if m.host.is_none() && !service {
                 m.host = Some(pid);
             }
             m.members.insert(
                 pid,
-                Member { name: req.name.clone(), mic_muted: false, camera_muted: false, tx, ready: false, early: vec![] },
+                Member {
+                    name: req.name.clone(),
+                    kind: req.kind,
+                    mic_muted: false,
+                    camera_muted: false,
+                    tx,
+                    ready: false,
+                    early: vec![],
+                },
             );
             g.seats.insert(pid, req.meeting.clone());
         }
@@ -266,6 +318,19 @@ impl Hub {
             }
         }
         m.broadcast(&ServerMsg::ParticipantJoined { participant: me }, Some(pid));
+        // The first person of a meeting configured for an MCU brings it in.
+        let auto = (req.kind == MemberKind::User && m.mcu.is_none())
+            .then(|| m.mcu_seed.clone().or_else(|| self.cfg.mcu_auto.clone()))
+            .flatten();
+        if let Some(options) = &auto {
+            m.mcu = Some(options.clone());
+        }
+        drop(g);
+        if let Some(options) = auto {
+            if let Err(e) = self.request_mcu(McuRequest::Start { meeting: req.meeting.clone(), options }) {
+                tracing::warn!(meeting = %req.meeting, error = %e, "meeting wants an MCU");
+            }
+        }
         tracing::info!(meeting = %req.meeting, participant = pid.0, "joined");
         Ok(pid)
     }
@@ -277,7 +342,7 @@ impl Hub {
             if let Some(m) = g.meetings.get_mut(&number) {
                 m.members.remove(&pid);
                 if m.host == Some(pid) {
-                    m.host = m.members.keys().next().copied();
+                    m.host = m.first_person();
                 }
             }
         }
@@ -293,14 +358,20 @@ impl Hub {
         m.tracks.retain(|_, t| t.participant != pid_wire(pid));
         m.broadcast(&ServerMsg::ParticipantLeft { participant: pid_wire(pid), reason }, None);
         if m.host == Some(pid) {
-            // The longest-present participant takes over, so a meeting is never without host.
-            m.host = m.members.keys().next().copied();
+            // The longest-present person takes over, so a meeting is never without host.
+            m.host = m.first_person();
             if let Some(h) = m.host.and_then(|h| m.participant(h)) {
                 m.broadcast(&ServerMsg::ParticipantUpdated { participant: h }, None);
             }
         }
+        // The MCU mixes for people: when the last one leaves, it goes too.
+        let stop_mcu = !m.has_people() && m.mcu.take().is_some();
         if m.members.is_empty() && !m.persistent {
             g.meetings.remove(&number);
+        }
+        drop(g);
+        if stop_mcu {
+            let _ = self.request_mcu(McuRequest::Stop { meeting: number.clone() });
         }
         tracing::info!(meeting = %number, participant = pid.0, reason, "left");
     }
@@ -374,7 +445,13 @@ impl Hub {
         }
     }
 
-    pub fn host_action(&self, pid: ParticipantId, action: HostAction, target: Option<&str>) -> Result<(), SignalError> {
+    pub fn host_action(
+        &self,
+        pid: ParticipantId,
+        action: HostAction,
+        target: Option<&str>,
+        mcu: Option<McuOptions>,
+    ) -> Result<(), SignalError> {
         let mut g = self.lock();
         let number = g.seats.get(&pid).cloned().ok_or(SignalError::NotJoined)?;
         let m = g.meetings.get_mut(&number).ok_or(SignalError::NotJoined)?;
@@ -416,6 +493,26 @@ impl Hub {
             HostAction::Lock | HostAction::Unlock => {
                 m.locked = action == HostAction::Lock;
                 m.broadcast(&ServerMsg::MeetingUpdated { meeting: m.wire(&number) }, None);
+            }
+            HostAction::Mcu => {
+                let options = mcu.unwrap_or_default();
+                if options.layout.as_ref().is_some_and(|l| l.is_empty() || l.len() > 64) {
+                    return Err(SignalError::BadRequest("`mcu.layout` is a layout name of 1–64 bytes".into()));
+                }
+                let before = m.mcu.replace(options.clone());
+                drop(g);
+                return self.request_mcu(McuRequest::Start { meeting: number.clone(), options }).inspect_err(|_| {
+                    let mut g = self.lock();
+                    if let Some(m) = g.meetings.get_mut(&number) {
+                        m.mcu = before;
+                    }
+                });
+            }
+            HostAction::McuStop => {
+                if m.mcu.take().is_some() {
+                    drop(g);
+                    return self.request_mcu(McuRequest::Stop { meeting: number });
+                }
             }
         }
         Ok(())

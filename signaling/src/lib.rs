@@ -6,7 +6,10 @@ pub mod hub;
 pub mod protocol;
 pub mod ws;
 
-pub use hub::{Hub, HubConfig, MeetingSeed};
+pub mod local;
+
+pub use hub::{Hub, HubConfig, McuRequest, MeetingSeed};
+pub use protocol::{McuOptions, MemberKind};
 pub use ws::router;
 
 /// Every refusal a client can get, with its stable wire code.
@@ -40,6 +43,8 @@ pub enum SignalError {
     SdpRejected(String),
     #[error("too many messages; slow down")]
     RateLimited,
+    #[error("not available: {0}")]
+    Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -61,6 +66,7 @@ impl SignalError {
             SignalError::UnknownTrack(_) => "unknown_track",
             SignalError::SdpRejected(_) => "sdp_rejected",
             SignalError::RateLimited => "rate_limited",
+            SignalError::Unavailable(_) => "unavailable",
             SignalError::Internal(_) => "internal",
         }
     }

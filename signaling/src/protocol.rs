@@ -56,6 +56,27 @@ pub enum HostAction {
     Remove,
     Lock,
     Unlock,
+    /// Start (or re-lay-out) the meeting's MCU.
+    Mcu,
+    /// Stop the meeting's MCU.
+    McuStop,
+}
+
+/// What kind of member joins: a person's client, or a service participant such as the MCU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberKind {
+    #[default]
+    User,
+    Mcu,
+}
+
+/// Options of `host` `action: "mcu"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McuOptions {
+    /// Layout name (docs/mcu.md); the MCU's default when absent.
+    #[serde(default)]
+    pub layout: Option<String>,
 }
 
 /// A request from a client.
@@ -72,6 +93,9 @@ pub enum ClientMsg {
         name: String,
         #[serde(default)]
         create: bool,
+        /// `mcu` only on trusted (in-process or service) connections.
+        #[serde(default)]
+        kind: MemberKind,
     },
     Offer {
         pc: Pc,
@@ -107,6 +131,8 @@ pub enum ClientMsg {
         action: HostAction,
         #[serde(default)]
         participant: Option<String>,
+        #[serde(default)]
+        mcu: Option<McuOptions>,
     },
     Ping,
     Leave,
@@ -150,6 +176,9 @@ pub struct ParticipantWire {
     pub mic_muted: bool,
     pub camera_muted: bool,
     pub sharing: bool,
+    /// `"mcu"` for the meeting's mixing unit; absent for people.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

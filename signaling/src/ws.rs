@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use crate::hub::{Hub, JoinRequest, Outgoing};
-use crate::protocol::{self, ClientMsg, PROTOCOL_VERSION, Pc, ServerMsg};
+use crate::protocol::{self, ClientMsg, MemberKind, PROTOCOL_VERSION, Pc, ServerMsg};
 use crate::SignalError;
 
 /// Frames above this are refused by the WebSocket layer itself (connection closed with
@@ -89,7 +89,7 @@ async fn session(hub: Arc<Hub>, socket: WebSocket) {
                     }
                     Ok(req) => {
                         let leave = matches!(req.msg, ClientMsg::Leave);
-                        if let Err((re, e)) = handle(&hub, &mut me, &tx, req.id, req.msg).await {
+                        if let Err((re, e)) = handle(&hub, &mut me, &tx, req.id, req.msg, false).await {
                             let _ = tx.send(Outgoing::Msg(ServerMsg::error(re, &e)));
                         }
                         if leave {
@@ -124,20 +124,23 @@ async fn session(hub: Arc<Hub>, socket: WebSocket) {
     }
 }
 
-type Failure = (Option<Value>, SignalError);
+pub(crate) type Failure = (Option<Value>, SignalError);
 
-async fn handle(
+/// One request of a session. `trusted` sessions (in-process services such as the MCU)
+/// may join as a service member.
+pub(crate) async fn handle(
     hub: &Hub,
     me: &mut Option<ParticipantId>,
     tx: &mpsc::UnboundedSender<Outgoing>,
     re: Option<Value>,
     msg: ClientMsg,
+    trusted: bool,
 ) -> Result<(), Failure> {
     let fail = |e: SignalError| (re.clone(), e);
     let reply = |m: ServerMsg| {
         let _ = tx.send(Outgoing::Msg(m));
     };
-    if let ClientMsg::Join { v, meeting, passcode, token, name, create } = msg {
+    if let ClientMsg::Join { v, meeting, passcode, token, name, create, kind } = msg {
         if me.is_some() {
             return Err(fail(SignalError::AlreadyJoined));
         }
@@ -154,12 +157,15 @@ async fn handle(
         if passcode.as_ref().is_some_and(|p| p.len() > 64) {
             return Err(fail(SignalError::BadRequest("passcode longer than 64 characters".into())));
         }
+        if kind != MemberKind::User && !trusted {
+            return Err(fail(SignalError::BadRequest("only service connections join as a service member".into())));
+        }
         if token.is_some() {
             // Tokens are issued by the admin plane, which is not wired to signalling yet.
             return Err(fail(SignalError::BadRequest("token join needs the admin plane; use the passcode".into())));
         }
         let pid = hub
-            .join(JoinRequest { meeting, passcode, name, create }, tx.clone(), re.clone())
+            .join(JoinRequest { meeting, passcode, name, create, kind }, tx.clone(), re.clone())
             .await
             .map_err(fail)?;
         *me = Some(pid);
@@ -195,8 +201,8 @@ async fn handle(
         }
         ClientMsg::Unpublish { mid } => hub.unpublish(pid, mid).await.map_err(fail)?,
         ClientMsg::Mute { source, muted } => hub.mute(pid, source, muted),
-        ClientMsg::Host { action, participant } => {
-            hub.host_action(pid, action, participant.as_deref()).map_err(fail)?;
+        ClientMsg::Host { action, participant, mcu } => {
+            hub.host_action(pid, action, participant.as_deref(), mcu).map_err(fail)?;
             reply(ServerMsg::Ok { re: re.clone() });
         }
         ClientMsg::Ping => reply(ServerMsg::Pong { re: re.clone() }),

@@ -1,0 +1,742 @@
+//! The MCU as a participant of the SFU: a sans-IO client that joins a meeting through
+//! signalling protocol v1 (docs/signaling.md) like any other client, subscribes to the
+//! camera, screen and microphone tracks, mixes them with a [`MeetingMixer`] and publishes
+//! the mix (and, while someone shares, the content as a second stream) as ordinary tracks.
+//!
+//! It owns two str0m peer connections (publish: we offer; subscribe: the SFU offers) and
+//! speaks JSON text; it never touches the SFU's internals, so it can run in-process
+//! (`huitong serve`, over `signaling::local`) or on another node (over the WebSocket).
+//! Inputs: [`McuClient::handle_signal`], [`McuClient::handle_datagram`],
+//! [`McuClient::handle_timeout`]; outputs: [`McuClient::poll_output`]. Time is an argument.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use media::codec::openh264::{H264Decoder, H264Encoder, H264EncoderConfig, I420Frame};
+use serde_json::{Value, json};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::{Candidate, Event, Rtc};
+
+use crate::Error;
+use crate::engine::{EngineConfig, MeetingMixer, Output as MixOutput, TerminalSettings};
+use crate::layout::LayoutSet;
+use crate::mode::ParticipantId;
+use crate::text::TextRenderer;
+
+/// The name the MCU joins under; clients show it as the participant's name.
+pub const MCU_NAME: &str = "会议画面";
+
+/// Inputs are asked for again at most this often when their picture is broken.
+const KEYFRAME_REQUEST_GAP: Duration = Duration::from_millis(500);
+/// How often the tile sizes are compared with what was asked of the SFU.
+const SIZE_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// What one MCU publishes.
+#[derive(Debug, Clone)]
+pub struct McuClientConfig {
+    /// The meeting number to join.
+    pub meeting: String,
+    /// Participant name.
+    pub name: String,
+    /// The mix: layout, size, frame rate, bitrate (`self_view` is ignored).
+    pub mix: TerminalSettings,
+    /// Frame rate of the content (dual) stream.
+    pub content_fps: u32,
+    /// Bitrate of the content stream.
+    pub content_bitrate_bps: u32,
+    /// Mixer settings.
+    pub engine: EngineConfig,
+}
+
+impl Default for McuClientConfig {
+    fn default() -> Self {
+        Self {
+            meeting: String::new(),
+            name: MCU_NAME.into(),
+            mix: TerminalSettings { self_view: false, ..TerminalSettings::default() },
+            content_fps: 5,
+            content_bitrate_bps: 1_500_000,
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+/// Which of the two peer connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PcSide {
+    /// We offer, we send the mix and content.
+    Publish,
+    /// The SFU offers, we receive the inputs.
+    Subscribe,
+}
+
+/// Something for the shell to do.
+#[derive(Debug)]
+pub enum ClientOutput {
+    /// Send this signalling message (JSON text).
+    Signal(String),
+    /// Send this datagram from the socket of `pc`.
+    Transmit(PcSide, Transmit),
+    /// Call [`McuClient::handle_timeout`] at this time.
+    Timeout(Instant),
+    /// The MCU left the meeting (nobody to mix for, removed, or told to stop).
+    Done,
+}
+
+#[derive(Debug, Clone)]
+struct Track {
+    owner: ParticipantId,
+    kind: String,
+    source: String,
+}
+
+#[derive(Debug)]
+struct Person {
+    camera_muted: bool,
+}
+
+struct Content {
+    track: String,
+    decoder: Option<H264Decoder>,
+    encoder: Option<H264Encoder>,
+    frame: Option<I420Frame>,
+    next_due: Option<Instant>,
+}
+
+/// Counters of the client (the mixer has its own).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientCounters {
+    /// Mixed pictures written to the publish pc.
+    pub mix_frames_sent: u64,
+    /// Content pictures written to the publish pc.
+    pub content_frames_sent: u64,
+    /// Video frames received from inputs.
+    pub input_frames: u64,
+    /// Keyframe requests sent to inputs.
+    pub keyframe_requests_sent: u64,
+    /// Signalling errors the server answered with.
+    pub signal_errors: u64,
+}
+
+/// One meeting's MCU, as a client of the SFU.
+pub struct McuClient {
+    cfg: McuClientConfig,
+    mixer: MeetingMixer,
+    me: Option<ParticipantId>,
+    pub_rtc: Rtc,
+    sub_rtc: Rtc,
+    pub_addr: SocketAddr,
+    sub_addr: SocketAddr,
+    pub_pending: Option<SdpPendingOffer>,
+    /// The publish pc must be (re)negotiated once the outstanding offer is answered.
+    pub_dirty: bool,
+    mix_mid: Option<Mid>,
+    content_mid: Option<Mid>,
+    pts: HashMap<Mid, Pt>,
+    people: BTreeMap<ParticipantId, Person>,
+    tracks: HashMap<String, Track>,
+    sub_mids: HashMap<Mid, String>,
+    asked_size: HashMap<String, (usize, usize)>,
+    next_size_check: Instant,
+    got_key: HashMap<Mid, bool>,
+    last_kf_req: HashMap<Mid, Instant>,
+    content: Option<Content>,
+    media_start: Instant,
+    pub_timeout: Instant,
+    sub_timeout: Instant,
+    out: VecDeque<ClientOutput>,
+    counters: ClientCounters,
+    done: bool,
+}
+
+impl std::fmt::Debug for McuClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McuClient")
+            .field("meeting", &self.cfg.meeting)
+            .field("me", &self.me)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+fn parse_pid(s: &str) -> Option<ParticipantId> {
+    s.strip_prefix('p')?.parse().ok()
+}
+
+fn new_rtc(now: Instant, local: SocketAddr) -> Rtc {
+    // H.264 is what the mixer decodes and encodes; Opus carries the audio levels.
+    let mut rtc = Rtc::builder().clear_codecs().enable_opus(true).enable_h264(true).build(now);
+    if let Ok(c) = Candidate::host(local, "udp") {
+        rtc.add_local_candidate(c);
+    }
+    rtc
+}
+
+impl McuClient {
+    /// A client whose publish and subscribe pcs use sockets bound at `pub_addr` and
+    /// `sub_addr`. It starts by joining (see [`McuClient::poll_output`]).
+    pub fn new(
+        now: Instant,
+        cfg: McuClientConfig,
+        layouts: LayoutSet,
+        font: Option<TextRenderer>,
+        pub_addr: SocketAddr,
+        sub_addr: SocketAddr,
+    ) -> Result<Self, Error> {
+        let mixer = MeetingMixer::new(now, cfg.engine.clone(), layouts, font)?;
+        let join = json!({"type": "join", "v": 1, "id": "join", "meeting": cfg.meeting,
+            "name": cfg.name, "kind": "mcu"});
+        let mut out = VecDeque::new();
+        out.push_back(ClientOutput::Signal(join.to_string()));
+        Ok(Self {
+            mixer,
+            me: None,
+            pub_rtc: new_rtc(now, pub_addr),
+            sub_rtc: new_rtc(now, sub_addr),
+            pub_addr,
+            sub_addr,
+            pub_pending: None,
+            pub_dirty: false,
+            mix_mid: None,
+            content_mid: None,
+            pts: HashMap::new(),
+            people: BTreeMap::new(),
+            tracks: HashMap::new(),
+            sub_mids: HashMap::new(),
+            asked_size: HashMap::new(),
+            next_size_check: now,
+            got_key: HashMap::new(),
+            last_kf_req: HashMap::new(),
+            content: None,
+            media_start: now,
+            pub_timeout: now,
+            sub_timeout: now,
+            out,
+            counters: ClientCounters::default(),
+            done: false,
+            cfg,
+        })
+    }
+
+    /// Our participant id, once joined.
+    pub fn participant(&self) -> Option<ParticipantId> {
+        self.me
+    }
+
+    /// Client counters.
+    pub fn counters(&self) -> ClientCounters {
+        self.counters
+    }
+
+    /// The mixer (for its counters and encoder count).
+    pub fn mixer(&self) -> &MeetingMixer {
+        &self.mixer
+    }
+
+    /// The host changed the layout.
+    pub fn set_layout(&mut self, layout: &str) {
+        self.cfg.mix.layout = layout.to_string();
+        self.apply_terminal();
+    }
+
+    /// Leaves the meeting.
+    pub fn stop(&mut self) {
+        if !self.done {
+            self.out.push_back(ClientOutput::Signal(json!({"type": "leave"}).to_string()));
+            self.finish();
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        self.pub_rtc.disconnect();
+        self.sub_rtc.disconnect();
+        self.out.push_back(ClientOutput::Done);
+    }
+
+    fn signal(&mut self, v: Value) {
+        self.out.push_back(ClientOutput::Signal(v.to_string()));
+    }
+
+    fn apply_terminal(&mut self) {
+        let Some(me) = self.me else { return };
+        let settings = TerminalSettings { self_view: false, ..self.cfg.mix.clone() };
+        if let Err(e) = self.mixer.set_terminal(me, &settings) {
+            tracing::warn!(meeting = %self.cfg.meeting, error = %e, "MCU layout refused; using the default");
+        }
+    }
+
+    /// One signalling message from the server.
+    pub fn handle_signal(&mut self, now: Instant, text: &str) {
+        let Ok(m) = serde_json::from_str::<Value>(text) else {
+            tracing::warn!("MCU: unreadable signalling message");
+            return;
+        };
+        if let Err(e) = self.on_signal(now, &m) {
+            tracing::warn!(meeting = %self.cfg.meeting, kind = %m["type"], error = %e, "MCU signalling");
+        }
+    }
+
+    fn on_signal(&mut self, now: Instant, m: &Value) -> Result<(), String> {
+        match m["type"].as_str().unwrap_or_default() {
+            "joined" => {
+                let me = m["participant"].as_str().and_then(parse_pid).ok_or("joined without an id")?;
+                self.me = Some(me);
+                // Our own entry is the output terminal; hidden from its own picture.
+                self.mixer.add_participant(me, &self.cfg.name, false);
+                self.apply_terminal();
+                for p in m["participants"].as_array().into_iter().flatten() {
+                    self.on_participant(p);
+                }
+                for t in m["tracks"].as_array().into_iter().flatten() {
+                    self.on_track_published(t);
+                }
+                let mut api = self.pub_rtc.sdp_api();
+                let stream = format!("mcu{me}");
+                self.mix_mid = Some(api.add_media(
+                    MediaKind::Video,
+                    Direction::SendOnly,
+                    Some(stream.clone()),
+                    Some(format!("{stream}-mix")),
+                    None,
+                ));
+                drop(api);
+                self.pub_dirty = true;
+                self.offer_if_needed();
+                if !self.has_people() {
+                    self.stop();
+                }
+            }
+            "participant_joined" | "participant_updated" => self.on_participant(&m["participant"]),
+            "participant_left" => {
+                if let Some(pid) = m["participant"].as_str().and_then(parse_pid) {
+                    self.people.remove(&pid);
+                    self.mixer.remove_participant(pid);
+                    self.tracks.retain(|_, t| t.owner != pid);
+                    if !self.has_people() {
+                        tracing::info!(meeting = %self.cfg.meeting, "MCU: nobody left to mix for");
+                        self.stop();
+                    }
+                }
+            }
+            "track_published" => self.on_track_published(&m["track"]),
+            "track_unpublished" => {
+                let id = m["track"].as_str().unwrap_or_default().to_string();
+                if let Some(t) = self.tracks.remove(&id) {
+                    self.asked_size.remove(&id);
+                    if t.source == "camera" {
+                        self.refresh_has_video(t.owner);
+                    }
+                    if self.content.as_ref().is_some_and(|c| c.track == id) {
+                        self.stop_content(now);
+                    }
+                }
+            }
+            "offer" if m["pc"] == "sub" => {
+                let offer = SdpOffer::from_sdp_string(m["sdp"].as_str().unwrap_or_default())
+                    .map_err(|e| format!("subscribe offer: {e}"))?;
+                let answer = self.sub_rtc.sdp_api().accept_offer(offer).map_err(|e| format!("subscribe offer: {e}"))?;
+                self.sub_mids.clear();
+                for t in m["tracks"].as_array().into_iter().flatten() {
+                    if let (Some(mid), Some(id)) = (t["mid"].as_str(), t["id"].as_str()) {
+                        self.sub_mids.insert(Mid::from(mid), id.to_string());
+                    }
+                }
+                self.signal(json!({"type": "answer", "pc": "sub", "sdp": answer.to_sdp_string()}));
+            }
+            "answer" if m["pc"] == "pub" => {
+                let pending = self.pub_pending.take().ok_or("answer without an offer")?;
+                let answer = SdpAnswer::from_sdp_string(m["sdp"].as_str().unwrap_or_default())
+                    .map_err(|e| format!("publish answer: {e}"))?;
+                self.pub_rtc.sdp_api().accept_answer(pending, answer).map_err(|e| format!("publish answer: {e}"))?;
+                self.pick_payload_types();
+                self.offer_if_needed();
+            }
+            "removed" => {
+                tracing::info!(meeting = %self.cfg.meeting, "MCU removed from the meeting");
+                self.finish();
+            }
+            "error" => {
+                self.counters.signal_errors += 1;
+                tracing::warn!(meeting = %self.cfg.meeting, code = %m["code"], message = %m["message"], "MCU: server refused");
+                if m["re"] == "join" {
+                    self.finish();
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn has_people(&self) -> bool {
+        !self.people.is_empty()
+    }
+
+    fn on_participant(&mut self, p: &Value) {
+        let Some(pid) = p["id"].as_str().and_then(parse_pid) else { return };
+        if Some(pid) == self.me || p["kind"] == "mcu" {
+            return;
+        }
+        let camera_muted = p["camera_muted"].as_bool().unwrap_or(false);
+        if !self.people.contains_key(&pid) {
+            self.mixer.add_participant(pid, p["name"].as_str().unwrap_or("?"), false);
+        }
+        self.people.insert(pid, Person { camera_muted });
+        self.refresh_has_video(pid);
+    }
+
+    fn refresh_has_video(&mut self, pid: ParticipantId) {
+        let Some(person) = self.people.get(&pid) else { return };
+        let camera = self.tracks.values().any(|t| t.owner == pid && t.kind == "video" && t.source == "camera");
+        let _ = self.mixer.set_has_video(pid, camera && !person.camera_muted);
+    }
+
+    fn on_track_published(&mut self, t: &Value) {
+        let (Some(id), Some(owner)) = (t["id"].as_str(), t["participant"].as_str().and_then(parse_pid)) else {
+            return;
+        };
+        if Some(owner) == self.me {
+            return;
+        }
+        let track = Track {
+            owner,
+            kind: t["kind"].as_str().unwrap_or_default().to_string(),
+            source: t["source"].as_str().unwrap_or_default().to_string(),
+        };
+        self.tracks.insert(id.to_string(), track.clone());
+        if track.kind != "video" {
+            return;
+        }
+        if track.source == "camera" {
+            self.refresh_has_video(owner);
+            // Until we know its tile, take the smallest layer rather than the biggest.
+            self.signal(json!({"type": "subscribe", "track": id, "quality": "low"}));
+        } else if track.source == "screen" && self.people.contains_key(&owner) {
+            self.start_content(id);
+        }
+    }
+
+    fn start_content(&mut self, track: &str) {
+        // The latest share wins, as in the clients.
+        self.content =
+            Some(Content { track: track.to_string(), decoder: None, encoder: None, frame: None, next_due: None });
+        if self.content_mid.is_none() {
+            let me = self.me.unwrap_or_default();
+            let stream = format!("mcu{me}c");
+            self.content_mid = Some(self.pub_rtc.sdp_api().add_media(
+                MediaKind::Video,
+                Direction::SendOnly,
+                Some(stream.clone()),
+                Some(format!("{stream}-content")),
+                None,
+            ));
+        } else if let Some(mid) = self.content_mid {
+            self.pub_rtc.sdp_api().set_direction(mid, Direction::SendOnly);
+        }
+        self.pub_dirty = true;
+        self.offer_if_needed();
+    }
+
+    fn stop_content(&mut self, now: Instant) {
+        self.content = None;
+        self.mixer.push_content(now, None);
+        if let Some(mid) = self.content_mid {
+            // Inactive (not stopped) so the next share can reuse the m-line; the offer
+            // leaves it undeclared and the SFU unpublishes the content track.
+            self.pub_rtc.sdp_api().set_direction(mid, Direction::Inactive);
+            self.pub_dirty = true;
+            self.offer_if_needed();
+        }
+    }
+
+    fn offer_if_needed(&mut self) {
+        if !self.pub_dirty || self.pub_pending.is_some() || self.done {
+            return;
+        }
+        let api = self.pub_rtc.sdp_api();
+        let Some((offer, pending)) = api.apply() else {
+            self.pub_dirty = false;
+            return;
+        };
+        self.pub_dirty = false;
+        self.pub_pending = Some(pending);
+        let mut tracks = vec![];
+        if let Some(mid) = self.mix_mid {
+            tracks.push(json!({"mid": mid.to_string(), "kind": "video", "source": "camera"}));
+        }
+        if let (Some(mid), Some(_)) = (self.content_mid, &self.content) {
+            tracks.push(json!({"mid": mid.to_string(), "kind": "video", "source": "screen"}));
+        }
+        self.signal(json!({"type": "offer", "id": "pub", "pc": "pub", "sdp": offer.to_sdp_string(), "tracks": tracks}));
+    }
+
+    fn pick_payload_types(&mut self) {
+        for mid in [self.mix_mid, self.content_mid].into_iter().flatten() {
+            let Some(w) = self.pub_rtc.writer(mid) else { continue };
+            let params: Vec<_> = w.payload_params().filter(|p| p.spec().codec == Codec::H264).collect();
+            let pt = params
+                .iter()
+                .find(|p| p.spec().format.packetization_mode == Some(1))
+                .or(params.first())
+                .map(|p| p.pt());
+            if let Some(pt) = pt {
+                self.pts.insert(mid, pt);
+            }
+        }
+    }
+
+    /// A datagram arrived on the socket of `pc`.
+    pub fn handle_datagram(&mut self, now: Instant, pc: PcSide, source: SocketAddr, buf: &[u8]) {
+        let (rtc, local) = match pc {
+            PcSide::Publish => (&mut self.pub_rtc, self.pub_addr),
+            PcSide::Subscribe => (&mut self.sub_rtc, self.sub_addr),
+        };
+        let Ok(r) = Receive::new(Protocol::Udp, source, local, buf) else { return };
+        if let Err(e) = rtc.handle_input(str0m::Input::Receive(now, r)) {
+            tracing::debug!(?pc, error = %e, "MCU: datagram refused");
+        }
+        self.drain_events(now);
+    }
+
+    /// Time passed: str0m timers, composing and encoding what is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for rtc in [&mut self.pub_rtc, &mut self.sub_rtc] {
+            if let Err(e) = rtc.handle_input(str0m::Input::Timeout(now)) {
+                tracing::debug!(error = %e, "MCU: timeout input");
+            }
+        }
+        self.drain_events(now);
+        if self.done {
+            return;
+        }
+        if now >= self.next_size_check {
+            self.next_size_check = now + SIZE_CHECK_EVERY;
+            self.ask_tile_sizes(now);
+        }
+        if self.mixer.poll_timeout().is_none_or(|t| t <= now) {
+            if let Err(e) = self.mixer.handle_timeout(now) {
+                tracing::warn!(error = %e, "MCU: mix failed");
+            }
+        }
+        while let Some(o) = self.mixer.poll_output() {
+            match o {
+                MixOutput::Video { picture, .. } => {
+                    if self.write(now, self.mix_mid, &picture.data) {
+                        self.counters.mix_frames_sent += 1;
+                    }
+                }
+                MixOutput::RequestKeyframe(pid) => {
+                    let mids: Vec<Mid> = self
+                        .sub_mids
+                        .iter()
+                        .filter(|(_, t)| self.tracks.get(*t).is_some_and(|t| t.owner == pid && t.source == "camera"))
+                        .map(|(m, _)| *m)
+                        .collect();
+                    for mid in mids {
+                        self.request_keyframe(now, mid);
+                    }
+                }
+            }
+        }
+        self.encode_content(now);
+    }
+
+    fn ask_tile_sizes(&mut self, now: Instant) {
+        let Some(key) = self.me.and_then(|me| self.mixer.terminal_key(me)).cloned() else { return };
+        let sizes: HashMap<ParticipantId, (usize, usize)> =
+            self.mixer.tile_sizes(now, &key).into_iter().map(|(p, w, h)| (p, (w, h))).collect();
+        let mut asks = vec![];
+        for (id, t) in &self.tracks {
+            if t.kind != "video" || t.source != "camera" {
+                continue;
+            }
+            // Not on screen: the smallest layer keeps the picture ready for its turn.
+            let want = sizes.get(&t.owner).copied().unwrap_or((0, 0));
+            if self.asked_size.get(id) != Some(&want) {
+                asks.push((id.clone(), want));
+            }
+        }
+        for (id, (w, h)) in asks {
+            self.asked_size.insert(id.clone(), (w, h));
+            if w == 0 {
+                self.signal(json!({"type": "subscribe", "track": id, "quality": "low"}));
+            } else {
+                self.signal(json!({"type": "subscribe", "track": id, "quality": "high", "max_width": w, "max_height": h}));
+            }
+        }
+    }
+
+    fn encode_content(&mut self, now: Instant) {
+        let fps = self.cfg.content_fps.max(1);
+        let bitrate = self.cfg.content_bitrate_bps;
+        let Some(c) = self.content.as_mut() else { return };
+        let Some(frame) = c.frame.as_ref() else { return };
+        if c.next_due.is_some_and(|t| t > now) {
+            return;
+        }
+        let period = Duration::from_secs(1) / fps;
+        c.next_due = Some(c.next_due.map_or(now, |t| (t + period).max(now)));
+        if c.encoder.is_none() {
+            let cfg = H264EncoderConfig { bitrate_bps: bitrate, fps: fps as f32, ..H264EncoderConfig::default() };
+            match H264Encoder::new(cfg) {
+                Ok(e) => c.encoder = Some(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "MCU: content encoder");
+                    return;
+                }
+            }
+        }
+        let Some(enc) = c.encoder.as_mut() else { return };
+        let data = match enc.encode(frame) {
+            Ok(Some(p)) => p.data,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "MCU: content encode failed");
+                return;
+            }
+        };
+        if self.write(now, self.content_mid, &data) {
+            self.counters.content_frames_sent += 1;
+        }
+    }
+
+    fn write(&mut self, now: Instant, mid: Option<Mid>, data: &[u8]) -> bool {
+        let Some(mid) = mid else { return false };
+        let Some(pt) = self.pts.get(&mid).copied() else { return false };
+        let Some(w) = self.pub_rtc.writer(mid) else { return false };
+        let ticks = now.saturating_duration_since(self.media_start).as_micros() as u64 * 9 / 100;
+        match w.write(pt, now, MediaTime::new(ticks, Frequency::NINETY_KHZ), data.to_vec()) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "MCU: write failed");
+                false
+            }
+        }
+    }
+
+    fn request_keyframe(&mut self, now: Instant, mid: Mid) {
+        if self.last_kf_req.get(&mid).is_some_and(|t| now.saturating_duration_since(*t) < KEYFRAME_REQUEST_GAP) {
+            return;
+        }
+        if let Some(mut w) = self.sub_rtc.writer(mid) {
+            if w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok() {
+                self.counters.keyframe_requests_sent += 1;
+                self.last_kf_req.insert(mid, now);
+            }
+        }
+    }
+
+    /// Moves everything str0m has into `out` (and the handlers) and notes its timeouts.
+    fn drain_events(&mut self, now: Instant) {
+        loop {
+            match self.sub_rtc.poll_output() {
+                Ok(str0m::Output::Transmit(t)) => self.out.push_back(ClientOutput::Transmit(PcSide::Subscribe, t)),
+                Ok(str0m::Output::Event(Event::MediaData(d))) => self.on_media(now, d),
+                Ok(str0m::Output::Event(_)) => {}
+                Ok(str0m::Output::Timeout(t)) => {
+                    self.sub_timeout = t;
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "MCU: subscribe pc");
+                    self.sub_timeout = now + Duration::from_millis(100);
+                    break;
+                }
+            }
+        }
+        loop {
+            match self.pub_rtc.poll_output() {
+                Ok(str0m::Output::Transmit(t)) => self.out.push_back(ClientOutput::Transmit(PcSide::Publish, t)),
+                Ok(str0m::Output::Event(Event::KeyframeRequest(r))) => {
+                    if Some(r.mid) == self.mix_mid {
+                        if let Some(me) = self.me {
+                            self.mixer.request_keyframe(me);
+                        }
+                    } else if let Some(enc) = self.content.as_mut().and_then(|c| c.encoder.as_mut()) {
+                        enc.force_keyframe();
+                    }
+                }
+                Ok(str0m::Output::Event(_)) => {}
+                Ok(str0m::Output::Timeout(t)) => {
+                    self.pub_timeout = t;
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "MCU: publish pc");
+                    self.pub_timeout = now + Duration::from_millis(100);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_media(&mut self, now: Instant, d: MediaData) {
+        let Some(track_id) = self.sub_mids.get(&d.mid).cloned() else { return };
+        let Some(track) = self.tracks.get(&track_id).cloned() else { return };
+        if track.kind == "audio" {
+            if let Some(level) = d.ext_vals.audio_level {
+                self.mixer.audio_level(now, track.owner, level.unsigned_abs());
+            }
+            return;
+        }
+        if d.params.spec().codec != Codec::H264 {
+            return;
+        }
+        self.counters.input_frames += 1;
+        let got_key = self.got_key.entry(d.mid).or_insert(false);
+        *got_key |= d.is_keyframe();
+        if !d.contiguous || !*got_key {
+            self.request_keyframe(now, d.mid);
+            if !*got_key {
+                return;
+            }
+        }
+        if track.source == "camera" {
+            self.mixer.push_access_unit(now, track.owner, &d.data);
+        } else if track.source == "screen" {
+            let Some(c) = self.content.as_mut().filter(|c| c.track == track_id) else { return };
+            if c.decoder.is_none() {
+                c.decoder = H264Decoder::new().ok();
+            }
+            let Some(dec) = c.decoder.as_mut() else { return };
+            match dec.decode(&d.data) {
+                Ok(Some(frame)) => {
+                    if c.frame.as_ref().is_some_and(|f| (f.width(), f.height()) != (frame.width(), frame.height())) {
+                        // The encoder is sized by its first picture.
+                        c.encoder = None;
+                    }
+                    self.mixer.push_content(now, Some(frame.clone()));
+                    c.frame = Some(frame);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "MCU: content undecodable");
+                    self.request_keyframe(now, d.mid);
+                }
+            }
+        }
+    }
+
+    /// Next thing to do.
+    pub fn poll_output(&mut self, now: Instant) -> ClientOutput {
+        if self.out.is_empty() && !self.done {
+            // Signalling and writes may have queued datagrams since the last drain.
+            self.drain_events(now);
+        }
+        if let Some(o) = self.out.pop_front() {
+            return o;
+        }
+        let mut next = self.next_size_check.min(self.pub_timeout).min(self.sub_timeout);
+        if let Some(t) = self.mixer.poll_timeout() {
+            next = next.min(t);
+        }
+        if let Some(t) = self.content.as_ref().filter(|c| c.frame.is_some()).and_then(|c| c.next_due) {
+            next = next.min(t);
+        }
+        ClientOutput::Timeout(next)
+    }
+}

@@ -1,0 +1,362 @@
+//! The MCU as a participant of the SFU, end to end through a real `huitong serve`:
+//! four simulated terminals each publish a numbered test pattern (a colour and a big
+//! seven-segment digit, real H.264 at 320×180), the host asks for a 4-picture MCU, and a
+//! fifth terminal receives the mix as an ordinary track, decodes it and checks that each
+//! quadrant shows the right source (colour and number) and that the picture moves.
+//!
+//! ```text
+//! cargo test -p server --test mcu_mix -- --nocapture
+//! ```
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use endpoints_sim::huitong::{HuitongTerminal, JoinParams};
+use endpoints_sim::{MediaConfig, PeerConfig, Stats, VideoSource};
+use futures_util::{SinkExt, StreamExt};
+use media::codec::openh264::{H264Decoder, H264Encoder, H264EncoderConfig, I420Frame};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const MEETING: &str = "700700700";
+const MIX_W: usize = 640;
+const MIX_H: usize = 360;
+const SRC_W: usize = 320;
+const SRC_H: usize = 180;
+
+// ------------------------------------------------------------------ the test pattern
+
+/// Background colours (Y, U, V) of sources 1..=4: red, green, blue, yellow.
+const COLOURS: [[u8; 3]; 4] = [[81, 90, 240], [145, 54, 34], [41, 240, 110], [170, 30, 150]];
+const WHITE: [u8; 3] = [235, 128, 128];
+/// Seven-segment digits: segments a b c d e f g.
+const DIGITS: [[bool; 7]; 10] = [
+    [true, true, true, true, true, true, false],
+    [false, true, true, false, false, false, false],
+    [true, true, false, true, true, false, true],
+    [true, true, true, true, false, false, true],
+    [false, true, true, false, false, true, true],
+    [true, false, true, true, false, true, true],
+    [true, false, true, true, true, true, true],
+    [true, true, true, false, false, false, false],
+    [true, true, true, true, true, true, true],
+    [true, true, true, true, false, true, true],
+];
+/// Segment rectangles (x, y, w, h) in the 320×180 source.
+const SEGMENTS: [(usize, usize, usize, usize); 7] = [
+    (40, 20, 72, 12),  // a
+    (100, 20, 12, 60), // b
+    (100, 80, 12, 60), // c
+    (40, 128, 72, 12), // d
+    (40, 80, 12, 60),  // e
+    (40, 20, 12, 60),  // f
+    (40, 74, 72, 12),  // g
+];
+/// Where each segment is sampled (its middle, away from the others).
+const SEGMENT_PROBES: [(usize, usize); 7] =
+    [(76, 26), (106, 50), (106, 110), (76, 134), (46, 110), (46, 50), (76, 80)];
+/// A plain-colour area of the source.
+const COLOUR_PROBE: (usize, usize, usize, usize) = (200, 30, 90, 60);
+/// The strip where a white square moves: x = 150 + (n * 6) % 140.
+const MOVER_STRIP: (usize, usize, usize, usize) = (150, 110, 164, 24);
+
+fn fill(f: &mut I420Frame, (x0, y0, w, h): (usize, usize, usize, usize), c: [u8; 3]) {
+    let fw = f.width();
+    for y in y0..y0 + h {
+        for x in x0..x0 + w {
+            f.y[y * fw + x] = c[0];
+            f.u[(y / 2) * (fw / 2) + x / 2] = c[1];
+            f.v[(y / 2) * (fw / 2) + x / 2] = c[2];
+        }
+    }
+}
+
+fn pattern(source: usize, n: u64) -> I420Frame {
+    let mut f = I420Frame::filled(SRC_W, SRC_H, COLOURS[source - 1]).expect("frame");
+    for (on, seg) in DIGITS[source].iter().zip(SEGMENTS) {
+        if *on {
+            fill(&mut f, seg, WHITE);
+        }
+    }
+    let x = MOVER_STRIP.0 + (n as usize * 6) % 140;
+    fill(&mut f, (x & !1, MOVER_STRIP.1, 24, 24), WHITE);
+    f
+}
+
+fn video_source(source: usize) -> VideoSource {
+    let enc = Mutex::new(
+        H264Encoder::new(H264EncoderConfig {
+            bitrate_bps: 600_000,
+            fps: 15.0,
+            allow_frame_skip: false,
+            ..Default::default()
+        })
+        .expect("encoder"),
+    );
+    VideoSource(Arc::new(move |n, key, _div| {
+        let Ok(mut enc) = enc.lock() else { return vec![] };
+        if key {
+            enc.force_keyframe();
+        }
+        match enc.encode(&pattern(source, n)) {
+            Ok(Some(p)) => p.data,
+            _ => vec![],
+        }
+    }))
+}
+
+// ------------------------------------------------------------------ reading the mix
+
+fn mean(f: &I420Frame, x0: usize, y0: usize, w: usize, h: usize) -> [f64; 3] {
+    let fw = f.width();
+    let mut s = [0.0; 3];
+    for y in y0..y0 + h {
+        for x in x0..x0 + w {
+            s[0] += f64::from(f.y[y * fw + x]);
+            s[1] += f64::from(f.u[(y / 2) * (fw / 2) + x / 2]);
+            s[2] += f64::from(f.v[(y / 2) * (fw / 2) + x / 2]);
+        }
+    }
+    s.map(|v| v / (w * h) as f64)
+}
+
+/// One quadrant of the mix, read back: colour, digit and where the mover is.
+#[derive(Debug, Clone)]
+struct Quadrant {
+    colour: [f64; 3],
+    digit: Option<usize>,
+    mover_x: Option<f64>,
+}
+
+fn read_quadrant(f: &I420Frame, tile: mcu::layout::PixelRect) -> Quadrant {
+    // Source pixel → mix pixel (the 16:9 source fills its 16:9 tile).
+    let sx = |x: usize| tile.x + x * tile.w / SRC_W;
+    let sy = |y: usize| tile.y + y * tile.h / SRC_H;
+    let (cx, cy, cw, ch) = COLOUR_PROBE;
+    let colour = mean(f, sx(cx), sy(cy), cw * tile.w / SRC_W, ch * tile.h / SRC_H);
+    let lit: Vec<bool> = SEGMENT_PROBES
+        .iter()
+        .map(|&(x, y)| {
+            let m = mean(f, sx(x) - 2, sy(y) - 2, 4, 4);
+            m[0] > 190.0 && (m[1] - 128.0).abs() + (m[2] - 128.0).abs() < 40.0
+        })
+        .collect();
+    let digit = DIGITS.iter().position(|d| d.as_slice() == lit.as_slice());
+    let (mx, my, mw, mh) = MOVER_STRIP;
+    let (mut sum, mut count) = (0.0, 0.0);
+    for y in sy(my + 4)..sy(my + mh - 4) {
+        for x in sx(mx)..sx(mx + mw).min(tile.x + tile.w) {
+            if f.y[y * f.width() + x] > 200 {
+                sum += x as f64;
+                count += 1.0;
+            }
+        }
+    }
+    Quadrant { colour, digit, mover_x: (count > 20.0).then(|| sum / count) }
+}
+
+fn check_mix(f: &I420Frame, tiles: &[mcu::layout::PixelRect]) -> Result<Vec<Quadrant>, String> {
+    let mut out = vec![];
+    for (i, t) in tiles.iter().enumerate() {
+        let q = read_quadrant(f, *t);
+        let want = COLOURS[i];
+        if (0..3).any(|k| (q.colour[k] - f64::from(want[k])).abs() > 14.0) {
+            return Err(format!("tile {i}: colour {:?}, want source {}'s {want:?}", q.colour, i + 1));
+        }
+        if q.digit != Some(i + 1) {
+            return Err(format!("tile {i}: digit {:?}, want {}", q.digit, i + 1));
+        }
+        if q.mover_x.is_none() {
+            return Err(format!("tile {i}: no moving square"));
+        }
+        out.push(q);
+    }
+    Ok(out)
+}
+
+// ------------------------------------------------------------------ server and signalling
+
+struct Server {
+    child: Child,
+    http: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server() -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_huitong"))
+        .arg("serve")
+        .env("HUITONG_HTTP__LISTEN", "127.0.0.1:0")
+        .env("HUITONG_MEDIA__UDP_LISTEN", "127.0.0.1:0")
+        .env("HUITONG_MEDIA__ADVERTISE_IP", "127.0.0.1")
+        .env("HUITONG_DATA_DIR", dir.path())
+        .env("HUITONG_MCU__WIDTH", MIX_W.to_string())
+        .env("HUITONG_MCU__HEIGHT", MIX_H.to_string())
+        .env("HUITONG_MCU__FPS", "10")
+        .env("HUITONG_MCU__BITRATE_BPS", "1500000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start huitong");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready = loop {
+        let line = lines.next().expect("server exited before READY").expect("line");
+        if let Some(j) = line.strip_prefix("HUITONG_READY ") {
+            break serde_json::from_str::<Value>(j).expect("ready json");
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, http: ready["http"].as_str().expect("http").parse().expect("addr"), _dir: dir }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.expect("ws send");
+}
+
+/// Next message satisfying `pred` (others are skipped), within 20 s.
+async fn expect(ws: &mut Ws, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let fut = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).expect("json");
+                    if v["type"] == "error" {
+                        panic!("server error while waiting for {what}: {v}");
+                    }
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("socket ended while waiting for {what}: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), fut).await.unwrap_or_else(|_| panic!("no {what} within 20 s"))
+}
+
+// The test measures a real server in wall-clock time.
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_terminals_mixed_into_quadrants_by_the_mcu_participant() {
+    let server = start_server();
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let epoch = now();
+
+    // The host opens the meeting and asks for a 4-picture MCU.
+    let (mut host, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/api/v1/signal", server.http)).await.expect("ws");
+    send(&mut host, json!({"type": "join", "v": 1, "meeting": MEETING, "name": "主持人", "create": true})).await;
+    expect(&mut host, "joined", |v| v["type"] == "joined").await;
+    send(&mut host, json!({"type": "host", "id": 1, "action": "mcu", "mcu": {"layout": "4"}})).await;
+    expect(&mut host, "ok", |v| v["type"] == "ok" && v["re"] == 1).await;
+    let mcu = expect(&mut host, "the MCU joining", |v| v["type"] == "participant_joined").await;
+    assert_eq!(mcu["participant"]["kind"], "mcu", "{mcu}");
+    assert_eq!(mcu["participant"]["name"], "会议画面");
+    assert_eq!(mcu["participant"]["role"], "participant", "a service never holds the host role");
+    let mcu_id = mcu["participant"]["id"].as_str().expect("id").to_string();
+    let track = expect(&mut host, "the mix track", |v| v["type"] == "track_published").await;
+    assert_eq!(track["track"]["participant"], mcu_id.as_str());
+    assert_eq!(track["track"]["kind"], "video");
+
+    // Four venues publish their numbered patterns.
+    let mut venues = vec![];
+    for i in 1..=4usize {
+        let cfg = PeerConfig {
+            id: i as u32,
+            epoch,
+            seed: i as u64,
+            media: Some(MediaConfig {
+                fps: 15,
+                audio: false,
+                video_source: Some(video_source(i)),
+                ..MediaConfig::default()
+            }),
+        };
+        let params = JoinParams { meeting: MEETING.into(), passcode: None, name: format!("会场{i}"), create: false };
+        venues.push(HuitongTerminal::join(server.http, params, lo, cfg, Arc::new(Stats::default())).await.expect("venue"));
+    }
+
+    // The receiving terminal decodes every video track it gets and keeps the mix pictures.
+    let mixes: Arc<Mutex<Vec<(Instant, I420Frame)>>> = Arc::default();
+    let decoders: Mutex<HashMap<String, H264Decoder>> = Mutex::default();
+    let rx_stats = Arc::new(Stats::default());
+    {
+        let mixes = Arc::clone(&mixes);
+        rx_stats.set_video_tap(Arc::new(move |mid, data| {
+            let Ok(mut decs) = decoders.lock() else { return };
+            let Some(dec) = (match decs.get_mut(mid) {
+                Some(d) => Some(d),
+                None => H264Decoder::new().ok().map(|d| decs.entry(mid.to_string()).or_insert(d)),
+            }) else {
+                return;
+            };
+            if let Ok(Some(f)) = dec.decode(data) {
+                if (f.width(), f.height()) == (MIX_W, MIX_H) {
+                    if let Ok(mut m) = mixes.lock() {
+                        m.push((now(), f));
+                        let excess = m.len().saturating_sub(4);
+                        m.drain(..excess);
+                    }
+                }
+            }
+        }));
+    }
+    let receiver_cfg = PeerConfig { id: 99, epoch, seed: 99, media: None };
+    let params = JoinParams { meeting: MEETING.into(), passcode: None, name: "主会场".into(), create: false };
+    let receiver = HuitongTerminal::join(server.http, params, lo, receiver_cfg, rx_stats).await.expect("receiver");
+
+    // The host (no camera) leaves: the four venues fill the four tiles in join order.
+    send(&mut host, json!({"type": "leave"})).await;
+
+    let layouts = mcu::layout::LayoutSet::default();
+    let tiles: Vec<_> =
+        layouts.get("4").expect("layout 4").tiles.iter().map(|t| t.rect.to_pixels(MIX_W, MIX_H)).collect();
+    let deadline = now() + Duration::from_secs(60);
+    let mut first: Option<(Instant, Vec<Quadrant>)> = None;
+    let mut last_err = String::from("no mixed picture received");
+    let moved = loop {
+        assert!(now() < deadline, "the mix never showed the four venues moving: {last_err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let latest = mixes.lock().expect("mixes").last().cloned();
+        let Some((at, pic)) = latest else { continue };
+        match check_mix(&pic, &tiles) {
+            Err(e) => last_err = e,
+            Ok(q) => match &first {
+                None => first = Some((at, q)),
+                Some((t0, q0)) if at > *t0 + Duration::from_millis(500) => {
+                    let moved: Vec<bool> =
+                        q0.iter().zip(&q).map(|(a, b)| (a.mover_x.unwrap_or(0.0) - b.mover_x.unwrap_or(0.0)).abs() > 4.0).collect();
+                    if moved.iter().all(|m| *m) {
+                        break moved;
+                    }
+                    last_err = format!("pictures do not update: moved {moved:?}");
+                }
+                Some(_) => {}
+            },
+        }
+    };
+    assert_eq!(moved, vec![true; 4]);
+
+    receiver.leave().await;
+    for v in venues {
+        v.leave().await;
+    }
+}
