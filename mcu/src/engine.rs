@@ -574,8 +574,8 @@ impl MeetingMixer {
         let Some(mut layout) = self.layouts.get(&key.layout).ok().or(default) else {
             return Vec::new();
         };
-        let people: Vec<_> = layout.tiles.iter().filter(|t| t.role != TileRole::Content).collect();
-        let arrangement = self.modes.arrange(now, &present, people.len());
+        let people = layout.tiles.iter().filter(|t| t.role != TileRole::Content).count();
+        let arrangement = self.modes.arrange(now, &present, people);
         if let Some(forced) = arrangement.layout_override.and_then(|n| self.layouts.get(n).ok()) {
             layout = forced;
         }

@@ -169,7 +169,7 @@ fn parse_pid(s: &str) -> Option<ParticipantId> {
 
 fn new_rtc(now: Instant, local: SocketAddr) -> Rtc {
     // H.264 is what the mixer decodes and encodes; Opus carries the audio levels.
-    let mut rtc = Rtc::builder().clear_codecs().enable_opus(true).enable_h264(true).build(now);
+    let mut rtc = Rtc::builder().clear_codecs().enable_opus(true, false).enable_h264(true).build(now);
     if let Ok(c) = Candidate::host(local, "udp") {
         rtc.add_local_candidate(c);
     }
@@ -295,16 +295,6 @@ impl McuClient {
                 for t in m["tracks"].as_array().into_iter().flatten() {
                     self.on_track_published(t);
                 }
-                let mut api = self.pub_rtc.sdp_api();
-                let stream = format!("mcu{me}");
-                self.mix_mid = Some(api.add_media(
-                    MediaKind::Video,
-                    Direction::SendOnly,
-                    Some(stream.clone()),
-                    Some(format!("{stream}-mix")),
-                    None,
-                ));
-                drop(api);
                 self.pub_dirty = true;
                 self.offer_if_needed();
                 if !self.has_people() {
@@ -316,7 +306,14 @@ impl McuClient {
                 if let Some(pid) = m["participant"].as_str().and_then(parse_pid) {
                     self.people.remove(&pid);
                     self.mixer.remove_participant(pid);
+                    let sharing = self
+                        .content
+                        .as_ref()
+                        .is_some_and(|c| self.tracks.get(&c.track).is_some_and(|t| t.owner == pid));
                     self.tracks.retain(|_, t| t.owner != pid);
+                    if sharing {
+                        self.stop_content(now);
+                    }
                     if !self.has_people() {
                         tracing::info!(meeting = %self.cfg.meeting, "MCU: nobody left to mix for");
                         self.stop();
@@ -424,19 +421,6 @@ impl McuClient {
         // The latest share wins, as in the clients.
         self.content =
             Some(Content { track: track.to_string(), decoder: None, encoder: None, frame: None, next_due: None });
-        if self.content_mid.is_none() {
-            let me = self.me.unwrap_or_default();
-            let stream = format!("mcu{me}c");
-            self.content_mid = Some(self.pub_rtc.sdp_api().add_media(
-                MediaKind::Video,
-                Direction::SendOnly,
-                Some(stream.clone()),
-                Some(format!("{stream}-content")),
-                None,
-            ));
-        } else if let Some(mid) = self.content_mid {
-            self.pub_rtc.sdp_api().set_direction(mid, Direction::SendOnly);
-        }
         self.pub_dirty = true;
         self.offer_if_needed();
     }
@@ -444,10 +428,7 @@ impl McuClient {
     fn stop_content(&mut self, now: Instant) {
         self.content = None;
         self.mixer.push_content(now, None);
-        if let Some(mid) = self.content_mid {
-            // Inactive (not stopped) so the next share can reuse the m-line; the offer
-            // leaves it undeclared and the SFU unpublishes the content track.
-            self.pub_rtc.sdp_api().set_direction(mid, Direction::Inactive);
+        if self.content_mid.is_some() {
             self.pub_dirty = true;
             self.offer_if_needed();
         }
@@ -457,7 +438,32 @@ impl McuClient {
         if !self.pub_dirty || self.pub_pending.is_some() || self.done {
             return;
         }
-        let api = self.pub_rtc.sdp_api();
+        // The whole wanted state goes into one SdpApi: str0m keeps changes only until
+        // `apply`, so they cannot be staged across calls.
+        let me = self.me.unwrap_or_default();
+        let mut api = self.pub_rtc.sdp_api();
+        if self.mix_mid.is_none() {
+            let stream = format!("mcu{me}");
+            self.mix_mid =
+                Some(api.add_media(MediaKind::Video, Direction::SendOnly, Some(stream.clone()), Some(format!("{stream}-mix")), None));
+        }
+        match (self.content.is_some(), self.content_mid) {
+            (true, None) => {
+                let stream = format!("mcu{me}c");
+                self.content_mid = Some(api.add_media(
+                    MediaKind::Video,
+                    Direction::SendOnly,
+                    Some(stream.clone()),
+                    Some(format!("{stream}-content")),
+                    None,
+                ));
+            }
+            (true, Some(mid)) => api.set_direction(mid, Direction::SendOnly),
+            // Inactive (not stopped) so the next share can reuse the m-line; the offer
+            // leaves it undeclared and the SFU unpublishes the content track.
+            (false, Some(mid)) => api.set_direction(mid, Direction::Inactive),
+            (false, None) => {}
+        }
         let Some((offer, pending)) = api.apply() else {
             self.pub_dirty = false;
             return;
@@ -687,11 +693,14 @@ impl McuClient {
             return;
         }
         self.counters.input_frames += 1;
-        let got_key = self.got_key.entry(d.mid).or_insert(false);
-        *got_key |= d.is_keyframe();
-        if !d.contiguous || !*got_key {
+        let have_key = {
+            let k = self.got_key.entry(d.mid).or_insert(false);
+            *k |= d.is_keyframe();
+            *k
+        };
+        if !d.contiguous || !have_key {
             self.request_keyframe(now, d.mid);
-            if !*got_key {
+            if !have_key {
                 return;
             }
         }
@@ -738,5 +747,99 @@ impl McuClient {
             next = next.min(t);
         }
         ClientOutput::Timeout(next)
+    }
+}
+
+#[cfg(test)]
+// Tests need an arbitrary origin for virtual time; only offsets from it matter.
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+
+    fn drain(c: &mut McuClient, now: Instant) -> (Vec<Value>, bool) {
+        let mut signals = vec![];
+        let mut done = false;
+        loop {
+            match c.poll_output(now) {
+                ClientOutput::Signal(s) => signals.push(serde_json::from_str(&s).expect("json")),
+                ClientOutput::Transmit(..) => {}
+                ClientOutput::Timeout(_) => return (signals, done),
+                ClientOutput::Done => done = true,
+            }
+        }
+    }
+
+    /// Plays the SFU's part of a publish negotiation.
+    fn answer(sfu: &mut Rtc, offer: &Value) -> Value {
+        let offer = SdpOffer::from_sdp_string(offer["sdp"].as_str().expect("sdp")).expect("offer");
+        let answer = sfu.sdp_api().accept_offer(offer).expect("answer");
+        json!({"type": "answer", "pc": "pub", "re": "pub", "sdp": answer.to_sdp_string()})
+    }
+
+    fn declared(offer: &Value) -> Vec<String> {
+        offer["tracks"].as_array().expect("tracks").iter().map(|t| t["source"].as_str().unwrap_or("").to_string()).collect()
+    }
+
+    #[test]
+    fn joins_as_mcu_publishes_the_mix_and_content_while_someone_shares() {
+        let t0 = Instant::now();
+        let addr = |p| SocketAddr::from(([127, 0, 0, 1], p));
+        let cfg = McuClientConfig { meeting: "123456".into(), ..McuClientConfig::default() };
+        let mut c = McuClient::new(t0, cfg, LayoutSet::default(), None, addr(40001), addr(40002)).expect("client");
+        let (s, _) = drain(&mut c, t0);
+        assert_eq!(s[0]["type"], "join");
+        assert_eq!(s[0]["kind"], "mcu");
+        assert_eq!(s[0]["name"], MCU_NAME);
+
+        c.handle_signal(
+            t0,
+            &json!({"type": "joined", "participant": "p9", "role": "participant",
+                "participants": [{"id": "p1", "name": "一", "camera_muted": false},
+                                 {"id": "p9", "name": MCU_NAME, "kind": "mcu"}],
+                "tracks": [{"id": "t1", "participant": "p1", "kind": "video", "source": "camera"}]})
+            .to_string(),
+        );
+        let (s, _) = drain(&mut c, t0);
+        let offer = s.iter().find(|m| m["type"] == "offer").expect("publish offer");
+        assert_eq!(declared(offer), vec!["camera"]);
+        assert!(s.iter().any(|m| m["type"] == "subscribe" && m["track"] == "t1"), "{s:?}");
+        let mut sfu = Rtc::builder().enable_h264(true).build(t0);
+        c.handle_signal(t0, &answer(&mut sfu, offer).to_string());
+
+        // p1 sits in the first tile of the 1080p "4" picture: the MCU asks for that size.
+        let tile = LayoutSet::default().get("4").expect("4").tiles[0].rect.to_pixels(1920, 1080);
+        assert!(tile.w >= 900 && tile.w <= 960, "{tile:?}");
+        c.handle_timeout(t0 + Duration::from_secs(1));
+        let (s, _) = drain(&mut c, t0 + Duration::from_secs(1));
+        let sub = s.iter().find(|m| m["type"] == "subscribe").expect("size preference");
+        assert_eq!(
+            (sub["max_width"].as_u64(), sub["max_height"].as_u64()),
+            (Some(tile.w as u64), Some(tile.h as u64)),
+            "{sub}"
+        );
+
+        // Someone shares: a second track, declared as screen.
+        c.handle_signal(
+            t0,
+            &json!({"type": "track_published", "track": {"id": "t2", "participant": "p1", "kind": "video", "source": "screen"}})
+                .to_string(),
+        );
+        let (s, _) = drain(&mut c, t0);
+        let offer = s.iter().find(|m| m["type"] == "offer").expect("re-offer with content");
+        assert_eq!(declared(offer), vec!["camera", "screen"]);
+        c.handle_signal(t0, &answer(&mut sfu, offer).to_string());
+
+        // The share ends: the content track is no longer declared.
+        c.handle_signal(t0, &json!({"type": "track_unpublished", "track": "t2"}).to_string());
+        let (s, _) = drain(&mut c, t0);
+        let offer = s.iter().find(|m| m["type"] == "offer").expect("re-offer without content");
+        assert_eq!(declared(offer), vec!["camera"]);
+        c.handle_signal(t0, &answer(&mut sfu, offer).to_string());
+
+        // The last person leaves: so does the MCU.
+        c.handle_signal(t0, &json!({"type": "participant_left", "participant": "p1", "reason": "left"}).to_string());
+        let (s, done) = drain(&mut c, t0);
+        assert!(s.iter().any(|m| m["type"] == "leave"), "{s:?}");
+        assert!(done);
     }
 }

@@ -2,7 +2,7 @@
 
 pub mod config;
 pub mod http;
-pub mod mcu;
+pub mod mcu_supervisor;
 pub mod tls;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -67,7 +67,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let (sfu, events) = sfu::spawn(udp, sfu_cfg)?;
     let hub = signaling::Hub::start(sfu, events, cfg.signaling.clone());
     // The MCU reaches the media port at the advertised address, as any client would.
-    mcu::start(Arc::clone(&hub), cfg.mcu.clone(), advertised.ip()).context("starting the MCU")?;
+    mcu_supervisor::start(Arc::clone(&hub), cfg.mcu.clone(), advertised.ip()).context("starting the MCU")?;
 
     let mut admin_cfg = cfg.admin.clone();
     admin_cfg.data_dir = cfg.data_dir.clone();

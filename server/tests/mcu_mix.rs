@@ -302,12 +302,11 @@ async fn four_terminals_mixed_into_quadrants_by_the_mcu_participant() {
         let mixes = Arc::clone(&mixes);
         rx_stats.set_video_tap(Arc::new(move |mid, data| {
             let Ok(mut decs) = decoders.lock() else { return };
-            let Some(dec) = (match decs.get_mut(mid) {
-                Some(d) => Some(d),
-                None => H264Decoder::new().ok().map(|d| decs.entry(mid.to_string()).or_insert(d)),
-            }) else {
-                return;
-            };
+            if !decs.contains_key(mid) {
+                let Ok(d) = H264Decoder::new() else { return };
+                decs.insert(mid.to_string(), d);
+            }
+            let Some(dec) = decs.get_mut(mid) else { return };
             if let Ok(Some(f)) = dec.decode(data) {
                 if (f.width(), f.height()) == (MIX_W, MIX_H) {
                     if let Ok(mut m) = mixes.lock() {

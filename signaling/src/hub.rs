@@ -319,9 +319,13 @@ impl Hub {
         }
         m.broadcast(&ServerMsg::ParticipantJoined { participant: me }, Some(pid));
         // The first person of a meeting configured for an MCU brings it in.
-        let auto = (req.kind == MemberKind::User && m.mcu.is_none())
-            .then(|| m.mcu_seed.clone().or_else(|| self.cfg.mcu_auto.clone()))
-            .flatten();
+        let first_person = req.kind == MemberKind::User
+            && !m.members.iter().any(|(p, mem)| *p != pid && mem.kind == MemberKind::User);
+        let auto = if first_person && m.mcu.is_none() {
+            m.mcu_seed.clone().or_else(|| self.cfg.mcu_auto.clone())
+        } else {
+            None
+        };
         if let Some(options) = &auto {
             m.mcu = Some(options.clone());
         }
