@@ -57,7 +57,7 @@ impl Server {
             .env("HUITONG_MEDIA__UDP_LISTEN", "127.0.0.1:0")
             .env("HUITONG_MEDIA__ADVERTISE_IP", "127.0.0.1")
             .env("HUITONG_DATA_DIR", data.path())
-            .env("HUITONG_SIGNALING__MCU_AUTO__LAYOUT", "4")
+            .env("HUITONG_SIGNALING__MCU_AUTO__LAYOUT", "pip")
             .env("HUITONG_MCU__WIDTH", "1920")
             .env("HUITONG_MCU__HEIGHT", "1080")
             .env("HUITONG_MCU__FPS", "10")
@@ -295,6 +295,7 @@ async fn scenario(server: &Server, b: &Browser) -> TestResult<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "written but not yet run: the shared build machine did not finish compiling before the deadline; run with --ignored and remove this"]
 async fn browser_decodes_the_mcu_mix_at_1080p_and_its_content_stream() {
     let server = Server::start().unwrap_or_else(|e| panic!("{e}"));
     let browser = Browser::launch().await.unwrap_or_else(|e| panic!("{e}"));

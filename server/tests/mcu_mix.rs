@@ -255,6 +255,7 @@ fn now() -> Instant {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "written but not yet run: the shared build machine did not finish compiling before the deadline; run with --ignored and remove this"]
 async fn four_terminals_mixed_into_quadrants_by_the_mcu_participant() {
     let server = start_server();
     let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
