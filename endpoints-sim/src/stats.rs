@@ -33,7 +33,9 @@ pub type VideoTap = std::sync::Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
 
 impl std::fmt::Debug for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stats").field("snapshot", &self.snapshot()).finish_non_exhaustive()
+        f.debug_struct("Stats")
+            .field("snapshot", &self.snapshot())
+            .finish_non_exhaustive()
     }
 }
 

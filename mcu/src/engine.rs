@@ -568,15 +568,26 @@ impl MeetingMixer {
     /// The pixel size of the tile each participant occupies in `key`'s picture right now
     /// (participants not shown are absent). Applies the mode's layout override.
     pub fn tile_sizes(&self, now: Instant, key: &OutputKey) -> Vec<(ParticipantId, usize, usize)> {
-        let present: Vec<ParticipantId> =
-            self.order.iter().copied().filter(|p| Some(*p) != key.hidden).collect();
+        let present: Vec<ParticipantId> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|p| Some(*p) != key.hidden)
+            .collect();
         let default = self.layouts.get(&self.cfg.default_layout).ok();
         let Some(mut layout) = self.layouts.get(&key.layout).ok().or(default) else {
             return Vec::new();
         };
-        let people = layout.tiles.iter().filter(|t| t.role != TileRole::Content).count();
+        let people = layout
+            .tiles
+            .iter()
+            .filter(|t| t.role != TileRole::Content)
+            .count();
         let arrangement = self.modes.arrange(now, &present, people);
-        if let Some(forced) = arrangement.layout_override.and_then(|n| self.layouts.get(n).ok()) {
+        if let Some(forced) = arrangement
+            .layout_override
+            .and_then(|n| self.layouts.get(n).ok())
+        {
             layout = forced;
         }
         layout

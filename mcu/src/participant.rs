@@ -17,7 +17,9 @@ use media::codec::openh264::{H264Decoder, H264Encoder, H264EncoderConfig, I420Fr
 use serde_json::{Value, json};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{
+    Direction, Frequency, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt,
+};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Candidate, Event, Rtc};
 
@@ -57,7 +59,10 @@ impl Default for McuClientConfig {
         Self {
             meeting: String::new(),
             name: MCU_NAME.into(),
-            mix: TerminalSettings { self_view: false, ..TerminalSettings::default() },
+            mix: TerminalSettings {
+                self_view: false,
+                ..TerminalSettings::default()
+            },
             content_fps: 5,
             content_bitrate_bps: 1_500_000,
             engine: EngineConfig::default(),
@@ -169,7 +174,11 @@ fn parse_pid(s: &str) -> Option<ParticipantId> {
 
 fn new_rtc(now: Instant, local: SocketAddr) -> Rtc {
     // H.264 is what the mixer decodes and encodes; Opus carries the audio levels.
-    let mut rtc = Rtc::builder().clear_codecs().enable_opus(true, false).enable_h264(true).build(now);
+    let mut rtc = Rtc::builder()
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_h264(true)
+        .build(now);
     if let Ok(c) = Candidate::host(local, "udp") {
         rtc.add_local_candidate(c);
     }
@@ -246,7 +255,8 @@ impl McuClient {
     /// Leaves the meeting.
     pub fn stop(&mut self) {
         if !self.done {
-            self.out.push_back(ClientOutput::Signal(json!({"type": "leave"}).to_string()));
+            self.out
+                .push_back(ClientOutput::Signal(json!({"type": "leave"}).to_string()));
             self.finish();
         }
     }
@@ -264,7 +274,10 @@ impl McuClient {
 
     fn apply_terminal(&mut self) {
         let Some(me) = self.me else { return };
-        let settings = TerminalSettings { self_view: false, ..self.cfg.mix.clone() };
+        let settings = TerminalSettings {
+            self_view: false,
+            ..self.cfg.mix.clone()
+        };
         if let Err(e) = self.mixer.set_terminal(me, &settings) {
             tracing::warn!(meeting = %self.cfg.meeting, error = %e, "MCU layout refused; using the default");
         }
@@ -284,7 +297,10 @@ impl McuClient {
     fn on_signal(&mut self, now: Instant, m: &Value) -> Result<(), String> {
         match m["type"].as_str().unwrap_or_default() {
             "joined" => {
-                let me = m["participant"].as_str().and_then(parse_pid).ok_or("joined without an id")?;
+                let me = m["participant"]
+                    .as_str()
+                    .and_then(parse_pid)
+                    .ok_or("joined without an id")?;
                 self.me = Some(me);
                 // Our own entry is the output terminal; hidden from its own picture.
                 self.mixer.add_participant(me, &self.cfg.name, false);
@@ -336,7 +352,11 @@ impl McuClient {
             "offer" if m["pc"] == "sub" => {
                 let offer = SdpOffer::from_sdp_string(m["sdp"].as_str().unwrap_or_default())
                     .map_err(|e| format!("subscribe offer: {e}"))?;
-                let answer = self.sub_rtc.sdp_api().accept_offer(offer).map_err(|e| format!("subscribe offer: {e}"))?;
+                let answer = self
+                    .sub_rtc
+                    .sdp_api()
+                    .accept_offer(offer)
+                    .map_err(|e| format!("subscribe offer: {e}"))?;
                 self.sub_mids.clear();
                 for t in m["tracks"].as_array().into_iter().flatten() {
                     if let (Some(mid), Some(id)) = (t["mid"].as_str(), t["id"].as_str()) {
@@ -349,7 +369,10 @@ impl McuClient {
                 let pending = self.pub_pending.take().ok_or("answer without an offer")?;
                 let answer = SdpAnswer::from_sdp_string(m["sdp"].as_str().unwrap_or_default())
                     .map_err(|e| format!("publish answer: {e}"))?;
-                self.pub_rtc.sdp_api().accept_answer(pending, answer).map_err(|e| format!("publish answer: {e}"))?;
+                self.pub_rtc
+                    .sdp_api()
+                    .accept_answer(pending, answer)
+                    .map_err(|e| format!("publish answer: {e}"))?;
                 self.pick_payload_types();
                 self.offer_if_needed();
             }
@@ -374,26 +397,39 @@ impl McuClient {
     }
 
     fn on_participant(&mut self, p: &Value) {
-        let Some(pid) = p["id"].as_str().and_then(parse_pid) else { return };
+        let Some(pid) = p["id"].as_str().and_then(parse_pid) else {
+            return;
+        };
         if Some(pid) == self.me || p["kind"] == "mcu" {
             return;
         }
         let camera_muted = p["camera_muted"].as_bool().unwrap_or(false);
         if !self.people.contains_key(&pid) {
-            self.mixer.add_participant(pid, p["name"].as_str().unwrap_or("?"), false);
+            self.mixer
+                .add_participant(pid, p["name"].as_str().unwrap_or("?"), false);
         }
         self.people.insert(pid, Person { camera_muted });
         self.refresh_has_video(pid);
     }
 
     fn refresh_has_video(&mut self, pid: ParticipantId) {
-        let Some(person) = self.people.get(&pid) else { return };
-        let camera = self.tracks.values().any(|t| t.owner == pid && t.kind == "video" && t.source == "camera");
-        let _ = self.mixer.set_has_video(pid, camera && !person.camera_muted);
+        let Some(person) = self.people.get(&pid) else {
+            return;
+        };
+        let camera = self
+            .tracks
+            .values()
+            .any(|t| t.owner == pid && t.kind == "video" && t.source == "camera");
+        let _ = self
+            .mixer
+            .set_has_video(pid, camera && !person.camera_muted);
     }
 
     fn on_track_published(&mut self, t: &Value) {
-        let (Some(id), Some(owner)) = (t["id"].as_str(), t["participant"].as_str().and_then(parse_pid)) else {
+        let (Some(id), Some(owner)) = (
+            t["id"].as_str(),
+            t["participant"].as_str().and_then(parse_pid),
+        ) else {
             return;
         };
         if Some(owner) == self.me {
@@ -419,8 +455,13 @@ impl McuClient {
 
     fn start_content(&mut self, track: &str) {
         // The latest share wins, as in the clients.
-        self.content =
-            Some(Content { track: track.to_string(), decoder: None, encoder: None, frame: None, next_due: None });
+        self.content = Some(Content {
+            track: track.to_string(),
+            decoder: None,
+            encoder: None,
+            frame: None,
+            next_due: None,
+        });
         self.pub_dirty = true;
         self.offer_if_needed();
     }
@@ -444,8 +485,13 @@ impl McuClient {
         let mut api = self.pub_rtc.sdp_api();
         if self.mix_mid.is_none() {
             let stream = format!("mcu{me}");
-            self.mix_mid =
-                Some(api.add_media(MediaKind::Video, Direction::SendOnly, Some(stream.clone()), Some(format!("{stream}-mix")), None));
+            self.mix_mid = Some(api.add_media(
+                MediaKind::Video,
+                Direction::SendOnly,
+                Some(stream.clone()),
+                Some(format!("{stream}-mix")),
+                None,
+            ));
         }
         match (self.content.is_some(), self.content_mid) {
             (true, None) => {
@@ -482,8 +528,13 @@ impl McuClient {
 
     fn pick_payload_types(&mut self) {
         for mid in [self.mix_mid, self.content_mid].into_iter().flatten() {
-            let Some(w) = self.pub_rtc.writer(mid) else { continue };
-            let params: Vec<_> = w.payload_params().filter(|p| p.spec().codec == Codec::H264).collect();
+            let Some(w) = self.pub_rtc.writer(mid) else {
+                continue;
+            };
+            let params: Vec<_> = w
+                .payload_params()
+                .filter(|p| p.spec().codec == Codec::H264)
+                .collect();
             let pt = params
                 .iter()
                 .find(|p| p.spec().format.packetization_mode == Some(1))
@@ -501,7 +552,9 @@ impl McuClient {
             PcSide::Publish => (&mut self.pub_rtc, self.pub_addr),
             PcSide::Subscribe => (&mut self.sub_rtc, self.sub_addr),
         };
-        let Ok(r) = Receive::new(Protocol::Udp, source, local, buf) else { return };
+        let Ok(r) = Receive::new(Protocol::Udp, source, local, buf) else {
+            return;
+        };
         if let Err(e) = rtc.handle_input(str0m::Input::Receive(now, r)) {
             tracing::debug!(?pc, error = %e, "MCU: datagram refused");
         }
@@ -539,7 +592,11 @@ impl McuClient {
                     let mids: Vec<Mid> = self
                         .sub_mids
                         .iter()
-                        .filter(|(_, t)| self.tracks.get(*t).is_some_and(|t| t.owner == pid && t.source == "camera"))
+                        .filter(|(_, t)| {
+                            self.tracks
+                                .get(*t)
+                                .is_some_and(|t| t.owner == pid && t.source == "camera")
+                        })
                         .map(|(m, _)| *m)
                         .collect();
                     for mid in mids {
@@ -552,9 +609,15 @@ impl McuClient {
     }
 
     fn ask_tile_sizes(&mut self, now: Instant) {
-        let Some(key) = self.me.and_then(|me| self.mixer.terminal_key(me)).cloned() else { return };
-        let sizes: HashMap<ParticipantId, (usize, usize)> =
-            self.mixer.tile_sizes(now, &key).into_iter().map(|(p, w, h)| (p, (w, h))).collect();
+        let Some(key) = self.me.and_then(|me| self.mixer.terminal_key(me)).cloned() else {
+            return;
+        };
+        let sizes: HashMap<ParticipantId, (usize, usize)> = self
+            .mixer
+            .tile_sizes(now, &key)
+            .into_iter()
+            .map(|(p, w, h)| (p, (w, h)))
+            .collect();
         let mut asks = vec![];
         for (id, t) in &self.tracks {
             if t.kind != "video" || t.source != "camera" {
@@ -579,15 +642,23 @@ impl McuClient {
     fn encode_content(&mut self, now: Instant) {
         let fps = self.cfg.content_fps.max(1);
         let bitrate = self.cfg.content_bitrate_bps;
-        let Some(c) = self.content.as_mut() else { return };
-        let Some(frame) = c.frame.as_ref() else { return };
+        let Some(c) = self.content.as_mut() else {
+            return;
+        };
+        let Some(frame) = c.frame.as_ref() else {
+            return;
+        };
         if c.next_due.is_some_and(|t| t > now) {
             return;
         }
         let period = Duration::from_secs(1) / fps;
         c.next_due = Some(c.next_due.map_or(now, |t| (t + period).max(now)));
         if c.encoder.is_none() {
-            let cfg = H264EncoderConfig { bitrate_bps: bitrate, fps: fps as f32, ..H264EncoderConfig::default() };
+            let cfg = H264EncoderConfig {
+                bitrate_bps: bitrate,
+                fps: fps as f32,
+                ..H264EncoderConfig::default()
+            };
             match H264Encoder::new(cfg) {
                 Ok(e) => c.encoder = Some(e),
                 Err(e) => {
@@ -596,7 +667,9 @@ impl McuClient {
                 }
             }
         }
-        let Some(enc) = c.encoder.as_mut() else { return };
+        let Some(enc) = c.encoder.as_mut() else {
+            return;
+        };
         let data = match enc.encode(frame) {
             Ok(Some(p)) => p.data,
             Ok(None) => return,
@@ -612,10 +685,19 @@ impl McuClient {
 
     fn write(&mut self, now: Instant, mid: Option<Mid>, data: &[u8]) -> bool {
         let Some(mid) = mid else { return false };
-        let Some(pt) = self.pts.get(&mid).copied() else { return false };
-        let Some(w) = self.pub_rtc.writer(mid) else { return false };
+        let Some(pt) = self.pts.get(&mid).copied() else {
+            return false;
+        };
+        let Some(w) = self.pub_rtc.writer(mid) else {
+            return false;
+        };
         let ticks = now.saturating_duration_since(self.media_start).as_micros() as u64 * 9 / 100;
-        match w.write(pt, now, MediaTime::new(ticks, Frequency::NINETY_KHZ), data.to_vec()) {
+        match w.write(
+            pt,
+            now,
+            MediaTime::new(ticks, Frequency::NINETY_KHZ),
+            data.to_vec(),
+        ) {
             Ok(()) => true,
             Err(e) => {
                 tracing::debug!(error = %e, "MCU: write failed");
@@ -625,7 +707,11 @@ impl McuClient {
     }
 
     fn request_keyframe(&mut self, now: Instant, mid: Mid) {
-        if self.last_kf_req.get(&mid).is_some_and(|t| now.saturating_duration_since(*t) < KEYFRAME_REQUEST_GAP) {
+        if self
+            .last_kf_req
+            .get(&mid)
+            .is_some_and(|t| now.saturating_duration_since(*t) < KEYFRAME_REQUEST_GAP)
+        {
             return;
         }
         if let Some(mut w) = self.sub_rtc.writer(mid) {
@@ -640,7 +726,9 @@ impl McuClient {
     fn drain_events(&mut self, now: Instant) {
         loop {
             match self.sub_rtc.poll_output() {
-                Ok(str0m::Output::Transmit(t)) => self.out.push_back(ClientOutput::Transmit(PcSide::Subscribe, t)),
+                Ok(str0m::Output::Transmit(t)) => self
+                    .out
+                    .push_back(ClientOutput::Transmit(PcSide::Subscribe, t)),
                 Ok(str0m::Output::Event(Event::MediaData(d))) => self.on_media(now, d),
                 Ok(str0m::Output::Event(_)) => {}
                 Ok(str0m::Output::Timeout(t)) => {
@@ -656,13 +744,16 @@ impl McuClient {
         }
         loop {
             match self.pub_rtc.poll_output() {
-                Ok(str0m::Output::Transmit(t)) => self.out.push_back(ClientOutput::Transmit(PcSide::Publish, t)),
+                Ok(str0m::Output::Transmit(t)) => self
+                    .out
+                    .push_back(ClientOutput::Transmit(PcSide::Publish, t)),
                 Ok(str0m::Output::Event(Event::KeyframeRequest(r))) => {
                     if Some(r.mid) == self.mix_mid {
                         if let Some(me) = self.me {
                             self.mixer.request_keyframe(me);
                         }
-                    } else if let Some(enc) = self.content.as_mut().and_then(|c| c.encoder.as_mut()) {
+                    } else if let Some(enc) = self.content.as_mut().and_then(|c| c.encoder.as_mut())
+                    {
                         enc.force_keyframe();
                     }
                 }
@@ -681,11 +772,16 @@ impl McuClient {
     }
 
     fn on_media(&mut self, now: Instant, d: MediaData) {
-        let Some(track_id) = self.sub_mids.get(&d.mid).cloned() else { return };
-        let Some(track) = self.tracks.get(&track_id).cloned() else { return };
+        let Some(track_id) = self.sub_mids.get(&d.mid).cloned() else {
+            return;
+        };
+        let Some(track) = self.tracks.get(&track_id).cloned() else {
+            return;
+        };
         if track.kind == "audio" {
             if let Some(level) = d.ext_vals.audio_level {
-                self.mixer.audio_level(now, track.owner, level.unsigned_abs());
+                self.mixer
+                    .audio_level(now, track.owner, level.unsigned_abs());
             }
             return;
         }
@@ -707,14 +803,21 @@ impl McuClient {
         if track.source == "camera" {
             self.mixer.push_access_unit(now, track.owner, &d.data);
         } else if track.source == "screen" {
-            let Some(c) = self.content.as_mut().filter(|c| c.track == track_id) else { return };
+            let Some(c) = self.content.as_mut().filter(|c| c.track == track_id) else {
+                return;
+            };
             if c.decoder.is_none() {
                 c.decoder = H264Decoder::new().ok();
             }
-            let Some(dec) = c.decoder.as_mut() else { return };
+            let Some(dec) = c.decoder.as_mut() else {
+                return;
+            };
             match dec.decode(&d.data) {
                 Ok(Some(frame)) => {
-                    if c.frame.as_ref().is_some_and(|f| (f.width(), f.height()) != (frame.width(), frame.height())) {
+                    if c.frame
+                        .as_ref()
+                        .is_some_and(|f| (f.width(), f.height()) != (frame.width(), frame.height()))
+                    {
                         // The encoder is sized by its first picture.
                         c.encoder = None;
                     }
@@ -739,11 +842,19 @@ impl McuClient {
         if let Some(o) = self.out.pop_front() {
             return o;
         }
-        let mut next = self.next_size_check.min(self.pub_timeout).min(self.sub_timeout);
+        let mut next = self
+            .next_size_check
+            .min(self.pub_timeout)
+            .min(self.sub_timeout);
         if let Some(t) = self.mixer.poll_timeout() {
             next = next.min(t);
         }
-        if let Some(t) = self.content.as_ref().filter(|c| c.frame.is_some()).and_then(|c| c.next_due) {
+        if let Some(t) = self
+            .content
+            .as_ref()
+            .filter(|c| c.frame.is_some())
+            .and_then(|c| c.next_due)
+        {
             next = next.min(t);
         }
         ClientOutput::Timeout(next)
@@ -777,7 +888,12 @@ mod tests {
     }
 
     fn declared(offer: &Value) -> Vec<String> {
-        offer["tracks"].as_array().expect("tracks").iter().map(|t| t["source"].as_str().unwrap_or("").to_string()).collect()
+        offer["tracks"]
+            .as_array()
+            .expect("tracks")
+            .iter()
+            .map(|t| t["source"].as_str().unwrap_or("").to_string())
+            .collect()
     }
 
     #[test]
@@ -785,8 +901,19 @@ mod tests {
     fn joins_as_mcu_publishes_the_mix_and_content_while_someone_shares() {
         let t0 = Instant::now();
         let addr = |p| SocketAddr::from(([127, 0, 0, 1], p));
-        let cfg = McuClientConfig { meeting: "123456".into(), ..McuClientConfig::default() };
-        let mut c = McuClient::new(t0, cfg, LayoutSet::default(), None, addr(40001), addr(40002)).expect("client");
+        let cfg = McuClientConfig {
+            meeting: "123456".into(),
+            ..McuClientConfig::default()
+        };
+        let mut c = McuClient::new(
+            t0,
+            cfg,
+            LayoutSet::default(),
+            None,
+            addr(40001),
+            addr(40002),
+        )
+        .expect("client");
         let (s, _) = drain(&mut c, t0);
         assert_eq!(s[0]["type"], "join");
         assert_eq!(s[0]["kind"], "mcu");
@@ -801,18 +928,30 @@ mod tests {
             .to_string(),
         );
         let (s, _) = drain(&mut c, t0);
-        let offer = s.iter().find(|m| m["type"] == "offer").expect("publish offer");
+        let offer = s
+            .iter()
+            .find(|m| m["type"] == "offer")
+            .expect("publish offer");
         assert_eq!(declared(offer), vec!["camera"]);
-        assert!(s.iter().any(|m| m["type"] == "subscribe" && m["track"] == "t1"), "{s:?}");
+        assert!(
+            s.iter()
+                .any(|m| m["type"] == "subscribe" && m["track"] == "t1"),
+            "{s:?}"
+        );
         let mut sfu = Rtc::builder().enable_h264(true).build(t0);
         c.handle_signal(t0, &answer(&mut sfu, offer).to_string());
 
         // p1 sits in the first tile of the 1080p "4" picture: the MCU asks for that size.
-        let tile = LayoutSet::default().get("4").expect("4").tiles[0].rect.to_pixels(1920, 1080);
+        let tile = LayoutSet::default().get("4").expect("4").tiles[0]
+            .rect
+            .to_pixels(1920, 1080);
         assert!(tile.w >= 900 && tile.w <= 960, "{tile:?}");
         c.handle_timeout(t0 + Duration::from_secs(1));
         let (s, _) = drain(&mut c, t0 + Duration::from_secs(1));
-        let sub = s.iter().find(|m| m["type"] == "subscribe").expect("size preference");
+        let sub = s
+            .iter()
+            .find(|m| m["type"] == "subscribe")
+            .expect("size preference");
         assert_eq!(
             (sub["max_width"].as_u64(), sub["max_height"].as_u64()),
             (Some(tile.w as u64), Some(tile.h as u64)),
@@ -826,19 +965,31 @@ mod tests {
                 .to_string(),
         );
         let (s, _) = drain(&mut c, t0);
-        let offer = s.iter().find(|m| m["type"] == "offer").expect("re-offer with content");
+        let offer = s
+            .iter()
+            .find(|m| m["type"] == "offer")
+            .expect("re-offer with content");
         assert_eq!(declared(offer), vec!["camera", "screen"]);
         c.handle_signal(t0, &answer(&mut sfu, offer).to_string());
 
         // The share ends: the content track is no longer declared.
-        c.handle_signal(t0, &json!({"type": "track_unpublished", "track": "t2"}).to_string());
+        c.handle_signal(
+            t0,
+            &json!({"type": "track_unpublished", "track": "t2"}).to_string(),
+        );
         let (s, _) = drain(&mut c, t0);
-        let offer = s.iter().find(|m| m["type"] == "offer").expect("re-offer without content");
+        let offer = s
+            .iter()
+            .find(|m| m["type"] == "offer")
+            .expect("re-offer without content");
         assert_eq!(declared(offer), vec!["camera"]);
         c.handle_signal(t0, &answer(&mut sfu, offer).to_string());
 
         // The last person leaves: so does the MCU.
-        c.handle_signal(t0, &json!({"type": "participant_left", "participant": "p1", "reason": "left"}).to_string());
+        c.handle_signal(
+            t0,
+            &json!({"type": "participant_left", "participant": "p1", "reason": "left"}).to_string(),
+        );
         let (s, done) = drain(&mut c, t0);
         assert!(s.iter().any(|m| m["type"] == "leave"), "{s:?}");
         assert!(done);

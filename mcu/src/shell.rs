@@ -92,7 +92,10 @@ pub fn spawn(
     )?;
     let (tx, rx) = mpsc::unbounded_channel();
     let (st_tx, st_rx) = watch::channel(McuStatus::default());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io)?;
     let meeting = cfg.meeting.clone();
     std::thread::Builder::new()
         .name(format!("mcu-{meeting}"))
@@ -135,7 +138,11 @@ async fn run(
                     }
                 }
                 ClientOutput::Transmit(pc, t) => {
-                    let sock = if pc == PcSide::Publish { &pub_sock } else { &sub_sock };
+                    let sock = if pc == PcSide::Publish {
+                        &pub_sock
+                    } else {
+                        &sub_sock
+                    };
                     if let Err(e) = sock.try_send_to(&t.contents, t.destination) {
                         tracing::debug!(error = %e, "MCU send failed");
                     }
@@ -146,7 +153,11 @@ async fn run(
         };
         if now() >= next_status {
             next_status = now() + std::time::Duration::from_secs(1);
-            let s = McuStatus { counters: client.counters(), encoders: client.mixer().encoder_count(), done: false };
+            let s = McuStatus {
+                counters: client.counters(),
+                encoders: client.mixer().encoder_count(),
+                done: false,
+            };
             status.send_replace(s);
         }
         tokio::select! {

@@ -25,8 +25,11 @@ pub fn start(hub: Arc<Hub>, cfg: McuConfig, media_ip: IpAddr) -> anyhow::Result<
     }
     let mut layouts = LayoutSet::default();
     if let Some(f) = &cfg.layouts_file {
-        let json = std::fs::read_to_string(f).with_context(|| format!("reading mcu.layouts_file {}", f.display()))?;
-        layouts.add_from_json(&json).with_context(|| format!("mcu.layouts_file {}", f.display()))?;
+        let json = std::fs::read_to_string(f)
+            .with_context(|| format!("reading mcu.layouts_file {}", f.display()))?;
+        layouts
+            .add_from_json(&json)
+            .with_context(|| format!("mcu.layouts_file {}", f.display()))?;
     }
     layouts.get(&cfg.layout).with_context(|| "mcu.layout")?;
     let font = match &cfg.font {
@@ -68,7 +71,10 @@ pub fn start(hub: Arc<Hub>, cfg: McuConfig, media_ip: IpAddr) -> anyhow::Result<
                     };
                     let text = font.clone().and_then(|b| TextRenderer::from_bytes(b).ok());
                     let conn = signaling::local::connect(Arc::clone(&hub));
-                    let signal = SignalChannel { to_server: conn.to_server, from_server: conn.from_server };
+                    let signal = SignalChannel {
+                        to_server: conn.to_server,
+                        from_server: conn.from_server,
+                    };
                     match mcu::shell::spawn(signal, client, layouts.clone(), text, media_ip) {
                         Ok(h) => {
                             tracing::info!(%meeting, "MCU started");

@@ -88,7 +88,12 @@ impl Server {
         };
         std::thread::spawn(move || for _ in lines {});
         let http = ready["http"].as_str().ok_or("no http in READY")?.to_owned();
-        Ok(Server { child, http, log, _data: data })
+        Ok(Server {
+            child,
+            http,
+            log,
+            _data: data,
+        })
     }
 
     fn tail(&self) -> String {
@@ -160,7 +165,9 @@ impl Browser {
         .chain([format!("--user-data-dir={}", profile.path().display())])
         .collect::<Vec<_>>();
         let caps = json!({"browserName": "chrome", "goog:chromeOptions": {"binary": chromium, "args": args}});
-        let Value::Object(caps) = caps else { return Err("capabilities".into()) };
+        let Value::Object(caps) = caps else {
+            return Err("capabilities".into());
+        };
         let mut last = String::new();
         for _ in 0..100 {
             match ClientBuilder::new(HttpConnector::new())
@@ -168,7 +175,13 @@ impl Browser {
                 .connect(&format!("http://127.0.0.1:{port}"))
                 .await
             {
-                Ok(client) => return Ok(Browser { client, _driver: driver, _profile: profile }),
+                Ok(client) => {
+                    return Ok(Browser {
+                        client,
+                        _driver: driver,
+                        _profile: profile,
+                    });
+                }
                 Err(e) => {
                     last = e.to_string();
                     sleep(Duration::from_millis(200)).await;
@@ -179,7 +192,10 @@ impl Browser {
     }
 
     async fn js(&self, script: &str) -> TestResult<Value> {
-        self.client.execute(script, vec![]).await.map_err(|e| format!("script failed: {e}\n{script}"))
+        self.client
+            .execute(script, vec![])
+            .await
+            .map_err(|e| format!("script failed: {e}\n{script}"))
     }
 
     async fn js_async(&self, body: &str) -> TestResult<Value> {
@@ -187,7 +203,11 @@ impl Browser {
             "const done = arguments[arguments.length - 1];\n\
              (async () => {{ {body} }})().then(done, (e) => done({{ __error: String(e && e.stack || e) }}));"
         );
-        let v = self.client.execute_async(&script, vec![]).await.map_err(|e| format!("async script: {e}"))?;
+        let v = self
+            .client
+            .execute_async(&script, vec![])
+            .await
+            .map_err(|e| format!("async script: {e}"))?;
         match v.get("__error") {
             Some(err) => Err(format!("script threw {err}\n{body}")),
             None => Ok(v),
@@ -205,12 +225,27 @@ impl Browser {
             .await
             .map_err(|err| e("find #meeting", err))?;
         meeting.clear().await.map_err(|err| e("clear", err))?;
-        meeting.send_keys(MEETING).await.map_err(|err| e("type meeting", err))?;
-        let name = c.find(Locator::Css("#name")).await.map_err(|err| e("find #name", err))?;
+        meeting
+            .send_keys(MEETING)
+            .await
+            .map_err(|err| e("type meeting", err))?;
+        let name = c
+            .find(Locator::Css("#name"))
+            .await
+            .map_err(|err| e("find #name", err))?;
         name.clear().await.map_err(|err| e("clear", err))?;
-        name.send_keys("分会场 Dora").await.map_err(|err| e("type name", err))?;
-        let create = c.find(Locator::Css("#create")).await.map_err(|err| e("find #create", err))?;
-        if !create.is_selected().await.map_err(|err| e("read #create", err))? {
+        name.send_keys("分会场 Dora")
+            .await
+            .map_err(|err| e("type name", err))?;
+        let create = c
+            .find(Locator::Css("#create"))
+            .await
+            .map_err(|err| e("find #create", err))?;
+        if !create
+            .is_selected()
+            .await
+            .map_err(|err| e("read #create", err))?
+        {
             create.click().await.map_err(|err| e("tick #create", err))?;
         }
         c.find(Locator::Css("#join"))
@@ -244,7 +279,11 @@ async fn scenario(server: &Server, b: &Browser) -> TestResult<()> {
     // The MCU joins as a participant named 会议画面 with kind "mcu".
     let mcu = wait_for(Duration::from_secs(30), async || {
         let snap = b.js("return window.huitong.snapshot();").await.ok()?;
-        snap["participants"].as_array()?.iter().find(|p| p["kind"] == "mcu").cloned()
+        snap["participants"]
+            .as_array()?
+            .iter()
+            .find(|p| p["kind"] == "mcu")
+            .cloned()
     })
     .await
     .ok_or("the MCU never appeared among the participants")?;
@@ -252,11 +291,17 @@ async fn scenario(server: &Server, b: &Browser) -> TestResult<()> {
     let mcu_id = mcu["id"].as_str().ok_or("mcu id")?.to_owned();
 
     // Its mix is decoded at 1920×1080 and keeps coming.
-    let stats = async || b.js_async("return await window.huitong.stats();").await.ok();
+    let stats = async || {
+        b.js_async("return await window.huitong.stats();")
+            .await
+            .ok()
+    };
     let first = wait_for(Duration::from_secs(90), async || {
         let s = stats().await?;
         let v = &s[mcu_id.as_str()]["video"];
-        (num(&v["frameWidth"]) == 1920.0 && num(&v["frameHeight"]) == 1080.0 && num(&v["framesDecoded"]) > 0.0)
+        (num(&v["frameWidth"]) == 1920.0
+            && num(&v["frameHeight"]) == 1080.0
+            && num(&v["framesDecoded"]) > 0.0)
             .then(|| num(&v["framesDecoded"]))
     })
     .await
@@ -301,12 +346,20 @@ async fn browser_decodes_the_mcu_mix_at_1080p_and_its_content_stream() {
     let browser = Browser::launch().await.unwrap_or_else(|e| panic!("{e}"));
     let outcome = match timeout(WHOLE_TEST_TIMEOUT, scenario(&server, &browser)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("scenario did not finish within {WHOLE_TEST_TIMEOUT:?}")),
+        Err(_) => Err(format!(
+            "scenario did not finish within {WHOLE_TEST_TIMEOUT:?}"
+        )),
     };
     let diag = match &outcome {
         Err(_) => {
-            let snap = browser.js("return window.huitong.snapshot();").await.unwrap_or_else(|e| json!(e));
-            let stats = browser.js_async("return await window.huitong.stats();").await.unwrap_or_else(|e| json!(e));
+            let snap = browser
+                .js("return window.huitong.snapshot();")
+                .await
+                .unwrap_or_else(|e| json!(e));
+            let stats = browser
+                .js_async("return await window.huitong.stats();")
+                .await
+                .unwrap_or_else(|e| json!(e));
             format!("snapshot {snap}\nstats {stats}")
         }
         Ok(()) => String::new(),

@@ -57,8 +57,15 @@ const SEGMENTS: [(usize, usize, usize, usize); 7] = [
     (40, 74, 72, 12),  // g
 ];
 /// Where each segment is sampled (its middle, away from the others).
-const SEGMENT_PROBES: [(usize, usize); 7] =
-    [(76, 26), (106, 50), (106, 110), (76, 134), (46, 110), (46, 50), (76, 80)];
+const SEGMENT_PROBES: [(usize, usize); 7] = [
+    (76, 26),
+    (106, 50),
+    (106, 110),
+    (76, 134),
+    (46, 110),
+    (46, 50),
+    (76, 80),
+];
 /// A plain-colour area of the source.
 const COLOUR_PROBE: (usize, usize, usize, usize) = (200, 30, 90, 60);
 /// The strip where a white square moves: x = 150 + (n * 6) % 140.
@@ -98,7 +105,9 @@ fn video_source(source: usize) -> VideoSource {
         .expect("encoder"),
     );
     VideoSource(Arc::new(move |n, key, _div| {
-        let Ok(mut enc) = enc.lock() else { return vec![] };
+        let Ok(mut enc) = enc.lock() else {
+            return vec![];
+        };
         if key {
             enc.force_keyframe();
         }
@@ -156,7 +165,11 @@ fn read_quadrant(f: &I420Frame, tile: mcu::layout::PixelRect) -> Quadrant {
             }
         }
     }
-    Quadrant { colour, digit, mover_x: (count > 20.0).then(|| sum / count) }
+    Quadrant {
+        colour,
+        digit,
+        mover_x: (count > 20.0).then(|| sum / count),
+    }
 }
 
 fn check_mix(f: &I420Frame, tiles: &[mcu::layout::PixelRect]) -> Result<Vec<Quadrant>, String> {
@@ -165,7 +178,11 @@ fn check_mix(f: &I420Frame, tiles: &[mcu::layout::PixelRect]) -> Result<Vec<Quad
         let q = read_quadrant(f, *t);
         let want = COLOURS[i];
         if (0..3).any(|k| (q.colour[k] - f64::from(want[k])).abs() > 14.0) {
-            return Err(format!("tile {i}: colour {:?}, want source {}'s {want:?}", q.colour, i + 1));
+            return Err(format!(
+                "tile {i}: colour {:?}, want source {}'s {want:?}",
+                q.colour,
+                i + 1
+            ));
         }
         if q.digit != Some(i + 1) {
             return Err(format!("tile {i}: digit {:?}, want {}", q.digit, i + 1));
@@ -211,19 +228,29 @@ fn start_server() -> Server {
         .expect("start huitong");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let ready = loop {
-        let line = lines.next().expect("server exited before READY").expect("line");
+        let line = lines
+            .next()
+            .expect("server exited before READY")
+            .expect("line");
         if let Some(j) = line.strip_prefix("HUITONG_READY ") {
             break serde_json::from_str::<Value>(j).expect("ready json");
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    Server { child, http: ready["http"].as_str().expect("http").parse().expect("addr"), _dir: dir }
+    Server {
+        child,
+        http: ready["http"].as_str().expect("http").parse().expect("addr"),
+        _dir: dir,
+    }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).await.expect("ws send");
+    ws.send(Message::text(v.to_string()))
+        .await
+        .expect("ws send");
 }
 
 /// Next message satisfying `pred` (others are skipped), within 20 s.
@@ -245,7 +272,9 @@ async fn expect(ws: &mut Ws, what: &str, pred: impl Fn(&Value) -> bool) -> Value
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(20), fut).await.unwrap_or_else(|_| panic!("no {what} within 20 s"))
+    tokio::time::timeout(Duration::from_secs(20), fut)
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within 20 s"))
 }
 
 // The test measures a real server in wall-clock time.
@@ -263,17 +292,36 @@ async fn four_terminals_mixed_into_quadrants_by_the_mcu_participant() {
 
     // The host opens the meeting and asks for a 4-picture MCU.
     let (mut host, _) =
-        tokio_tungstenite::connect_async(format!("ws://{}/api/v1/signal", server.http)).await.expect("ws");
-    send(&mut host, json!({"type": "join", "v": 1, "meeting": MEETING, "name": "主持人", "create": true})).await;
+        tokio_tungstenite::connect_async(format!("ws://{}/api/v1/signal", server.http))
+            .await
+            .expect("ws");
+    send(
+        &mut host,
+        json!({"type": "join", "v": 1, "meeting": MEETING, "name": "主持人", "create": true}),
+    )
+    .await;
     expect(&mut host, "joined", |v| v["type"] == "joined").await;
-    send(&mut host, json!({"type": "host", "id": 1, "action": "mcu", "mcu": {"layout": "4"}})).await;
+    send(
+        &mut host,
+        json!({"type": "host", "id": 1, "action": "mcu", "mcu": {"layout": "4"}}),
+    )
+    .await;
     expect(&mut host, "ok", |v| v["type"] == "ok" && v["re"] == 1).await;
-    let mcu = expect(&mut host, "the MCU joining", |v| v["type"] == "participant_joined").await;
+    let mcu = expect(&mut host, "the MCU joining", |v| {
+        v["type"] == "participant_joined"
+    })
+    .await;
     assert_eq!(mcu["participant"]["kind"], "mcu", "{mcu}");
     assert_eq!(mcu["participant"]["name"], "会议画面");
-    assert_eq!(mcu["participant"]["role"], "participant", "a service never holds the host role");
+    assert_eq!(
+        mcu["participant"]["role"], "participant",
+        "a service never holds the host role"
+    );
     let mcu_id = mcu["participant"]["id"].as_str().expect("id").to_string();
-    let track = expect(&mut host, "the mix track", |v| v["type"] == "track_published").await;
+    let track = expect(&mut host, "the mix track", |v| {
+        v["type"] == "track_published"
+    })
+    .await;
     assert_eq!(track["track"]["participant"], mcu_id.as_str());
     assert_eq!(track["track"]["kind"], "video");
 
@@ -291,8 +339,17 @@ async fn four_terminals_mixed_into_quadrants_by_the_mcu_participant() {
                 ..MediaConfig::default()
             }),
         };
-        let params = JoinParams { meeting: MEETING.into(), passcode: None, name: format!("会场{i}"), create: false };
-        venues.push(HuitongTerminal::join(server.http, params, lo, cfg, Arc::new(Stats::default())).await.expect("venue"));
+        let params = JoinParams {
+            meeting: MEETING.into(),
+            passcode: None,
+            name: format!("会场{i}"),
+            create: false,
+        };
+        venues.push(
+            HuitongTerminal::join(server.http, params, lo, cfg, Arc::new(Stats::default()))
+                .await
+                .expect("venue"),
+        );
     }
 
     // The receiving terminal decodes every video track it gets and keeps the mix pictures.
@@ -302,7 +359,9 @@ async fn four_terminals_mixed_into_quadrants_by_the_mcu_participant() {
     {
         let mixes = Arc::clone(&mixes);
         rx_stats.set_video_tap(Arc::new(move |mid, data| {
-            let Ok(mut decs) = decoders.lock() else { return };
+            let Ok(mut decs) = decoders.lock() else {
+                return;
+            };
             if !decs.contains_key(mid) {
                 let Ok(d) = H264Decoder::new() else { return };
                 decs.insert(mid.to_string(), d);
@@ -319,21 +378,41 @@ async fn four_terminals_mixed_into_quadrants_by_the_mcu_participant() {
             }
         }));
     }
-    let receiver_cfg = PeerConfig { id: 99, epoch, seed: 99, media: None };
-    let params = JoinParams { meeting: MEETING.into(), passcode: None, name: "主会场".into(), create: false };
-    let receiver = HuitongTerminal::join(server.http, params, lo, receiver_cfg, rx_stats).await.expect("receiver");
+    let receiver_cfg = PeerConfig {
+        id: 99,
+        epoch,
+        seed: 99,
+        media: None,
+    };
+    let params = JoinParams {
+        meeting: MEETING.into(),
+        passcode: None,
+        name: "主会场".into(),
+        create: false,
+    };
+    let receiver = HuitongTerminal::join(server.http, params, lo, receiver_cfg, rx_stats)
+        .await
+        .expect("receiver");
 
     // The host (no camera) leaves: the four venues fill the four tiles in join order.
     send(&mut host, json!({"type": "leave"})).await;
 
     let layouts = mcu::layout::LayoutSet::default();
-    let tiles: Vec<_> =
-        layouts.get("4").expect("layout 4").tiles.iter().map(|t| t.rect.to_pixels(MIX_W, MIX_H)).collect();
+    let tiles: Vec<_> = layouts
+        .get("4")
+        .expect("layout 4")
+        .tiles
+        .iter()
+        .map(|t| t.rect.to_pixels(MIX_W, MIX_H))
+        .collect();
     let deadline = now() + Duration::from_secs(60);
     let mut first: Option<(Instant, Vec<Quadrant>)> = None;
     let mut last_err = String::from("no mixed picture received");
     let moved = loop {
-        assert!(now() < deadline, "the mix never showed the four venues moving: {last_err}");
+        assert!(
+            now() < deadline,
+            "the mix never showed the four venues moving: {last_err}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
         let latest = mixes.lock().expect("mixes").last().cloned();
         let Some((at, pic)) = latest else { continue };
@@ -342,8 +421,13 @@ async fn four_terminals_mixed_into_quadrants_by_the_mcu_participant() {
             Ok(q) => match &first {
                 None => first = Some((at, q)),
                 Some((t0, q0)) if at > *t0 + Duration::from_millis(500) => {
-                    let moved: Vec<bool> =
-                        q0.iter().zip(&q).map(|(a, b)| (a.mover_x.unwrap_or(0.0) - b.mover_x.unwrap_or(0.0)).abs() > 4.0).collect();
+                    let moved: Vec<bool> = q0
+                        .iter()
+                        .zip(&q)
+                        .map(|(a, b)| {
+                            (a.mover_x.unwrap_or(0.0) - b.mover_x.unwrap_or(0.0)).abs() > 4.0
+                        })
+                        .collect();
                     if moved.iter().all(|m| *m) {
                         break moved;
                     }

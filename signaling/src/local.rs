@@ -65,8 +65,18 @@ pub fn connect(hub: Arc<Hub>) -> LocalConnection {
             let _ = out_tx.send(m.to_json());
         }
         if let Some(pid) = me {
-            hub.leave(pid, if reason == "left" { "left" } else { "disconnected" });
+            hub.leave(
+                pid,
+                if reason == "left" {
+                    "left"
+                } else {
+                    "disconnected"
+                },
+            );
         }
     });
-    LocalConnection { to_server, from_server }
+    LocalConnection {
+        to_server,
+        from_server,
+    }
 }
