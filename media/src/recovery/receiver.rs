@@ -438,7 +438,7 @@ impl ProtectedReceiver {
     /// (feedback is tiny; a lost NACK costs a round trip), at least the configured.
     fn copies(&self) -> u32 {
         let mut c = self.cfg.feedback_copies.max(1);
-        while c < 8 && self.all_copies_lost(c) > 0.05 {
+        while c < MAX_FEEDBACK_COPIES && self.all_copies_lost(c) > FEEDBACK_FAILURE {
             c += 1;
         }
         c
@@ -898,7 +898,9 @@ impl ProtectedReceiver {
                 // Size this round against the rounds still possible before the frames'
                 // deadlines: few requests while later rounds can make up for a short
                 // one, many when the next failure costs frames.
-                plan_requests(deficit, q, self.loss_vif, &stakes, cands.len())
+                let reach = 1.0 - self.all_copies_lost(copies);
+                let arrive = 1.0 - self.loss_est.clamp(0.0, 0.8);
+                plan_requests(deficit, reach, arrive, self.loss_vif, &stakes, cands.len())
             } else {
                 // No incomplete frame of the block is known (whole frames lost): about
                 // one standard deviation to spare, widened by the burst variance.
@@ -908,7 +910,6 @@ impl ProtectedReceiver {
             }
             .min(cands.len());
             ask.extend(cands[..want].iter().map(|(_, s)| *s));
-            if std::env::var("HT_DBG").is_ok() { eprintln!("DBG block now={:?} base={base} k={k} first={} deficit={} want={} cands={} q={:.2} stakes={:?}", now, b.last_round.is_none(), deficit, want, cands.len(), q, self.round_stakes(base, k, now, retry)); }
             if let Some(b) = self.blocks.get_mut(&base) {
                 b.last_round = Some(now);
             }
@@ -951,7 +952,6 @@ impl ProtectedReceiver {
         if !cands.is_empty() {
             later(now + retry);
         }
-        if std::env::var("HT_DBG").is_ok() && !cands.is_empty() { eprintln!("DBG unknown n={}", cands.len()); }
         ask.extend(cands);
         self.next_nack_check = next;
         if ask.is_empty() {
@@ -976,6 +976,13 @@ impl ProtectedReceiver {
     }
 }
 
+/// Copies of a NACK or PLI at most.
+const MAX_FEEDBACK_COPIES: u32 = 10;
+
+/// Chance that all copies of a NACK are lost that the copy count aims for: a lost
+/// round costs a round trip of a block's deadline whatever it asked for.
+const FEEDBACK_FAILURE: f64 = 0.02;
+
 /// Loss assumed for request sizing before the first report.
 const INITIAL_LOSS_ESTIMATE: f64 = 0.5;
 
@@ -997,12 +1004,32 @@ const MAX_PLANNED_ROUNDS: usize = 6;
 /// How many packets to request now for a block short by `deficit` packets: the first
 /// decision of the policy minimising expected packets requested plus expected frame loss,
 /// `stakes[j]` being the cost incurred if the block is still short after round `j` (the
-/// last round is `stakes.len() − 1`). Each request yields an arrival with probability
-/// `q`; under bursty loss (variance inflation `vif`) requests are counted in groups of
-/// `vif` packets that arrive or are lost together, as the FEC sizing does. At most `max`.
-fn plan_requests(deficit: u64, q: f64, vif: f64, stakes: &[f64], max: usize) -> usize {
-    let v = if vif.is_finite() { vif.clamp(1.0, 10.0) } else { 1.0 };
-    let q = if q.is_finite() { q.clamp(0.01, 1.0) } else { 0.5 };
+/// last round is `stakes.len() − 1`). A round's request reaches the sender with
+/// probability `reach` (all its copies lost is a failure of the whole round, whatever it
+/// asked for), and each retransmission then arrives with probability `arrive`. Under
+/// bursty loss (variance inflation `vif`) requests are counted in groups of `vif`
+/// packets that arrive or are lost together, as the FEC sizing does. At most `max`.
+fn plan_requests(
+    deficit: u64,
+    reach: f64,
+    arrive: f64,
+    vif: f64,
+    stakes: &[f64],
+    max: usize,
+) -> usize {
+    let v = if vif.is_finite() {
+        vif.clamp(1.0, 10.0)
+    } else {
+        1.0
+    };
+    let unit = |x: f64| {
+        if x.is_finite() {
+            x.clamp(0.01, 1.0)
+        } else {
+            0.5
+        }
+    };
+    let (reach, q) = (unit(reach), unit(arrive));
     if deficit == 0 || max == 0 || stakes.is_empty() {
         return 0;
     }
@@ -1016,14 +1043,16 @@ fn plan_requests(deficit: u64, q: f64, vif: f64, stakes: &[f64], max: usize) -> 
         for e in 1..=d {
             // Asking far beyond the mean cannot pay: bound the search.
             let ef = e as f64;
-            let cap = (((ef + 4.0 * ef.sqrt() + 4.0) / q).ceil() as usize).min(max_units);
+            let cap = (((ef + 4.0 * ef.sqrt() + 4.0) / (q * reach)).ceil() as usize).min(max_units);
             let mut best = (f64::INFINITY, 0usize);
             for m in 0..=cap {
-                let mut cost = m as f64 * v;
-                // P[X = x] for X ~ Binomial(m, q), x < e: the block stays short.
+                // The request is lost: nothing arrives.
+                let mut cost = m as f64 * v + (1.0 - reach) * (stakes[j] + value[e]);
+                // It arrives: X ~ Binomial(m, q) retransmissions do; x < e leaves the
+                // block short.
                 let mut pmf = (1.0 - q).powi(i32::try_from(m).unwrap_or(i32::MAX));
                 for x in 0..e.min(m + 1) {
-                    cost += pmf * (stakes[j] + value[e - x]);
+                    cost += reach * pmf * (stakes[j] + value[e - x]);
                     if q < 1.0 {
                         pmf *= (m - x) as f64 / (x + 1) as f64 * q / (1.0 - q);
                     }
@@ -1052,18 +1081,18 @@ mod tests {
         // Short by 4 at 50 % arrival. With several rounds left and cheap frames, ask
         // about the mean (8); with one round left and a base-layer frame at stake, ask
         // well beyond it.
-        let early = plan_requests(4, 0.5, 1.0, &[0.0, 0.0, 0.0, FRAME_COST], 100);
-        let last = plan_requests(4, 0.5, 1.0, &[BASE_FRAME_COST], 100);
+        let early = plan_requests(4, 1.0, 0.5, 1.0, &[0.0, 0.0, 0.0, FRAME_COST], 100);
+        let last = plan_requests(4, 1.0, 0.5, 1.0, &[BASE_FRAME_COST], 100);
         assert!((6..=10).contains(&early), "{early}");
         assert!(last >= 16, "{last}");
         // Nothing at stake: nothing asked; never more than available.
-        assert_eq!(plan_requests(4, 0.5, 1.0, &[0.0], 100), 0);
-        assert!(plan_requests(40, 0.3, 1.0, &[BASE_FRAME_COST], 25) <= 25);
+        assert_eq!(plan_requests(4, 1.0, 0.5, 1.0, &[0.0], 100), 0);
+        assert!(plan_requests(40, 0.9, 0.3, 1.0, &[BASE_FRAME_COST], 25) <= 25);
         // Bursty channels ask more for the same stakes.
-        let bursty = plan_requests(4, 0.5, 3.0, &[BASE_FRAME_COST], 100);
+        let bursty = plan_requests(4, 1.0, 0.5, 3.0, &[BASE_FRAME_COST], 100);
         assert!(bursty > last, "{bursty} vs {last}");
         // Nonsense inputs stay bounded.
-        assert!(plan_requests(3, f64::NAN, f64::INFINITY, &[1.0], 7) <= 7);
+        assert!(plan_requests(3, f64::NAN, -1.0, f64::INFINITY, &[1.0], 7) <= 7);
     }
 
     const SSRC: u32 = 10;
