@@ -1085,6 +1085,15 @@ mod tests {
         let last = plan_requests(4, 1.0, 0.5, 1.0, &[BASE_FRAME_COST], 100);
         assert!((6..=10).contains(&early), "{early}");
         assert!(last >= 16, "{last}");
+        // The figures quoted in docs/recovery.md.
+        assert_eq!(
+            plan_requests(4, 0.98, 0.5, 1.0, &[BASE_FRAME_COST], 100),
+            18
+        );
+        let l1t3 = [0.0, FRAME_COST, 2.0 * FRAME_COST, BASE_FRAME_COST];
+        assert_eq!(plan_requests(4, 0.98, 0.5, 1.0, &l1t3, 100), 9);
+        // A round whose NACK may be lost is worth less: ask more before the last one.
+        assert!(plan_requests(4, 0.7, 0.5, 1.0, &l1t3, 100) >= 9);
         // Nothing at stake: nothing asked; never more than available.
         assert_eq!(plan_requests(4, 1.0, 0.5, 1.0, &[0.0], 100), 0);
         assert!(plan_requests(40, 0.9, 0.3, 1.0, &[BASE_FRAME_COST], 25) <= 25);

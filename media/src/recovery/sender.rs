@@ -410,7 +410,7 @@ const KEYFRAME_BLOCK: usize = 64;
 /// Keyframe blocks weigh a NACK round this many times more than other blocks: a lost
 /// keyframe costs every frame until the next one, but its block closes right after it,
 /// so it has the whole playout delay (about four rounds) to be repaired.
-const KEYFRAME_ROUND_PENALTY_SCALE: f64 = 4.0;
+const KEYFRAME_ROUND_PENALTY_SCALE: f64 = 3.0;
 
 /// The loss to size FEC for when NACK/RTX repairs the rest: the design loss `p_d ≤ p`
 /// minimising, for a base-layer block of `k` sources, the expected packets sent per
