@@ -196,9 +196,10 @@ impl ProtectedSender {
     /// Send one frame: its RTP packets in order and its temporal layer. The packets
     /// (and FEC repair of any block this closes) come out of `poll_transmit`.
     ///
-    /// A keyframe is protected as if NACK did not exist ([`FecSizing::Full`]) in blocks
-    /// of its own: losing it costs every frame until the next one, and its size makes
-    /// its blocks long, so full protection costs little per source.
+    /// With [`FecSizing::Hybrid`] a keyframe goes in blocks of its own, sized with a
+    /// higher price on NACK rounds than other blocks: losing it costs every frame until
+    /// the next one, but its blocks close at once and so have the whole playout delay
+    /// for retransmission rounds.
     pub fn push_frame(
         &mut self,
         now: Instant,
@@ -416,9 +417,10 @@ const KEYFRAME_ROUND_PENALTY_SCALE: f64 = 3.0;
 /// minimising, for a base-layer block of `k` sources, the expected packets sent per
 /// source — `(k + r(p_d))/k` for repair, plus the expected shortfall
 /// `E[max(0, k − X)]` (`X` the arrivals of the `k + r` packets at the true loss `p`)
-/// retransmitted at `1/(1−p)` copies each, plus [`NACK_ROUND_PENALTY`] × `v^0.75` times
-/// the probability a NACK round is needed at all, `v` the variance inflation of the
-/// channel. Burstiness is handled as in `media::fec::adapt` (fewer effective
+/// retransmitted at `1/(1−p)` copies each, plus [`NACK_ROUND_PENALTY`] ×
+/// `v^0.75 · max(1, 0.5/(1−p))` times the probability a NACK round is needed at all,
+/// `v` the variance inflation of the channel (above 50 % loss a round delivers less, so
+/// blocks need more of them). Burstiness is handled as in `media::fec::adapt` (fewer effective
 /// independent trials).
 pub fn hybrid_design_loss(p: f64, burstiness: f64, k: usize) -> f64 {
     design_loss(p, burstiness, k, 1.0)
