@@ -1001,6 +1001,9 @@ const ARRIVAL_MARGIN: Duration = Duration::from_millis(5);
 /// Rounds looked ahead by the planner; later deadlines are folded into the last.
 const MAX_PLANNED_ROUNDS: usize = 6;
 
+/// Largest deficit, in request groups, the planner searches over.
+const MAX_PLANNED_UNITS: f64 = 32.0;
+
 /// How many packets to request now for a block short by `deficit` packets: the first
 /// decision of the policy minimising expected packets requested plus expected frame loss,
 /// `stakes[j]` being the cost incurred if the block is still short after round `j` (the
@@ -1033,6 +1036,9 @@ fn plan_requests(
     if deficit == 0 || max == 0 || stakes.is_empty() {
         return 0;
     }
+    // The search is cubic in the deficit: count a large one in coarser groups (a whole
+    // block lost in a burst needs many requests whatever their exact number).
+    let v = v.max(deficit as f64 / MAX_PLANNED_UNITS);
     let d = ((deficit as f64 / v).ceil() as usize).max(1);
     let max_units = ((max as f64 / v).floor() as usize).max(1);
     // value[e]: expected cost from the next round on with `e` units still missing.
@@ -1100,6 +1106,14 @@ mod tests {
         // Bursty channels ask more for the same stakes.
         let bursty = plan_requests(4, 1.0, 0.5, 3.0, &[BASE_FRAME_COST], 100);
         assert!(bursty > last, "{bursty} vs {last}");
+        // Most of a block lost in a burst (bounded work): with rounds to go, everything
+        // that can be asked is; when even that cannot complete it in time, nothing is.
+        let stakes = [0.0, 0.0, 0.0, BASE_FRAME_COST];
+        assert_eq!(plan_requests(100, 0.98, 0.5, 1.0, &stakes, 150), 150);
+        assert_eq!(
+            plan_requests(100, 0.98, 0.5, 1.0, &[BASE_FRAME_COST], 150),
+            0
+        );
         // Nonsense inputs stay bounded.
         assert!(plan_requests(3, f64::NAN, -1.0, f64::INFINITY, &[1.0], 7) <= 7);
     }
