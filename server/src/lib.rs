@@ -52,7 +52,6 @@ fn advertise_ip(cfg: &Config) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
-/// Binds the sockets and starts every plane.
 /// Retention: entries older than `admin.audit_retention_days` go once a day (the chain
 /// stays verifiable because the oldest go first).
 async fn prune_audit_daily(admin: admin_api::AdminState) {
@@ -67,6 +66,7 @@ async fn prune_audit_daily(admin: admin_api::AdminState) {
     }
 }
 
+/// Binds the sockets and starts every plane.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;

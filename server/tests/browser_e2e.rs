@@ -1,5 +1,5 @@
-//! Browser end-to-end test: three headless Chromium instances meet through a real
-//! `huitong serve` process and the real web client.
+//! Browser end-to-end tests: three headless Chromium instances meet through a real
+//! `huitong serve` process and the real web client; and Chromium meets Firefox.
 //!
 //! Run alone (it starts its own server and browsers):
 //!
@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Needs Debian `chromium` and `chromium-driver` (`/usr/bin/chromedriver`); set
-//! `BROWSER_E2E_CHROMEDRIVER` / `BROWSER_E2E_CHROMIUM` to use other paths. Nothing is downloaded.
+//! `BROWSER_E2E_CHROMEDRIVER` / `BROWSER_E2E_CHROMIUM` to use other paths. The Firefox test
+//! needs Debian `firefox-esr` and `geckodriver` (built from crates.io by `scripts/deps.sh`;
+//! `BROWSER_E2E_GECKODRIVER` / `BROWSER_E2E_FIREFOX` override). Nothing is downloaded.
 //! On failure the panic message says which browser missed what from whom, with its
 //! client state and send statistics, followed by the tail of the server's output.
 
@@ -79,13 +81,20 @@ struct Server {
 }
 
 impl Server {
-    async fn start() -> TestResult<Server> {
+    /// Media on loopback, or (`lan_media`) on all interfaces with the server's own
+    /// choice of address to advertise: Firefox gathers no loopback candidates and will not
+    /// pair its LAN address with a loopback one.
+    async fn start(lan_media: bool) -> TestResult<Server> {
         let data = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_huitong"))
-            .arg("serve")
-            .env("HUITONG_HTTP__LISTEN", "127.0.0.1:0")
-            .env("HUITONG_MEDIA__UDP_LISTEN", "127.0.0.1:0")
-            .env("HUITONG_MEDIA__ADVERTISE_IP", "127.0.0.1")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_huitong"));
+        cmd.arg("serve").env("HUITONG_HTTP__LISTEN", "127.0.0.1:0");
+        if lan_media {
+            cmd.env("HUITONG_MEDIA__UDP_LISTEN", "0.0.0.0:0");
+        } else {
+            cmd.env("HUITONG_MEDIA__UDP_LISTEN", "127.0.0.1:0")
+                .env("HUITONG_MEDIA__ADVERTISE_IP", "127.0.0.1");
+        }
+        let mut child = cmd
             .env("HUITONG_DATA_DIR", data.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -145,6 +154,29 @@ fn chromedriver_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromedriver"))
 }
 
+fn geckodriver_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("BROWSER_E2E_GECKODRIVER") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_default();
+    home.join("bin/geckodriver")
+}
+
+fn firefox_path() -> PathBuf {
+    std::env::var_os("BROWSER_E2E_FIREFOX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/firefox-esr"))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Engine {
+    Chromium,
+    Firefox,
+}
+
 fn chromium_path() -> PathBuf {
     std::env::var_os("BROWSER_E2E_CHROMIUM")
         .map(PathBuf::from)
@@ -158,23 +190,32 @@ fn free_port() -> TestResult<u16> {
         .map_err(|e| format!("local_addr: {e}"))
 }
 
-/// One chromedriver (and the Chromium it starts) per browser, in its own process
-/// group so that nothing outlives the test even when a session cannot be closed.
+/// One chromedriver or geckodriver (and the browser it starts) per browser, in its own
+/// process group so that nothing outlives the test even when a session cannot be closed.
 struct Driver {
     child: Child,
 }
 
 impl Driver {
-    fn start(port: u16) -> TestResult<Driver> {
+    fn start(engine: Engine, port: u16) -> TestResult<Driver> {
         use std::os::unix::process::CommandExt;
-        let child = Command::new(chromedriver_path())
-            .arg(format!("--port={port}"))
+        let path = match engine {
+            Engine::Chromium => chromedriver_path(),
+            Engine::Firefox => geckodriver_path(),
+        };
+        let mut cmd = Command::new(&path);
+        match engine {
+            Engine::Chromium => cmd.arg(format!("--port={port}")),
+            // Port 0: Marionette on a system-chosen port, so parallel tests don't clash.
+            Engine::Firefox => cmd.args(["--port", &port.to_string(), "--marionette-port", "0"]),
+        };
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0)
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", chromedriver_path().display()))?;
+            .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
         Ok(Driver { child })
     }
 }
@@ -200,8 +241,12 @@ struct Browser {
 
 impl Browser {
     async fn launch(name: &'static str) -> TestResult<Browser> {
+        Self::launch_engine(name, Engine::Chromium).await
+    }
+
+    async fn launch_engine(name: &'static str, engine: Engine) -> TestResult<Browser> {
         let port = free_port()?;
-        let driver = Driver::start(port)?;
+        let driver = Driver::start(engine, port)?;
         let profile = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
         let args = vec![
             "--headless".to_owned(),
@@ -221,10 +266,33 @@ impl Browser {
             "--window-size=1280,800".to_owned(),
             format!("--user-data-dir={}", profile.path().display()),
         ];
-        let caps = json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": { "binary": chromium_path(), "args": args },
-        });
+        let caps = match engine {
+            Engine::Chromium => json!({
+                "browserName": "chrome",
+                "goog:chromeOptions": { "binary": chromium_path(), "args": args },
+            }),
+            // Fake camera and microphone without a prompt; loopback ICE candidates
+            // allowed (the server advertises 127.0.0.1); no mDNS host obfuscation.
+            Engine::Firefox => json!({
+                "browserName": "firefox",
+                "moz:firefoxOptions": {
+                    "binary": firefox_path(),
+                    "args": ["-headless", "-width", "1280", "-height", "800"],
+                    "prefs": {
+                        "media.navigator.streams.fake": true,
+                        "media.navigator.permission.disabled": true,
+                        "media.peerconnection.ice.loopback": true,
+                        "media.peerconnection.ice.obfuscate_host_addresses": false,
+                        "media.autoplay.default": 0,
+                        "media.autoplay.blocking_policy": 0,
+                        "app.update.enabled": false,
+                        "browser.shell.checkDefaultBrowser": false,
+                        "datareporting.policy.dataSubmissionEnabled": false,
+                        "media.gmp-manager.updateEnabled": false,
+                    },
+                },
+            }),
+        };
         let Value::Object(caps) = caps else {
             unreachable!("json! object")
         };
@@ -767,24 +835,109 @@ async fn scenario(server: &Server, browsers: &[Browser]) -> TestResult<()> {
     Ok(())
 }
 
-fn check_tools() -> TestResult<()> {
-    for p in [chromedriver_path(), chromium_path()] {
+/// A Chromium and a Firefox meet: each decodes the other's camera and hears its
+/// microphone, whichever codec the two could agree on through the SFU; then Firefox
+/// leaves.
+async fn two_engines(server: &Server, browsers: &[Browser]) -> TestResult<()> {
+    let base = format!("http://{}/", server.http);
+    let [a, b] = browsers else {
+        return Err("need two browsers".into());
+    };
+    a.join(&base, true).await?;
+    let id_a = a.own_id().await?;
+    b.join(&base, false).await?;
+    let id_b = b.own_id().await?;
+    // Either side's failure is often caused by the other: show both.
+    if let Err(e) = expect_media(a, &[(b.name, id_b.clone())]).await {
+        return Err(format!("{e}\n{}", b.diagnostics().await));
+    }
+    if let Err(e) = expect_media(b, &[(a.name, id_a.clone())]).await {
+        return Err(format!("{e}\n{}", a.diagnostics().await));
+    }
+    match b.join_to_first_frame_ms().await? {
+        Some(ms) => println!("{}: join_to_first_frame_ms={ms:.0}", b.name),
+        None => return Err(format!("{}: no first remote frame recorded", b.name)),
+    }
+    b.client
+        .find(Locator::Css("#leave"))
+        .await
+        .map_err(|e| format!("{}: find #leave: {e}", b.name))?
+        .click()
+        .await
+        .map_err(|e| format!("{}: click #leave: {e}", b.name))?;
+    expect_gone(a, b.name, &id_b).await?;
+    Ok(())
+}
+
+fn check_tools(firefox: bool) -> TestResult<()> {
+    let mut need = vec![
+        (chromedriver_path(), "install Debian chromium-driver"),
+        (chromium_path(), "install Debian chromium"),
+    ];
+    if firefox {
+        need.push((firefox_path(), "install Debian firefox-esr"));
+        need.push((
+            geckodriver_path(),
+            "cargo install geckodriver (scripts/deps.sh does)",
+        ));
+    }
+    for (p, how) in need {
         if !Path::new(&p).exists() {
-            return Err(format!(
-                "{} not found: install Debian chromium and chromium-driver",
-                p.display()
-            ));
+            return Err(format!("{} not found: {how}", p.display()));
         }
     }
     Ok(())
 }
 
+/// Closes the browsers and the server; panics with the server's output if the
+/// scenario failed.
+async fn finish(
+    server: Server,
+    browsers: Vec<Browser>,
+    outcome: Result<TestResult<()>, tokio::time::error::Elapsed>,
+) {
+    let outcome = outcome.unwrap_or_else(|_| {
+        Err(format!(
+            "scenario did not finish within {WHOLE_TEST_TIMEOUT:?}"
+        ))
+    });
+    let server_log = server.log.tail(LOG_TAIL_LINES);
+    for b in browsers {
+        let _ = timeout(Duration::from_secs(10), b.client.clone().close()).await;
+    }
+    drop(server);
+    if let Err(e) = outcome {
+        panic!("{e}\n--- server output (last {LOG_TAIL_LINES} lines):\n{server_log}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_browsers_meet_share_and_leave() {
-    if let Err(e) = check_tools() {
+async fn chromium_and_firefox_meet() {
+    if let Err(e) = check_tools(true) {
         panic!("{e}");
     }
-    let server = match Server::start().await {
+    let server = match Server::start(true).await {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    };
+    let launched = tokio::try_join!(
+        Browser::launch_engine("Chromium 甲", Engine::Chromium),
+        Browser::launch_engine("Firefox 乙", Engine::Firefox),
+    );
+    let browsers = match launched {
+        Ok((a, b)) => vec![a, b],
+        Err(e) => panic!("{e}"),
+    };
+    let outcome = timeout(WHOLE_TEST_TIMEOUT, two_engines(&server, &browsers)).await;
+    finish(server, browsers, outcome).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_browsers_meet_share_and_leave() {
+    if let Err(e) = check_tools(false) {
+        panic!("{e}");
+    }
+    let server = match Server::start(false).await {
         Ok(s) => s,
         Err(e) => panic!("{e}"),
     };
@@ -797,18 +950,6 @@ async fn three_browsers_meet_share_and_leave() {
         Ok((a, b, c)) => vec![a, b, c],
         Err(e) => panic!("{e}"),
     };
-    let outcome = match timeout(WHOLE_TEST_TIMEOUT, scenario(&server, &browsers)).await {
-        Ok(r) => r,
-        Err(_) => Err(format!(
-            "scenario did not finish within {WHOLE_TEST_TIMEOUT:?}"
-        )),
-    };
-    let server_log = server.log.tail(LOG_TAIL_LINES);
-    for b in browsers {
-        let _ = timeout(Duration::from_secs(10), b.client.clone().close()).await;
-    }
-    drop(server);
-    if let Err(e) = outcome {
-        panic!("{e}\n--- server output (last {LOG_TAIL_LINES} lines):\n{server_log}");
-    }
+    let outcome = timeout(WHOLE_TEST_TIMEOUT, scenario(&server, &browsers)).await;
+    finish(server, browsers, outcome).await;
 }

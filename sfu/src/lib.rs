@@ -139,36 +139,16 @@ impl Quality {
 #[derive(Debug, Clone)]
 pub enum SfuEvent {
     /// Send this offer for the participant's subscribe pc.
-    SubscriberOffer {
-        participant: ParticipantId,
-        sdp: String,
-        tracks: Vec<TrackMapping>,
-    },
-    TrackPublished {
-        room: RoomId,
-        track: TrackInfo,
-    },
-    TrackUnpublished {
-        room: RoomId,
-        track: TrackId,
-        owner: ParticipantId,
-    },
-    ActiveSpeaker {
-        room: RoomId,
-        participant: Option<ParticipantId>,
-    },
-    Quality {
-        room: RoomId,
-        stats: Vec<QualityStat>,
-    },
-    MediaConnected {
-        participant: ParticipantId,
-        pc: PcRole,
-    },
-    MediaDisconnected {
-        participant: ParticipantId,
-        pc: PcRole,
-    },
+    SubscriberOffer { participant: ParticipantId, sdp: String, tracks: Vec<TrackMapping> },
+    TrackPublished { room: RoomId, track: TrackInfo },
+    TrackUnpublished { room: RoomId, track: TrackId, owner: ParticipantId },
+    ActiveSpeaker { room: RoomId, participant: Option<ParticipantId> },
+    Quality { room: RoomId, stats: Vec<QualityStat> },
+    MediaConnected { participant: ParticipantId, pc: PcRole },
+    MediaDisconnected { participant: ParticipantId, pc: PcRole },
+    /// A subscriber of `track` cannot decode its codec: its publisher should send a
+    /// codec every receiver has (VP8).
+    CodecUnsupported { publisher: ParticipantId, track: TrackId, codec: String },
 }
 
 #[derive(Debug, thiserror::Error)]

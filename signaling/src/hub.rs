@@ -727,6 +727,30 @@ impl Hub {
             SfuEvent::MediaConnected { participant, pc } => {
                 tracing::debug!(participant = participant.0, ?pc, "media connected");
             }
+            SfuEvent::CodecUnsupported {
+                publisher,
+                track,
+                codec,
+            } => {
+                let Some(number) = g.seats.get(&publisher).cloned() else {
+                    return;
+                };
+                let Some(m) = g.meetings.get_mut(&number) else {
+                    return;
+                };
+                let Some(source) = m.tracks.get(&track).map(|t| t.source) else {
+                    return;
+                };
+                tracing::info!(participant = publisher.0, %codec, "a subscriber cannot decode the codec; asking for VP8");
+                m.send(
+                    publisher,
+                    ServerMsg::CodecRequest {
+                        track: track.to_string(),
+                        source,
+                        codec: "vp8",
+                    },
+                );
+            }
             SfuEvent::MediaDisconnected { participant, pc } => {
                 tracing::info!(participant = participant.0, ?pc, "media connection lost");
             }

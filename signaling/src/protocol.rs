@@ -266,6 +266,13 @@ pub enum ServerMsg {
         #[serde(skip_serializing_if = "Option::is_none")]
         re: Option<Value>,
     },
+    /// Send this track in `codec` from now on: a subscriber cannot decode what it
+    /// sends now.
+    CodecRequest {
+        track: String,
+        source: Source,
+        codec: &'static str,
+    },
     SignedIn {
         #[serde(skip_serializing_if = "Option::is_none")]
         re: Option<Value>,
