@@ -41,7 +41,10 @@ pub struct SyntheticVideo {
 impl Default for SyntheticVideo {
     /// ~2.2 Mbit/s at 30 fps, a keyframe every 4 s.
     fn default() -> Self {
-        SyntheticVideo { packets: [40, 12, 9, 7], keyframe_every: 120 }
+        SyntheticVideo {
+            packets: [40, 12, 9, 7],
+            keyframe_every: 120,
+        }
     }
 }
 
@@ -73,7 +76,8 @@ pub fn packet_payload(n: u64, i: usize, count: usize, key: bool) -> Vec<u8> {
     p.extend_from_slice(&(i as u16).to_be_bytes());
     p.extend_from_slice(&(count as u16).to_be_bytes());
     p.push(u8::from(key));
-    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F) | 1;
+    let mut x =
+        n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F) | 1;
     while p.len() < PACKET_BYTES {
         // xorshift: any fixed function of (n, i) does.
         x ^= x << 13;
@@ -94,7 +98,10 @@ pub fn payload_identity(p: &[u8]) -> Option<(u64, usize, usize, bool)> {
 }
 
 fn rtc_config(protected: bool) -> RtcConfig {
-    let mut cfg = RtcConfig::new().set_rtp_mode(true).clear_codecs().enable_h264(true);
+    let mut cfg = RtcConfig::new()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_h264(true);
     // At 50 % loss each way a connectivity check and its answer both arrive 1 time in 4:
     // check every second (the ICE-lite SFU drops a pair after 15 s without one) and give
     // up only after 30 unanswered checks in a row.
@@ -161,11 +168,18 @@ impl FecPublisher {
     pub fn accept_answer(&mut self, pending: SdpPendingOffer, sdp: &str) -> Result<(), SimError> {
         let answer = SdpAnswer::from_sdp_string(sdp)?;
         self.rtc.sdp_api().accept_answer(pending, answer)?;
-        let mid = self.mid.ok_or_else(|| SimError::Protocol("no offer".into()))?;
-        let media = self.rtc.media(mid).ok_or_else(|| SimError::Protocol("m-line gone".into()))?;
+        let mid = self
+            .mid
+            .ok_or_else(|| SimError::Protocol("no offer".into()))?;
+        let media = self
+            .rtc
+            .media(mid)
+            .ok_or_else(|| SimError::Protocol("m-line gone".into()))?;
         self.carrier = protect::carrier_pt(self.rtc.codec_config().params(), media.remote_pts());
         if self.carrier.is_none() {
-            return Err(SimError::Protocol("the answer did not take the protection carrier".into()));
+            return Err(SimError::Protocol(
+                "the answer did not take the protection carrier".into(),
+            ));
         }
         Ok(())
     }
@@ -195,7 +209,8 @@ impl FecPublisher {
         }
         let n = self.next_frame;
         self.next_frame += 1;
-        let key = self.force_key || (self.video.keyframe_every > 0 && n % self.video.keyframe_every == 0);
+        let key =
+            self.force_key || (self.video.keyframe_every > 0 && n % self.video.keyframe_every == 0);
         self.force_key = false;
         let tid = if key { 0 } else { temporal_layer(n) };
         if tid == 0 {
@@ -203,7 +218,9 @@ impl FecPublisher {
         }
         let count = self.video.packets[if key { 0 } else { 1 + usize::from(tid) }];
         let ts = (n as u32).wrapping_mul(TICKS_PER_FRAME);
-        let Some(tx) = &mut self.tx else { return Ok(()) };
+        let Some(tx) = &mut self.tx else {
+            return Ok(());
+        };
         for i in 0..count {
             let payload = packet_payload(n, i, count, key);
             let marking = FrameMarking {
@@ -216,8 +233,14 @@ impl FecPublisher {
                 lid: 0,
                 tl0_pic_idx: self.tl0_idx,
             };
-            let fp = FramePacket { timestamp: ts, marker: i + 1 == count, marking, payload: &payload };
-            tx.push_packet(now, &fp).map_err(|e| SimError::Protocol(e.to_string()))?;
+            let fp = FramePacket {
+                timestamp: ts,
+                marker: i + 1 == count,
+                marking,
+                payload: &payload,
+            };
+            tx.push_packet(now, &fp)
+                .map_err(|e| SimError::Protocol(e.to_string()))?;
         }
         tx.flush_into(&mut self.rtc, mid, carrier, now);
         self.frames_sent += 1;
@@ -331,7 +354,9 @@ impl FecSubscriber {
     pub fn handle_event(&mut self, now: Instant, ev: &Event) {
         let Event::RtpPacket(p) = ev else { return };
         let params = self.rtc.codec_config().params();
-        let is_carrier = params.iter().any(|c| c.pt() == p.header.payload_type && protect::is_carrier(c));
+        let is_carrier = params
+            .iter()
+            .any(|c| c.pt() == p.header.payload_type && protect::is_carrier(c));
         if !is_carrier {
             self.unprotected_packets += 1;
             return;
@@ -340,7 +365,11 @@ impl FecSubscriber {
             .ok()
             .filter(|v| v.ssrc == *p.header.ssrc && v.payload_type != protect::CARRIER_PT);
         if let Some(v) = media {
-            if let Some(id) = p.payload.get(v.payload_start..v.payload_end).and_then(payload_identity) {
+            if let Some(id) = p
+                .payload
+                .get(v.payload_start..v.payload_end)
+                .and_then(payload_identity)
+            {
                 self.seen.insert(v.timestamp, id.0);
             }
         }
@@ -353,7 +382,9 @@ impl FecSubscriber {
                 s.suppress_nack(true);
             }
         }
-        let rx = self.rx.get_or_insert_with(|| ProtectedRx::new(ssrc, ssrc ^ 0x5355_4253, self.playout_delay));
+        let rx = self
+            .rx
+            .get_or_insert_with(|| ProtectedRx::new(ssrc, ssrc ^ 0x5355_4253, self.playout_delay));
         rx.handle_carried(now, &p.payload, &params);
         self.pump(now);
     }
@@ -365,7 +396,14 @@ impl FecSubscriber {
                 ReceiverEvent::Frame(f) => {
                     let (n, ok) = check_frame(&f.packets);
                     match n {
-                        Some(n) => self.frames.push((n, if ok { FrameFate::Intact { at: now } } else { FrameFate::Corrupt })),
+                        Some(n) => self.frames.push((
+                            n,
+                            if ok {
+                                FrameFate::Intact { at: now }
+                            } else {
+                                FrameFate::Corrupt
+                            },
+                        )),
                         None => self.frames.push((u64::MAX, FrameFate::Corrupt)),
                     }
                 }
@@ -390,7 +428,9 @@ impl FecSubscriber {
     /// it has nothing more after each `true`.
     pub fn queue_feedback(&mut self) -> bool {
         let Some(rx) = &mut self.rx else { return false };
-        let Some(fb) = rx.poll_feedback() else { return false };
+        let Some(fb) = rx.poll_feedback() else {
+            return false;
+        };
         let (own, media) = (rx.receiver_ssrc(), rx.media_ssrc);
         protect::send_feedback(&mut self.rtc, own, media, fb);
         true
@@ -418,11 +458,20 @@ fn check_frame(packets: &[Vec<u8>]) -> (Option<u64>, bool) {
     let mut frame = None;
     let mut ok = true;
     for (idx, p) in packets.iter().enumerate() {
-        let Ok(v) = RtpView::parse(p) else { return (frame, false) };
-        let Some(payload) = p.get(v.payload_start..v.payload_end) else { return (frame, false) };
-        let Some((n, i, count, key)) = payload_identity(payload) else { return (frame, false) };
+        let Ok(v) = RtpView::parse(p) else {
+            return (frame, false);
+        };
+        let Some(payload) = p.get(v.payload_start..v.payload_end) else {
+            return (frame, false);
+        };
+        let Some((n, i, count, key)) = payload_identity(payload) else {
+            return (frame, false);
+        };
         frame.get_or_insert(n);
-        ok &= frame == Some(n) && i == idx && count == packets.len() && payload == packet_payload(n, i, count, key);
+        ok &= frame == Some(n)
+            && i == idx
+            && count == packets.len()
+            && payload == packet_payload(n, i, count, key);
     }
     (frame, ok && !packets.is_empty())
 }

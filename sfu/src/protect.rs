@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use media::fec::RtpView;
 use media::recovery::{
-    FecSizing, FrameMarking, ProtectedReceiver, ProtectedSender, ReceiverConfig, ReceiverEvent, ReceiverStats,
-    SenderConfig, SenderEvent, SenderStats, build_media_packet,
+    FecSizing, FrameMarking, ProtectedReceiver, ProtectedSender, ReceiverConfig, ReceiverEvent,
+    ReceiverStats, SenderConfig, SenderEvent, SenderStats, build_media_packet,
 };
 use str0m::Rtc;
 use str0m::format::{Codec, CodecConfig, PayloadParams};
@@ -51,7 +51,13 @@ const MAX_FEEDBACK: usize = 1_000;
 
 /// Declares the carrier payload type in a codec configuration.
 pub fn add_tunnel_codec(c: &mut CodecConfig) {
-    c.add_h266(Pt::new_with_value(CARRIER_PT), None, CARRIER_PROFILE, CARRIER_TIER, CARRIER_LEVEL);
+    c.add_h266(
+        Pt::new_with_value(CARRIER_PT),
+        None,
+        CARRIER_PROFILE,
+        CARRIER_TIER,
+        CARRIER_LEVEL,
+    );
 }
 
 /// Whether negotiated payload parameters are the carrier.
@@ -61,7 +67,10 @@ pub fn is_carrier(p: &PayloadParams) -> bool {
 
 /// The carrier payload type among negotiated parameters, if any.
 pub fn carrier_pt(params: &[PayloadParams], remote: &[Pt]) -> Option<Pt> {
-    params.iter().find(|p| is_carrier(p) && remote.contains(&p.pt())).map(|p| p.pt())
+    params
+        .iter()
+        .find(|p| is_carrier(p) && remote.contains(&p.pt()))
+        .map(|p| p.pt())
 }
 
 /// SSRC of the RTX packets inside a carrier whose own SSRC is `media`.
@@ -85,17 +94,30 @@ pub fn rtx_pt_for(params: &[PayloadParams], media_pt: u8) -> u8 {
 }
 
 /// Puts one carried packet on the wire of `mid`'s send stream.
-pub fn write_carrier(rtc: &mut Rtc, mid: Mid, pt: Pt, now: Instant, seq: u64, inner: Vec<u8>) -> bool {
+pub fn write_carrier(
+    rtc: &mut Rtc,
+    mid: Mid,
+    pt: Pt,
+    now: Instant,
+    seq: u64,
+    inner: Vec<u8>,
+) -> bool {
     let ts = RtpView::parse(&inner).map_or(0, |v| v.timestamp);
     let mut api = rtc.direct_api();
-    let Some(tx) = api.stream_tx_by_mid(mid, None) else { return false };
+    let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+        return false;
+    };
     tx.write_rtp(RtpWrite::new(pt, seq.into(), ts, now, inner).nackable(false));
     true
 }
 
 /// Sends one feedback payload to the sender of `media_ssrc`.
 pub fn send_feedback(rtc: &mut Rtc, sender_ssrc: u32, media_ssrc: u32, payload: Vec<u8>) {
-    rtc.direct_api().send_app_specific_feedback(Ssrc::from(sender_ssrc), Ssrc::from(media_ssrc), payload);
+    rtc.direct_api().send_app_specific_feedback(
+        Ssrc::from(sender_ssrc),
+        Ssrc::from(media_ssrc),
+        payload,
+    );
 }
 
 /// Extends 16-bit sequence numbers to 64 bits for forwarding.
@@ -144,7 +166,13 @@ impl ProtectedRx {
     /// over the hops for a terminal behind an SFU, whose frames may have waited for the
     /// uplink's repair before the downlink carried them.
     pub fn new(media_ssrc: u32, receiver_ssrc: u32, playout_delay: Duration) -> Self {
-        ProtectedRx { media_ssrc, receiver_ssrc, playout_delay, rx: None, early: vec![] }
+        ProtectedRx {
+            media_ssrc,
+            receiver_ssrc,
+            playout_delay,
+            rx: None,
+            early: vec![],
+        }
     }
 
     /// One carrier payload. `params` are the receiving side's negotiated codecs.
@@ -158,8 +186,11 @@ impl ProtectedRx {
                 }
                 return;
             }
-            let mut cfg =
-                ReceiverConfig::new(self.media_ssrc, self.receiver_ssrc, inner_rtx_ssrc(self.media_ssrc));
+            let mut cfg = ReceiverConfig::new(
+                self.media_ssrc,
+                self.receiver_ssrc,
+                inner_rtx_ssrc(self.media_ssrc),
+            );
             cfg.media_payload_type = v.payload_type;
             cfg.rtx_payload_type = rtx_pt_for(params, v.payload_type);
             cfg.fec_payload_type = CARRIER_PT;
@@ -199,7 +230,10 @@ impl ProtectedRx {
     }
 
     pub fn stats(&self) -> ReceiverStats {
-        self.rx.as_ref().map(ProtectedReceiver::stats).unwrap_or_default()
+        self.rx
+            .as_ref()
+            .map(ProtectedReceiver::stats)
+            .unwrap_or_default()
     }
 
     pub fn receiver_ssrc(&self) -> u32 {
@@ -231,8 +265,18 @@ pub struct ProtectedTx {
 impl ProtectedTx {
     /// `sizing` is [`FecSizing::Hybrid`] normally; `seed` picks the first sequence
     /// numbers (random in production, fixed in tests).
-    pub fn new(media_ssrc: u32, media_pt: u8, rtx_pt: u8, sizing: FecSizing, seed: u16) -> Result<Self, media::Error> {
-        let mut cfg = SenderConfig::new(media_ssrc, inner_fec_ssrc(media_ssrc), inner_rtx_ssrc(media_ssrc));
+    pub fn new(
+        media_ssrc: u32,
+        media_pt: u8,
+        rtx_pt: u8,
+        sizing: FecSizing,
+        seed: u16,
+    ) -> Result<Self, media::Error> {
+        let mut cfg = SenderConfig::new(
+            media_ssrc,
+            inner_fec_ssrc(media_ssrc),
+            inner_rtx_ssrc(media_ssrc),
+        );
         cfg.fec_payload_type = CARRIER_PT;
         cfg.rtx_payload_type = rtx_pt;
         cfg.sizing = sizing;
@@ -280,7 +324,8 @@ impl ProtectedTx {
 
     fn flush_frame(&mut self, now: Instant) -> Result<(), media::Error> {
         let frame = std::mem::take(&mut self.frame);
-        self.tx.push_frame(now, &frame, self.frame_layer, self.frame_key)
+        self.tx
+            .push_frame(now, &frame, self.frame_layer, self.frame_key)
     }
 
     /// Media payload type used inside the carrier.
