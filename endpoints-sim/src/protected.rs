@@ -209,8 +209,8 @@ impl FecPublisher {
         }
         let n = self.next_frame;
         self.next_frame += 1;
-        let key =
-            self.force_key || (self.video.keyframe_every > 0 && n % self.video.keyframe_every == 0);
+        let key = self.force_key
+            || (self.video.keyframe_every > 0 && n.is_multiple_of(self.video.keyframe_every));
         self.force_key = false;
         let tid = if key { 0 } else { temporal_layer(n) };
         if tid == 0 {
