@@ -9,6 +9,7 @@ pub mod alloc;
 pub mod engine;
 pub mod forward;
 pub mod keyframe;
+pub mod protect;
 pub mod shell;
 
 use std::fmt;
