@@ -263,9 +263,18 @@ async fn console_login_org_user_meeting_signin_audit() {
         )),
     };
     let server_log = server.log.tail(LOG_TAIL_LINES);
+    let mut shot = String::new();
+    if outcome.is_err()
+        && let Ok(Ok(png)) = timeout(Duration::from_secs(10), browser.client.screenshot()).await
+    {
+        let path = std::env::temp_dir().join("admin_console_e2e_failure.png");
+        if std::fs::write(&path, png).is_ok() {
+            shot = format!("\n--- screenshot of the page: {}", path.display());
+        }
+    }
     let _ = timeout(Duration::from_secs(10), browser.client.clone().close()).await;
     drop(server);
     if let Err(e) = outcome {
-        panic!("{e}\n--- server output (last {LOG_TAIL_LINES} lines):\n{server_log}");
+        panic!("{e}{shot}\n--- server output (last {LOG_TAIL_LINES} lines):\n{server_log}");
     }
 }

@@ -286,6 +286,11 @@ const VIEWS = {
 
 async function enter() {
   me = await api('GET', '/api/v1/me');
+  // Another account may have used this tab before: nothing of its views survives.
+  for (const k of Object.keys(loaded)) delete loaded[k];
+  tree.nodes.clear();
+  tree.selected = null;
+  $('#org-tree').replaceChildren();
   $('#login-view').hidden = true;
   $('#app-view').hidden = false;
   $('#who').textContent = `${me.name}（${me.username}，${ROLE_NAMES[me.role] || me.role}）`;
@@ -306,7 +311,7 @@ function show(view) {
   for (const m of $$('main.view')) m.hidden = m.id !== `view-${view}`;
   for (const b of $$('#nav button')) b.classList.toggle('on', b.dataset.view === view);
   const init = { directory: initDirectory, meetings: loadMeetings, audit: loadAudit, security: loadSecurity, account: loadAccount, import: showImport }[view];
-  if (init) attempt(() => init(!loaded[view])).then(() => { loaded[view] = true; });
+  if (init) attempt(async () => { await init(!loaded[view]); loaded[view] = true; });
 }
 
 // ------------------------------------------------------------------ directory tree
@@ -761,6 +766,8 @@ function picker(label, search, initial) {
   const render = () => chips.replaceChildren(...[...chosen].map(([id, name]) => h('span', { class: 'chip', dataset: { id } }, name,
     h('button', { type: 'button', 'aria-label': '移除', onclick: () => { chosen.delete(id); render(); } }, '×'))));
   let seq = 0;
+  // Enter picks nothing and must not submit the whole dialog.
+  input.addEventListener('keydown', (ev) => { if (ev.key === 'Enter') ev.preventDefault(); });
   input.addEventListener('input', () => {
     const q = input.value.trim();
     const mine = ++seq;
