@@ -55,7 +55,12 @@ pub struct SpeakerDetector<K> {
 impl<K: Copy + Eq + Hash> SpeakerDetector<K> {
     /// A detector with no speakers.
     pub fn new(cfg: SpeakerConfig) -> Self {
-        Self { cfg, speakers: HashMap::new(), dominant: None, challenger: None }
+        Self {
+            cfg,
+            speakers: HashMap::new(),
+            dominant: None,
+            challenger: None,
+        }
     }
 
     /// Feeds one audio level sample (`level` in -dBov, as carried on the wire).
@@ -95,14 +100,22 @@ impl<K: Copy + Eq + Hash> SpeakerDetector<K> {
     /// Re-evaluates the floor; returns `Some(new)` when the dominant speaker changed.
     pub fn evaluate(&mut self, now: Instant) -> Option<Option<K>> {
         let idle = self.cfg.idle;
-        let active = |s: &Speaker| s.last_voice.is_some_and(|t| now.saturating_duration_since(t) < idle);
+        let active = |s: &Speaker| {
+            s.last_voice
+                .is_some_and(|t| now.saturating_duration_since(t) < idle)
+        };
         let loudest = self
             .speakers
             .iter()
             .filter(|(_, s)| active(s))
             .max_by(|a, b| a.1.activity.total_cmp(&b.1.activity))
             .map(|(k, s)| (*k, s.activity));
-        let current = self.dominant.and_then(|d| self.speakers.get(&d).filter(|s| active(s)).map(|s| s.activity));
+        let current = self.dominant.and_then(|d| {
+            self.speakers
+                .get(&d)
+                .filter(|s| active(s))
+                .map(|s| s.activity)
+        });
 
         let Some((best, best_act)) = loudest else {
             self.challenger = None;
@@ -146,7 +159,14 @@ impl<K: Copy + Eq + Hash> SpeakerDetector<K> {
 mod tests {
     use super::*;
 
-    fn feed(d: &mut SpeakerDetector<u32>, t0: Instant, from_ms: u64, to_ms: u64, who: u32, level: i8) -> Vec<(u64, Option<u32>)> {
+    fn feed(
+        d: &mut SpeakerDetector<u32>,
+        t0: Instant,
+        from_ms: u64,
+        to_ms: u64,
+        who: u32,
+        level: i8,
+    ) -> Vec<(u64, Option<u32>)> {
         let mut changes = vec![];
         let mut ms = from_ms;
         while ms < to_ms {

@@ -35,7 +35,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Serve { config } => {
             let cfg = Config::load(config.as_deref())?;
             init_logging(&cfg.log);
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(cfg))
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(cfg))
         }
         Cmd::Config { config } => {
             let cfg = Config::load(config.as_deref())?;
@@ -53,7 +56,10 @@ fn json_string(cfg: &Config) -> anyhow::Result<String> {
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HUITONG_LOG_FILTER")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {

@@ -16,7 +16,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Browser, LOG_TAIL_LINES, Server, TestResult, check_tools, poll};
+use common::browser::{Browser, LOG_TAIL_LINES, Server, TestResult, check_tools, poll};
 use fantoccini::Locator;
 use serde_json::Value;
 use tokio::time::timeout;
@@ -164,7 +164,12 @@ async fn scenario(server: &Server, b: &Browser) -> TestResult<()> {
     type_into(b, "#f-title", "组织委员").await?;
     type_into(b, "#f-phone", "13800138000").await?;
     click(b, "#dlg-save").await?;
-    wait_text(b, "#user-table tbody", &[USER_NAME, USERNAME, "组织委员", "13800138000"]).await?;
+    wait_text(
+        b,
+        "#user-table tbody",
+        &[USER_NAME, USERNAME, "组织委员", "13800138000"],
+    )
+    .await?;
     // Pinyin-initials search finds them.
     type_into(b, "#user-q", "wxm").await?;
     click(b, "#user-search button[type=submit]").await?;
@@ -187,16 +192,22 @@ async fn scenario(server: &Server, b: &Browser) -> TestResult<()> {
         .await?;
     let number = number.as_str().unwrap_or_default().to_owned();
     if number.len() != 9 || !number.bytes().all(|c| c.is_ascii_digit()) {
-        return Err(format!("meeting number {number:?} is not 9 digits; row {row:?}"));
+        return Err(format!(
+            "meeting number {number:?} is not 9 digits; row {row:?}"
+        ));
     }
     println!("meeting {number} scheduled and listed");
 
     // The calendar shows it on its day (next month when the next full hour is there).
     click(b, "[data-mview=calendar]").await?;
-    let in_month = poll(Duration::from_secs(4), Duration::from_millis(150), || async {
-        let t = text(b, "#cal-grid").await.ok()?;
-        t.contains(MEETING_TITLE).then_some(())
-    })
+    let in_month = poll(
+        Duration::from_secs(4),
+        Duration::from_millis(150),
+        || async {
+            let t = text(b, "#cal-grid").await.ok()?;
+            t.contains(MEETING_TITLE).then_some(())
+        },
+    )
     .await;
     if in_month.is_none() {
         click(b, "#cal-next").await?;
@@ -206,7 +217,11 @@ async fn scenario(server: &Server, b: &Browser) -> TestResult<()> {
 
     // Start a sign-in: the live results name the invited user as not yet signed in.
     wait_text(b, "#mtg-table tbody", &[MEETING_TITLE]).await?;
-    click(b, "#mtg-table tbody tr[data-id] td:last-child button:nth-child(2)").await?;
+    click(
+        b,
+        "#mtg-table tbody tr[data-id] td:last-child button:nth-child(2)",
+    )
+    .await?;
     wait_text(b, "#si-title", &[MEETING_TITLE, &number]).await?;
     click(b, "#si-start button[type=submit]").await?;
     wait_text(b, "#si-state", &["进行中"]).await?;
@@ -230,7 +245,12 @@ async fn scenario(server: &Server, b: &Browser) -> TestResult<()> {
     }
     type_into(b, "#audit-action", "meeting_create").await?;
     click(b, "#audit-form button[type=submit]").await?;
-    wait_text(b, "#audit-table tbody", &["sysadmin", "meeting_create", &number]).await?;
+    wait_text(
+        b,
+        "#audit-table tbody",
+        &["sysadmin", "meeting_create", &number],
+    )
+    .await?;
     click(b, "#audit-verify").await?;
     wait_text(b, "#audit-verify-result", &["哈希链完整"]).await?;
     println!("audit admin found the meeting's creation and verified the chain");

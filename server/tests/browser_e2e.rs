@@ -16,7 +16,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Browser, LOG_TAIL_LINES, Server, TestResult, check_tools, now, poll};
+use common::browser::{Browser, LOG_TAIL_LINES, Server, TestResult, check_tools, now, poll};
 use fantoccini::Locator;
 use serde_json::{Value, json};
 use tokio::time::{sleep, timeout};

@@ -30,6 +30,9 @@ const ERROR_TEXT = {
   unknown_meeting: '会议不存在 Meeting not found',
   wrong_passcode: '会议密码错误 Wrong or missing passcode',
   meeting_locked: '会议已锁定 The meeting is locked',
+  meeting_cancelled: '会议已取消 The meeting was cancelled',
+  directory_only: '仅限通讯录成员，请先登录 Directory members only: log in first',
+  no_open_signin: '当前没有进行中的签到 No sign-in is open',
   meeting_full: '会议人数已满 The meeting is full',
   not_host: '仅主持人可操作 Only the host can do this',
   unknown_participant: '参会人不存在 Unknown participant',
@@ -264,6 +267,8 @@ async function onJoinSubmit(ev) {
     await openSocket();
     const msg = { type: 'join', v: 1, meeting, name, create };
     if (passcode) msg.passcode = passcode;
+    const token = joinToken();
+    if (token) msg.token = token;
     await request(msg);
     timings.joinedAt = performance.now();
     localStorage.setItem('huitong.name', name);
@@ -987,6 +992,23 @@ function snapshot() {
   };
 }
 
+// A directory access token identifies the joiner in scheduled meetings. It comes in
+// the URL fragment (never sent to any server in a request line or Referer) or from the
+// admin console's session in this tab.
+function joinToken() {
+  const fromHash = new URLSearchParams(location.hash.slice(1)).get('token');
+  return fromHash || sessionStorage.getItem('huitong.access_token') || '';
+}
+
+async function signIn() {
+  try {
+    const r = await request({ type: 'sign_in' });
+    banner(r.already ? '已签到 Already signed in' : (r.late ? '已签到（迟到）Signed in (late)' : '签到成功 Signed in'));
+  } catch (err) {
+    banner(errorText(err));
+  }
+}
+
 // ---------------------------------------------------------------- wiring
 
 function init() {
@@ -1006,6 +1028,7 @@ function init() {
   $('#people-toggle').addEventListener('click', () => { $('#people-panel').hidden = !$('#people-panel').hidden; });
   $('#mute-all').addEventListener('click', () => hostAction('mute_all'));
   $('#lock').addEventListener('click', () => hostAction(state.meeting?.locked ? 'unlock' : 'lock'));
+  $('#sign-in').addEventListener('click', () => signIn());
   $('#leave').addEventListener('click', () => leave());
   window.addEventListener('pagehide', () => { if (state.joined) send({ type: 'leave' }); });
 }
@@ -1021,6 +1044,7 @@ window.huitong = {
   leave,
   setMicMuted,
   setCameraMuted,
+  signIn,
 };
 
 init();

@@ -53,7 +53,10 @@ pub fn inspect(payload: &[u8]) -> Option<PayloadInfo> {
 }
 
 fn is_frame_opening(t: u8) -> bool {
-    matches!(t, 1 | NAL_IDR | NAL_SPS | 8 | 9 | NAL_PREFIX | NAL_SVC_SLICE)
+    matches!(
+        t,
+        1 | NAL_IDR | NAL_SPS | 8 | 9 | NAL_PREFIX | NAL_SVC_SLICE
+    )
 }
 
 fn note_nal(nal: &[u8], info: &mut PayloadInfo, first: bool) {
@@ -98,12 +101,18 @@ pub fn sps_size_in_payload(payload: &[u8]) -> Option<(u16, u16)> {
 /// Width and height (after cropping) from an SPS NAL unit including its header byte.
 pub fn sps_size(nal: &[u8]) -> Option<(u16, u16)> {
     let rbsp = unescape(nal.get(1..)?);
-    let mut r = BitReader { data: &rbsp, pos: 0 };
+    let mut r = BitReader {
+        data: &rbsp,
+        pos: 0,
+    };
     let profile_idc = r.bits(8)?;
     r.bits(16)?; // constraint flags, level_idc
     r.ue()?; // seq_parameter_set_id
     let mut chroma_format_idc = 1;
-    if matches!(profile_idc, 100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135) {
+    if matches!(
+        profile_idc,
+        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+    ) {
         chroma_format_idc = r.ue()?;
         if chroma_format_idc == 3 {
             r.bits(1)?;

@@ -126,7 +126,13 @@ mod tests {
 
     #[test]
     fn truncated_descriptors_are_rejected_not_panicking() {
-        for p in [&[][..], &[0x80], &[0x80, 0x80], &[0x80, 0x80, 0x80], &[0x80, 0x40]] {
+        for p in [
+            &[][..],
+            &[0x80],
+            &[0x80, 0x80],
+            &[0x80, 0x80, 0x80],
+            &[0x80, 0x40],
+        ] {
             assert!(parse_descriptor(p).is_none(), "{p:?}");
         }
         for n in 0..64u8 {

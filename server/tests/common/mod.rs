@@ -1,139 +1,24 @@
-//! Shared set-up of the tests that drive a real `huitong serve` process and headless
-//! Chromium over WebDriver (`browser_e2e`, `admin_console_e2e`): the server process with
-//! its captured output, one chromedriver per browser in its own process group, and
-//! wall-clock polling.
-//!
-//! Needs Debian `chromium` and `chromium-driver` (`/usr/bin/chromedriver`); set
-//! `BROWSER_E2E_CHROMEDRIVER` / `BROWSER_E2E_CHROMIUM` to use other paths. Nothing is
-//! downloaded. `BROWSER_E2E_VERBOSE=1` echoes the server's output.
-
-// Each test binary compiles this module and uses a different part of it.
+//! Helpers shared by the integration tests: a `huitong serve` child process on loopback
+//! ports and a temp data dir, signalling over WebSocket, and plain HTTP requests.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+/// Headless Chromium over WebDriver, with a server whose output is captured.
+pub mod browser;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use serde_json::{Value, json};
-use tokio::time::sleep;
-
-pub const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
-/// Server output lines shown with a failure.
-pub const LOG_TAIL_LINES: usize = 80;
-
-pub type TestResult<T> = Result<T, String>;
-
-// ------------------------------------------------------------------ server process
-
-/// Lines the server printed, kept so a failure can show what it said.
-#[derive(Clone, Default)]
-pub struct LogBuf(Arc<Mutex<Vec<String>>>);
-
-impl LogBuf {
-    fn push(&self, line: String) {
-        if let Ok(mut v) = self.0.lock() {
-            v.push(line);
-        }
-    }
-
-    /// Every line so far, tagged `[out]` or `[err]`.
-    pub fn lines(&self) -> Vec<String> {
-        self.0.lock().map(|v| v.clone()).unwrap_or_default()
-    }
-
-    pub fn tail(&self, n: usize) -> String {
-        let v = self.0.lock().map(|v| v.clone()).unwrap_or_default();
-        v[v.len().saturating_sub(n)..].join("\n")
-    }
-
-    fn find_ready(&self) -> Option<String> {
-        let v = self.0.lock().ok()?;
-        v.iter()
-            .find_map(|l| l.strip_prefix("[out] HUITONG_READY ").map(str::to_owned))
-    }
-}
-
-fn drain<R: Read + Send + 'static>(reader: R, tag: &'static str, log: LogBuf) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines() {
-            let Ok(line) = line else { break };
-            if std::env::var_os("BROWSER_E2E_VERBOSE").is_some() {
-                eprintln!("[server {tag}] {line}");
-            }
-            log.push(format!("[{tag}] {line}"));
-        }
-    });
-}
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
 
 pub struct Server {
     child: Child,
-    /// `127.0.0.1:port` of the HTTP listener.
-    pub http: String,
-    pub log: LogBuf,
+    pub http: SocketAddr,
+    pub udp: SocketAddr,
     _data: tempfile::TempDir,
-}
-
-impl Server {
-    pub async fn start() -> TestResult<Server> {
-        Self::start_with(&[]).await
-    }
-
-    /// Starts `huitong serve` on loopback with a fresh data dir and `env` added.
-    pub async fn start_with(env: &[(&str, &str)]) -> TestResult<Server> {
-        let data = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_huitong"))
-            .arg("serve")
-            .env("HUITONG_HTTP__LISTEN", "127.0.0.1:0")
-            .env("HUITONG_MEDIA__UDP_LISTEN", "127.0.0.1:0")
-            .env("HUITONG_MEDIA__ADVERTISE_IP", "127.0.0.1")
-            .env("HUITONG_DATA_DIR", data.path())
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start huitong: {e}"))?;
-        let log = LogBuf::default();
-        drain(child.stdout.take().expect("piped"), "out", log.clone());
-        drain(child.stderr.take().expect("piped"), "err", log.clone());
-        let mut ready = None;
-        let end = now() + SERVER_START_TIMEOUT;
-        while now() < end {
-            ready = log.find_ready();
-            // A server that exits (bad config, port in use) will never be ready.
-            if ready.is_some() || child.try_wait().ok().flatten().is_some() {
-                sleep(Duration::from_millis(100)).await; // let the drain threads catch up
-                break;
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
-        let server = |child| Server {
-            child,
-            http: String::new(),
-            log: log.clone(),
-            _data: data,
-        };
-        let Some(ready) = ready else {
-            let s = server(child);
-            return Err(format!(
-                "server printed no HUITONG_READY line (exited or {SERVER_START_TIMEOUT:?} passed)\n{}",
-                s.log.tail(LOG_TAIL_LINES)
-            ));
-        };
-        let mut s = server(child);
-        let v: Value = serde_json::from_str(&ready)
-            .map_err(|e| format!("bad HUITONG_READY payload {ready:?}: {e}"))?;
-        s.http = v["http"]
-            .as_str()
-            .ok_or_else(|| format!("HUITONG_READY without http: {ready}"))?
-            .to_owned();
-        Ok(s)
-    }
 }
 
 impl Drop for Server {
@@ -143,182 +28,138 @@ impl Drop for Server {
     }
 }
 
-// ------------------------------------------------------------------ browsers
-
-pub fn chromedriver_path() -> PathBuf {
-    std::env::var_os("BROWSER_E2E_CHROMEDRIVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromedriver"))
-}
-
-pub fn chromium_path() -> PathBuf {
-    std::env::var_os("BROWSER_E2E_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
-}
-
-pub fn free_port() -> TestResult<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("local_addr: {e}"))
-}
-
-/// One chromedriver (and the Chromium it starts) per browser, in its own process
-/// group so that nothing outlives the test even when a session cannot be closed.
-pub struct Driver {
-    child: Child,
-}
-
-impl Driver {
-    fn start(port: u16) -> TestResult<Driver> {
-        use std::os::unix::process::CommandExt;
-        let child = Command::new(chromedriver_path())
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", chromedriver_path().display()))?;
-        Ok(Driver { child })
+/// Starts `huitong serve` with `env` added to the test defaults and waits for READY.
+pub fn start_server(env: &[(&str, &str)]) -> Server {
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_huitong"));
+    cmd.arg("serve")
+        .env("HUITONG_HTTP__LISTEN", "127.0.0.1:0")
+        .env("HUITONG_MEDIA__UDP_LISTEN", "127.0.0.1:0")
+        .env("HUITONG_MEDIA__ADVERTISE_IP", "127.0.0.1")
+        .env("HUITONG_DATA_DIR", data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start huitong");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = loop {
+        let line = lines.next().expect("server exited before READY").unwrap();
+        if let Some(j) = line.strip_prefix("HUITONG_READY ") {
+            break serde_json::from_str::<Value>(j).unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Server {
+        child,
+        http: ready["http"].as_str().unwrap().parse().unwrap(),
+        udp: ready["udp"].as_str().unwrap().parse().unwrap(),
+        _data: data,
     }
 }
 
-impl Drop for Driver {
-    fn drop(&mut self) {
-        // chromedriver's pid is its process group id (process_group(0) above).
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub async fn connect(http: SocketAddr) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/api/v1/signal"))
+        .await
+        .expect("ws connect");
+    ws
 }
 
-pub struct Browser {
-    pub name: &'static str,
-    pub client: Client,
-    _driver: Driver,
-    _profile: tempfile::TempDir,
-}
-
-impl Browser {
-    pub async fn launch(name: &'static str) -> TestResult<Browser> {
-        let port = free_port()?;
-        let driver = Driver::start(port)?;
-        let profile = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
-        let args = vec![
-            "--headless".to_owned(),
-            "--no-sandbox".to_owned(),
-            "--disable-gpu".to_owned(),
-            "--disable-dev-shm-usage".to_owned(),
-            "--use-fake-device-for-media-stream".to_owned(),
-            "--use-fake-ui-for-media-stream".to_owned(),
-            "--enable-usermedia-screen-capturing".to_owned(),
-            "--auto-select-desktop-capture-source=Entire screen".to_owned(),
-            "--allow-loopback-in-peer-connection".to_owned(),
-            "--autoplay-policy=no-user-gesture-required".to_owned(),
-            "--disable-background-networking".to_owned(),
-            "--disable-component-update".to_owned(),
-            "--disable-sync".to_owned(),
-            "--no-first-run".to_owned(),
-            "--window-size=1280,800".to_owned(),
-            format!("--user-data-dir={}", profile.path().display()),
-        ];
-        let caps = json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": { "binary": chromium_path(), "args": args },
-        });
-        let Value::Object(caps) = caps else {
-            unreachable!("json! object")
-        };
-        let url = format!("http://127.0.0.1:{port}");
-        let mut last_err = String::new();
-        // chromedriver needs a moment to listen; Chromium start-up on a busy machine more.
-        for _ in 0..100 {
-            match ClientBuilder::new(HttpConnector::new())
-                .capabilities(caps.clone())
-                .connect(&url)
-                .await
-            {
-                Ok(client) => {
-                    return Ok(Browser {
-                        name,
-                        client,
-                        _driver: driver,
-                        _profile: profile,
-                    });
+/// Next JSON message of the given type, skipping others.
+pub async fn expect(ws: &mut Ws, ty: &str) -> Value {
+    let fut = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == ty {
+                        return v;
+                    }
                 }
-                Err(e) => {
-                    last_err = e.to_string();
-                    sleep(Duration::from_millis(200)).await;
-                }
+                Some(Ok(_)) => {}
+                other => panic!("socket ended waiting for {ty}: {other:?}"),
             }
         }
-        Err(format!("{name}: no WebDriver session: {last_err}"))
-    }
-
-    pub async fn js(&self, script: &str) -> TestResult<Value> {
-        self.client
-            .execute(script, vec![])
-            .await
-            .map_err(|e| format!("{}: script failed: {e}\n{script}", self.name))
-    }
-
-    /// Runs `body` (which may use `await`) and returns its value.
-    pub async fn js_async(&self, body: &str) -> TestResult<Value> {
-        let script = format!(
-            "const done = arguments[arguments.length - 1];\n\
-             (async () => {{ {body} }})().then(done, (e) => done({{ __error: String(e && e.stack || e) }}));"
-        );
-        let v = self
-            .client
-            .execute_async(&script, vec![])
-            .await
-            .map_err(|e| format!("{}: async script failed: {e}\n{body}", self.name))?;
-        if let Some(err) = v.get("__error") {
-            return Err(format!("{}: script threw {err}\n{body}", self.name));
-        }
-        Ok(v)
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .unwrap_or_else(|_| panic!("no {ty} within 10 s"))
 }
 
-// ------------------------------------------------------------------ helpers
-
-/// This test drives real browsers and a real server: its timeouts are wall-clock.
-#[allow(clippy::disallowed_methods)]
-pub fn now() -> tokio::time::Instant {
-    tokio::time::Instant::now()
+/// Next `error` or `want` reply, whichever comes first.
+pub async fn reply(ws: &mut Ws, want: &str) -> Value {
+    let fut = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == want || v["type"] == "error" {
+                        return v;
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("socket ended waiting for {want}: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .unwrap_or_else(|_| panic!("no {want} within 10 s"))
 }
 
-pub async fn poll<T, F, Fut>(limit: Duration, every: Duration, mut f: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let end = now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        if now() >= end {
-            return None;
-        }
-        sleep(every).await;
-    }
+pub async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
 }
 
-pub fn check_tools() -> TestResult<()> {
-    for p in [chromedriver_path(), chromium_path()] {
-        if !Path::new(&p).exists() {
-            return Err(format!(
-                "{} not found: install Debian chromium and chromium-driver",
-                p.display()
-            ));
-        }
-    }
-    Ok(())
+/// One HTTP/1.1 request on its own connection; returns the status and the body.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
+/// JSON body of a request that must succeed.
+pub async fn http_ok(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> Value {
+    let (status, text) = http(addr, method, path, bearer, body.as_ref()).await;
+    assert!(
+        (200..300).contains(&status),
+        "{method} {path} -> {status}: {text}"
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
+}
