@@ -10,7 +10,7 @@
 //! cargo nextest run -p server --test admin_console_e2e
 //! ```
 //!
-//! Needs Debian `chromium` and `chromium-driver` (see `tests/common/mod.rs`).
+//! Needs Debian `chromium` and `chromium-driver` (see `tests/common/browser.rs`).
 
 mod common;
 
