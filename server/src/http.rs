@@ -1,4 +1,5 @@
-//! HTTP routes of `huitong serve`: the web client, health, metrics, signalling.
+//! HTTP routes of `huitong serve`: the web client, the admin console, health, metrics,
+//! signalling.
 
 use std::sync::Arc;
 
@@ -17,9 +18,14 @@ use signaling::Hub;
 #[folder = "../web/client"]
 struct WebClient;
 
-/// Signalling, operations, the admin API and the web client on one router. The admin
-/// router brings the JSON 404/405 fallback; the client's files are a catch-all below the
-/// more specific API routes.
+/// The admin console (`web/admin`), served under `/admin/`.
+#[derive(RustEmbed)]
+#[folder = "../web/admin"]
+struct WebAdmin;
+
+/// Signalling, operations, the admin API, the admin console and the web client on one
+/// router. The admin router brings the JSON 404/405 fallback; the client's files are a
+/// catch-all below the more specific API and `/admin/` routes.
 pub fn app(hub: Arc<Hub>, admin: Router) -> Router {
     let ops = Router::new()
         .route("/healthz", get(healthz))
@@ -29,6 +35,14 @@ pub fn app(hub: Arc<Hub>, admin: Router) -> Router {
         .merge(ops)
         .route("/", get(static_file))
         .route("/{*path}", get(static_file))
+        // Without the trailing slash the console's relative asset URLs would resolve
+        // against `/`, i.e. the meeting client.
+        .route(
+            "/admin",
+            get(|| async { axum::response::Redirect::permanent("/admin/") }),
+        )
+        .route("/admin/", get(admin_file))
+        .route("/admin/{*path}", get(admin_file))
         .merge(admin)
 }
 
@@ -90,7 +104,38 @@ async fn static_file(uri: Uri) -> Response {
         return json_error(StatusCode::NOT_FOUND, "not_found", "no such API route");
     }
     let path = if path.is_empty() { "index.html" } else { path };
-    match WebClient::get(path) {
+    embedded(WebClient::get(path))
+}
+
+async fn admin_file(uri: Uri) -> Response {
+    let path = uri
+        .path()
+        .trim_start_matches("/admin")
+        .trim_start_matches('/');
+    let path = if path.is_empty() { "index.html" } else { path };
+    let mut resp = embedded(WebAdmin::get(path));
+    // The console holds admin tokens: only its own scripts run, and no other site may
+    // frame it (clickjacking).
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' blob: data:; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}
+
+fn embedded(file: Option<rust_embed::EmbeddedFile>) -> Response {
+    match file {
         Some(f) => {
             let mime = f.metadata.mimetype();
             Response::builder()

@@ -2,6 +2,9 @@
 //! ports and a temp data dir, signalling over WebSocket, and plain HTTP requests.
 #![allow(dead_code)]
 
+/// Headless Chromium over WebDriver, with a server whose output is captured.
+pub mod browser;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
