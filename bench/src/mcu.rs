@@ -734,6 +734,8 @@ pub fn main(args: &[String]) -> Result<()> {
     let layouts = LayoutSet::default();
     let mut summary = Vec::new();
     let mut profile = Vec::new();
+    // (pictures, scene, our cores, ffmpeg cores, our PSNR, ffmpeg PSNR)
+    let mut results: Vec<(usize, Scene, f64, Option<f64>, f64, Option<f64>)> = Vec::new();
     for &pictures in &opts.pictures {
         let tile = layouts.get(&layout_for(pictures))?.tiles[0]
             .rect
@@ -783,6 +785,7 @@ pub fn main(args: &[String]) -> Result<()> {
                 "p99_compose_ms": round(percentile(&ms, 0.99), 2),
             });
             println!("{line}");
+            results.push((pictures, scene, cores, ff_cores, psnr, ff_psnr));
             let kbps = ours.bytes as f64 * 8.0 / secs / 1e3;
             let ff_kbps = ff.as_ref().map(|f| f.bytes as f64 * 8.0 / secs / 1e3);
             summary.push(format!(
@@ -842,6 +845,22 @@ pub fn main(args: &[String]) -> Result<()> {
             }
         }
     }
+    let nine = results
+        .iter()
+        .find(|(p, s, _, _, _, _)| *p == 9 && *s == Scene::Talking);
+    println!(
+        "{}",
+        json!({
+            "bench": "mcu",
+            "summary": true,
+            "goal_cores_9_talking": 0.35,
+            "cores_9_talking": nine.map(|r| round(r.2, 3)),
+            "ffmpeg_ratio_9_talking": nine.and_then(|r| r.3.map(|c| round(c / r.2, 2))),
+            "psnr_gap_db_9_talking": nine.and_then(|r| r.5.map(|p| round(r.4 - p, 2))),
+            "load_average_start": load_start,
+            "load_average_end": load_avg(),
+        })
+    );
     eprintln!();
     eprintln!(
         "== mcu summary (1080p30 out, {} s of media per run, {} kbit/s, one thread each) ==",
