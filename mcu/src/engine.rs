@@ -1009,7 +1009,9 @@ mod tests {
         }
         let c = m.counters();
         assert!(c.no_video_tiles >= 5, "{c:?}");
-        assert!(c.frames_encoded >= 6, "{c:?}");
+        // Every tick either encoded a picture or counted an unchanged one (nothing moved).
+        assert!(c.frames_encoded >= 1, "{c:?}");
+        assert!(c.frames_encoded + c.unchanged_frames >= 6, "{c:?}");
         // Participant 2 recovers with a whole IDR: decoded picture, tile back to video.
         enc.force_keyframe();
         let idr = enc
