@@ -451,7 +451,6 @@ struct OurRun {
     psnr: Vec<f64>,
     bytes: usize,
     skipped: usize,
-    outputs: usize,
 }
 
 impl OurRun {
@@ -502,7 +501,6 @@ fn run_ours(inputs: &[Input], layouts: &[&str], opts: &Opts, psnr: bool) -> Resu
     let period = Duration::from_secs(1) / FPS;
     let mut run = OurRun {
         frames,
-        outputs: layouts.len(),
         ..OurRun::default()
     };
     let mut rx = H264Decoder::new()?;
