@@ -1,4 +1,5 @@
-//! Huitong benchmarks. `bench sfu-forward` measures the CPU cost per forwarded packet of
+//! Huitong benchmarks. `bench mcu` measures the MCU video mix against ffmpeg (see `mcu.rs`).
+//! `bench sfu-forward` measures the CPU cost per forwarded packet of
 //! the real `huitong` server and of Janus 1.1.2 (VideoRoom) under the same workload.
 //!
 //! Topology: the servers run in network namespace `hbench-srv` (veth address 127.79.0.1),
@@ -9,6 +10,7 @@
 
 mod clients;
 mod janus;
+mod mcu;
 mod netns;
 mod procstat;
 
@@ -96,10 +98,11 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("sfu-forward") => sfu_forward(parse_opts(&args[1..])?),
+        Some("mcu") => mcu::main(&args[1..]),
         Some("__clients") => clients::main(&args[1..]),
         Some("__serve") => serve_main(),
         _ => {
-            eprintln!("{USAGE}");
+            eprintln!("{USAGE}\n   or: bench mcu --help");
             std::process::exit(2)
         }
     }
