@@ -61,10 +61,13 @@ fn start_server() -> Server {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(http: SocketAddr) -> Ws {
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/api/v1/signal")).await.expect("ws connect");
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/api/v1/signal"))
+        .await
+        .expect("ws connect");
     ws
 }
 
@@ -84,7 +87,9 @@ async fn expect(ws: &mut Ws, ty: &str) -> Value {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), fut).await.unwrap_or_else(|_| panic!("no {ty} within 10 s"))
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .unwrap_or_else(|_| panic!("no {ty} within 10 s"))
 }
 
 async fn send(ws: &mut Ws, v: Value) {
@@ -125,10 +130,17 @@ async fn garbage_on_both_ports_leaves_the_meeting_running() {
     for (text, code) in &garbage {
         a.send(Message::Text(text.clone().into())).await.unwrap();
         let e = expect(&mut a, "error").await;
-        assert_eq!(e["code"], *code, "for input {:?}", &text[..text.len().min(80)]);
+        assert_eq!(
+            e["code"],
+            *code,
+            "for input {:?}",
+            &text[..text.len().min(80)]
+        );
         assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    a.send(Message::Binary(vec![0xde, 0xad, 0xbe, 0xef].into())).await.unwrap();
+    a.send(Message::Binary(vec![0xde, 0xad, 0xbe, 0xef].into()))
+        .await
+        .unwrap();
     assert_eq!(expect(&mut a, "error").await["code"], "bad_request");
 
     // Garbage on the media port: random bytes, truncated RTP/RTCP, STUN- and DTLS-looking junk.
@@ -144,10 +156,10 @@ async fn garbage_on_both_ports_leaves_the_meeting_running() {
         let len = (rnd() % 1400) as usize;
         let mut pkt: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
         match i % 5 {
-            0 if len > 0 => pkt[0] = 0x80,       // RTP version bits
+            0 if len > 0 => pkt[0] = 0x80, // RTP version bits
             1 if len > 1 => pkt[..2].copy_from_slice(&[0x80, 200]), // RTCP SR
             2 if len > 1 => pkt[..2].copy_from_slice(&[0x00, 0x01]), // STUN binding request
-            3 if len > 0 => pkt[0] = 22,         // DTLS handshake
+            3 if len > 0 => pkt[0] = 22,   // DTLS handshake
             _ => {}
         }
         pkt.truncate(len);
@@ -157,7 +169,11 @@ async fn garbage_on_both_ports_leaves_the_meeting_running() {
 
     // The meeting still works: a second participant joins and the first one hears of it.
     let mut b = connect(srv.http).await;
-    send(&mut b, json!({"type": "join", "v": 1, "meeting": "4242", "name": "分会场"})).await;
+    send(
+        &mut b,
+        json!({"type": "join", "v": 1, "meeting": "4242", "name": "分会场"}),
+    )
+    .await;
     let jb = expect(&mut b, "joined").await;
     assert_eq!(jb["participants"].as_array().unwrap().len(), 2);
     let pj = expect(&mut a, "participant_joined").await;
@@ -169,18 +185,28 @@ async fn garbage_on_both_ports_leaves_the_meeting_running() {
     send(&mut a, json!({"type": "host", "action": "lock", "id": 3})).await;
     assert_eq!(expect(&mut a, "ok").await["re"], 3);
     let mut c = connect(srv.http).await;
-    send(&mut c, json!({"type": "join", "v": 1, "meeting": "4242", "name": "late"})).await;
+    send(
+        &mut c,
+        json!({"type": "join", "v": 1, "meeting": "4242", "name": "late"}),
+    )
+    .await;
     assert_eq!(expect(&mut c, "error").await["code"], "meeting_locked");
 
     // Health and metrics answer, and the media junk was counted, not fatal.
     let body = http_get(srv.http, "/metrics").await;
-    let unparsed = metric(&body, "huitong_sfu_datagrams_unparseable_total") + metric(&body, "huitong_sfu_datagrams_unmatched_total");
-    assert!(unparsed >= 1000.0, "junk datagrams were not counted: {body}");
+    let unparsed = metric(&body, "huitong_sfu_datagrams_unparseable_total")
+        + metric(&body, "huitong_sfu_datagrams_unmatched_total");
+    assert!(
+        unparsed >= 1000.0,
+        "junk datagrams were not counted: {body}"
+    );
     assert!(http_get(srv.http, "/healthz").await.contains("\"ok\""));
 
     // A frame beyond the transport limit closes only that connection.
     let mut d = connect(srv.http).await;
-    let _ = d.send(Message::Text("x".repeat(5 * 1024 * 1024).into())).await;
+    let _ = d
+        .send(Message::Text("x".repeat(5 * 1024 * 1024).into()))
+        .await;
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match d.next().await {
@@ -200,20 +226,44 @@ async fn garbage_on_both_ports_leaves_the_meeting_running() {
 async fn unknown_meeting_and_wrong_passcode_are_clear_errors() {
     let srv = start_server();
     let mut a = connect(srv.http).await;
-    send(&mut a, json!({"type": "join", "v": 1, "meeting": "999000", "name": "x"})).await;
+    send(
+        &mut a,
+        json!({"type": "join", "v": 1, "meeting": "999000", "name": "x"}),
+    )
+    .await;
     assert_eq!(expect(&mut a, "error").await["code"], "unknown_meeting");
-    send(&mut a, json!({"type": "join", "v": 2, "meeting": "999000", "name": "x"})).await;
+    send(
+        &mut a,
+        json!({"type": "join", "v": 2, "meeting": "999000", "name": "x"}),
+    )
+    .await;
     assert_eq!(expect(&mut a, "error").await["code"], "unsupported_version");
-    send(&mut a, json!({"type": "join", "v": 1, "meeting": "12a", "name": "x"})).await;
+    send(
+        &mut a,
+        json!({"type": "join", "v": 1, "meeting": "12a", "name": "x"}),
+    )
+    .await;
     assert_eq!(expect(&mut a, "error").await["code"], "bad_request");
     send(&mut a, json!({"type": "join", "v": 1, "meeting": "777000", "passcode": "1234", "name": "h", "create": true})).await;
     expect(&mut a, "joined").await;
     let mut b = connect(srv.http).await;
-    send(&mut b, json!({"type": "join", "v": 1, "meeting": "777000", "passcode": "0000", "name": "x"})).await;
+    send(
+        &mut b,
+        json!({"type": "join", "v": 1, "meeting": "777000", "passcode": "0000", "name": "x"}),
+    )
+    .await;
     assert_eq!(expect(&mut b, "error").await["code"], "wrong_passcode");
-    send(&mut b, json!({"type": "join", "v": 1, "meeting": "777000", "name": "x"})).await;
+    send(
+        &mut b,
+        json!({"type": "join", "v": 1, "meeting": "777000", "name": "x"}),
+    )
+    .await;
     assert_eq!(expect(&mut b, "error").await["code"], "wrong_passcode");
-    send(&mut b, json!({"type": "join", "v": 1, "meeting": "777000", "passcode": "1234", "name": "x"})).await;
+    send(
+        &mut b,
+        json!({"type": "join", "v": 1, "meeting": "777000", "passcode": "1234", "name": "x"}),
+    )
+    .await;
     assert_eq!(expect(&mut b, "joined").await["role"], "participant");
     // Unknown API paths answer JSON errors.
     let r = http_get(srv.http, "/api/nope").await;
@@ -223,7 +273,9 @@ async fn unknown_meeting_and_wrong_passcode_are_clear_errors() {
 async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out

@@ -5,12 +5,14 @@
 mod audit;
 mod auth;
 mod directory;
+mod export;
 mod meetings;
 mod orgs;
 mod recordings;
 mod security;
 mod signins;
 mod terminals;
+mod totp;
 mod users;
 
 use crate::AdminState;
@@ -64,6 +66,7 @@ fn api_router() -> OpenApiRouter<AdminState> {
         .routes(routes!(users::list_users, users::create_user))
         .routes(routes!(users::get_user, users::update_user))
         .routes(routes!(users::import_users))
+        .routes(routes!(export::export_users))
         .routes(routes!(
             terminals::list_terminals,
             terminals::create_terminal
@@ -90,6 +93,11 @@ fn api_router() -> OpenApiRouter<AdminState> {
         .routes(routes!(signins::end_signin))
         .routes(routes!(signins::submit_signin))
         .routes(routes!(signins::export_signin))
+        .routes(routes!(export::export_signin_xlsx))
+        .routes(routes!(totp::totp_status, totp::totp_enrol))
+        .routes(routes!(totp::totp_confirm))
+        .routes(routes!(totp::totp_disable))
+        .routes(routes!(totp::account_totp_disable))
         .routes(routes!(recordings::list_recordings))
         .routes(routes!(
             recordings::get_recording,
