@@ -49,11 +49,13 @@ fn cell_text(c: &Data) -> Result<String, String> {
 
 /// Check the zip directory's declared sizes, then read the first sheet.
 fn read_first_sheet(data: &[u8]) -> ApiResult<Vec<SheetRow>> {
-    let zip = zip::ZipArchive::new(Cursor::new(data)).map_err(bad_file)?;
-    if zip
-        .decompressed_size()
-        .is_none_or(|n| n > u128::from(MAX_UNCOMPRESSED))
-    {
+    let mut zip = zip::ZipArchive::new(Cursor::new(data)).map_err(bad_file)?;
+    let mut expanded: u64 = 0;
+    for i in 0..zip.len() {
+        let entry = zip.by_index_raw(i).map_err(bad_file)?;
+        expanded = expanded.saturating_add(entry.size());
+    }
+    if expanded > MAX_UNCOMPRESSED {
         return Err(ApiError::new(
             ErrorCode::PayloadTooLarge,
             "XLSX file expands to more than 1 GiB",

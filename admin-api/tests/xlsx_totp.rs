@@ -229,12 +229,10 @@ async fn xlsx_import_and_exports(b: Backend) {
     assert_eq!(v["failed"], 0, "{v}");
 
     // Sign-in results as XLSX.
-    let wang = app
-        .state
-        .list_users(app.state.root_path(), true, Some("wang"), false, 5, 0)
+    let wang: i64 = sqlx::query_scalar("SELECT id FROM users WHERE username = 'wang'")
+        .fetch_one(app.state.pool())
         .await
-        .unwrap()[0]
-        .id;
+        .unwrap();
     app.state
         .set_password(wang, "wang", USER_PW, false)
         .await
