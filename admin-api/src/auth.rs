@@ -18,16 +18,22 @@ use sqlx::Row;
 #[serde(deny_unknown_fields)]
 pub struct PasswordPolicy {
     /// Minimum length in characters (8..=128).
+    #[schema(minimum = 8, maximum = 128)]
     pub min_length: u32,
     /// How many of lower case, upper case, digit, other must appear (1..=4).
+    #[schema(minimum = 1, maximum = 4)]
     pub min_classes: u32,
     /// Days until a password must be changed; 0 = never.
+    #[schema(minimum = 0, maximum = 3650)]
     pub max_age_days: u32,
     /// How many previous passwords may not be reused (0..=24).
+    #[schema(minimum = 0, maximum = 24)]
     pub history: u32,
     /// Failed logins in a row before the account locks (1..=100).
+    #[schema(minimum = 1, maximum = 100)]
     pub lockout_threshold: u32,
     /// How long a lock lasts, in minutes (1..=1440).
+    #[schema(minimum = 1, maximum = 1440)]
     pub lockout_minutes: u32,
 }
 

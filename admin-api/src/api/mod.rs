@@ -7,6 +7,7 @@ mod auth;
 mod directory;
 mod export;
 mod meetings;
+mod openapi_errors;
 mod orgs;
 mod recordings;
 mod security;
@@ -108,13 +109,17 @@ fn api_router() -> OpenApiRouter<AdminState> {
 
 /// The OpenAPI 3 document of every route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    let mut doc = api_router().split_for_parts().1;
+    // After the routes are in: modifiers on `ApiDoc` run before any path exists.
+    openapi_errors::CommonErrors.modify(&mut doc);
+    doc
 }
 
 /// Every admin route under `/api/v1/…` plus `/api/openapi.json`, with JSON errors for
 /// unknown paths, wrong methods, oversized bodies and panics.
 pub fn router(state: AdminState) -> axum::Router {
-    let (routes, doc) = api_router().split_for_parts();
+    let (routes, mut doc) = api_router().split_for_parts();
+    openapi_errors::CommonErrors.modify(&mut doc);
     let doc = std::sync::Arc::new(doc);
     let limit = state.config().max_body_bytes;
     routes
