@@ -179,16 +179,16 @@ fn parse_row(c: &Columns, r: &csv::StringRecord, line: u64) -> Result<Row, RowFa
     })
 }
 
+/// Whether a row could be read at all; if not, the column at fault and why.
+pub(crate) type RowRead = Result<(), (Option<String>, ApiError)>;
+
 /// Where import rows come from: a CSV reader or the cells of an XLSX sheet.
 pub(crate) trait RecordSource {
     /// The header row.
     fn header(&mut self) -> ApiResult<csv::StringRecord>;
     /// Fill `rec` with the next row; `None` at the end, otherwise the row's line
     /// number and whether it could be read at all.
-    fn next_record(
-        &mut self,
-        rec: &mut csv::StringRecord,
-    ) -> Option<(u64, Result<(), (Option<String>, ApiError)>)>;
+    fn next_record(&mut self, rec: &mut csv::StringRecord) -> Option<(u64, RowRead)>;
     /// (done, total) in whatever unit the source counts (bytes for CSV).
     fn position(&self) -> (u64, u64);
 }
@@ -206,10 +206,7 @@ impl RecordSource for CsvSource<'_> {
             .map_err(|e| ApiError::new(ErrorCode::InvalidBody, format!("header: {e}")))
     }
 
-    fn next_record(
-        &mut self,
-        rec: &mut csv::StringRecord,
-    ) -> Option<(u64, Result<(), (Option<String>, ApiError)>)> {
+    fn next_record(&mut self, rec: &mut csv::StringRecord) -> Option<(u64, RowRead)> {
         let line = self.rdr.position().line();
         match self.rdr.read_record(rec) {
             Ok(false) => None,

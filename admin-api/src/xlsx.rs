@@ -128,7 +128,7 @@ impl RecordSource for XlsxSource {
     fn next_record(
         &mut self,
         rec: &mut csv::StringRecord,
-    ) -> Option<(u64, Result<(), (Option<String>, ApiError)>)> {
+    ) -> Option<(u64, crate::import::RowRead)> {
         let (line, row) = self.rows.next()?;
         self.done += 1;
         rec.clear();
@@ -338,8 +338,11 @@ pub fn signin_results_xlsx(
     )
 }
 
+/// A sheet's name and its rows of cell texts.
+pub type SheetText = (String, Vec<Vec<String>>);
+
 /// Read back every sheet of a workbook as text rows (tests and tools).
-pub fn read_all_sheets(data: &[u8]) -> Result<Vec<(String, Vec<Vec<String>>)>, Error> {
+pub fn read_all_sheets(data: &[u8]) -> Result<Vec<SheetText>, Error> {
     let mut wb: calamine::Xlsx<_> = calamine::open_workbook_from_rs(Cursor::new(data))
         .map_err(|e: calamine::XlsxError| Error::Spreadsheet(e.to_string()))?;
     let mut out = Vec::new();
