@@ -24,6 +24,7 @@ pub mod config;
 pub mod db;
 pub mod directory;
 pub mod error;
+pub mod export;
 pub mod import;
 pub mod join;
 pub mod meetings;
@@ -31,6 +32,8 @@ mod pinyin_index;
 pub mod policy;
 pub mod recordings;
 pub mod signin;
+pub mod totp;
+pub mod xlsx;
 
 pub use api::{openapi, router};
 pub use clock::{Clock, Entropy, MockClock, OsEntropy, SeededEntropy, SystemClock};

@@ -48,20 +48,35 @@ pub fn app(hub: Arc<Hub>, admin: Router) -> Router {
 
 /// A JSON error body with a stable code, as every API error is.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, axum::Json(json!({ "code": code, "message": message }))).into_response()
+    (
+        status,
+        axum::Json(json!({ "code": code, "message": message })),
+    )
+        .into_response()
 }
 
 async fn healthz(State(hub): State<Arc<Hub>>) -> Response {
     let (meetings, participants) = hub.census();
     match hub.sfu().stats().await {
-        Ok(_) => axum::Json(json!({ "status": "ok", "meetings": meetings, "participants": participants })).into_response(),
-        Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "sfu_down", "the media engine is not running"),
+        Ok(_) => axum::Json(
+            json!({ "status": "ok", "meetings": meetings, "participants": participants }),
+        )
+        .into_response(),
+        Err(_) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "sfu_down",
+            "the media engine is not running",
+        ),
     }
 }
 
 async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
     let Ok(stats) = hub.sfu().stats().await else {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "sfu_down", "the media engine is not running");
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "sfu_down",
+            "the media engine is not running",
+        );
     };
     let (meetings, participants) = hub.census();
     let reg = Registry::new_custom(Some("huitong".into()), None).unwrap_or_default();
@@ -71,9 +86,21 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
             let _ = reg.register(Box::new(g));
         }
     };
-    gauge("meetings", "Meetings with at least one participant", meetings);
-    gauge("participants", "Participants connected to signalling", participants);
-    gauge("sfu_participants", "Participants known to the SFU", stats.participants);
+    gauge(
+        "meetings",
+        "Meetings with at least one participant",
+        meetings,
+    );
+    gauge(
+        "participants",
+        "Participants connected to signalling",
+        participants,
+    );
+    gauge(
+        "sfu_participants",
+        "Participants known to the SFU",
+        stats.participants,
+    );
     gauge("sfu_peers", "Peer connections on the SFU", stats.peers);
     let c = &stats.counters;
     let counter = |name: &str, help: &str, v: u64| {
@@ -82,20 +109,67 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
             let _ = reg.register(Box::new(k));
         }
     };
-    counter("sfu_datagrams_in_total", "UDP datagrams received on the media port", c.datagrams_in);
-    counter("sfu_datagrams_unparseable_total", "Datagrams that were not STUN, DTLS, RTP or RTCP", c.datagrams_unparseable);
-    counter("sfu_datagrams_unmatched_total", "Datagrams no peer connection accepted", c.datagrams_unmatched);
-    counter("sfu_rtp_in_total", "RTP packets received from publishers", c.rtp_in);
-    counter("sfu_rtp_forwarded_total", "RTP packets written to subscribers", c.rtp_forwarded);
-    counter("sfu_rtp_dropped_layer_total", "Packets not forwarded to a subscriber for layer selection", c.rtp_dropped_layer);
-    counter("sfu_keyframe_requests_sent_total", "Keyframe requests sent to publishers", c.keyframe_requests_up);
-    counter("sfu_keyframe_requests_absorbed_total", "Keyframe requests coalesced away", c.keyframe_requests_absorbed);
-    counter("sfu_layer_switches_total", "Target layer changes by the allocator", c.layer_switches);
+    counter(
+        "sfu_datagrams_in_total",
+        "UDP datagrams received on the media port",
+        c.datagrams_in,
+    );
+    counter(
+        "sfu_datagrams_unparseable_total",
+        "Datagrams that were not STUN, DTLS, RTP or RTCP",
+        c.datagrams_unparseable,
+    );
+    counter(
+        "sfu_datagrams_unmatched_total",
+        "Datagrams no peer connection accepted",
+        c.datagrams_unmatched,
+    );
+    counter(
+        "sfu_rtp_in_total",
+        "RTP packets received from publishers",
+        c.rtp_in,
+    );
+    counter(
+        "sfu_rtp_forwarded_total",
+        "RTP packets written to subscribers",
+        c.rtp_forwarded,
+    );
+    counter(
+        "sfu_rtp_dropped_layer_total",
+        "Packets not forwarded to a subscriber for layer selection",
+        c.rtp_dropped_layer,
+    );
+    counter(
+        "sfu_keyframe_requests_sent_total",
+        "Keyframe requests sent to publishers",
+        c.keyframe_requests_up,
+    );
+    counter(
+        "sfu_keyframe_requests_absorbed_total",
+        "Keyframe requests coalesced away",
+        c.keyframe_requests_absorbed,
+    );
+    counter(
+        "sfu_layer_switches_total",
+        "Target layer changes by the allocator",
+        c.layer_switches,
+    );
     let mut buf = vec![];
     if TextEncoder::new().encode(&reg.gather(), &mut buf).is_err() {
-        return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "metrics encoding failed");
+        return json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "metrics encoding failed",
+        );
     }
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], buf).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        buf,
+    )
+        .into_response()
 }
 
 async fn static_file(uri: Uri) -> Response {

@@ -1,5 +1,6 @@
 //! `huitong serve`: every plane in one process on embedded defaults.
 
+pub mod admin_cli;
 pub mod config;
 pub mod directory;
 pub mod http;
@@ -66,6 +67,14 @@ async fn prune_audit_daily(admin: admin_api::AdminState) {
     }
 }
 
+/// The admin plane's configuration: its database lives under the server's `data_dir`
+/// unless `admin.database_url` points elsewhere. `serve` and `admin` commands share it.
+pub fn admin_config(cfg: &Config) -> admin_api::AdminConfig {
+    let mut admin = cfg.admin.clone();
+    admin.data_dir = cfg.data_dir.clone();
+    admin
+}
+
 /// Binds the sockets and starts every plane.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&cfg.data_dir)
@@ -83,10 +92,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let (sfu, events) = sfu::spawn(udp, sfu_cfg)?;
     let hub = signaling::Hub::start(sfu, events, cfg.signaling.clone());
 
-    let mut admin_cfg = cfg.admin.clone();
-    admin_cfg.data_dir = cfg.data_dir.clone();
     let admin = admin_api::AdminState::connect(
-        admin_cfg,
+        admin_config(&cfg),
         Arc::new(admin_api::SystemClock),
         Arc::new(admin_api::OsEntropy),
     )
