@@ -178,6 +178,9 @@ fn clk_tck() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// (pictures, scene, our cores, ffmpeg cores, our PSNR, ffmpeg PSNR)
+type RunResult = (usize, Scene, f64, Option<f64>, f64, Option<f64>);
+
 #[allow(clippy::disallowed_methods)] // the bench shell reads the clock
 fn wall_now() -> Instant {
     Instant::now()
@@ -732,8 +735,7 @@ pub fn main(args: &[String]) -> Result<()> {
     let layouts = LayoutSet::default();
     let mut summary = Vec::new();
     let mut profile = Vec::new();
-    // (pictures, scene, our cores, ffmpeg cores, our PSNR, ffmpeg PSNR)
-    let mut results: Vec<(usize, Scene, f64, Option<f64>, f64, Option<f64>)> = Vec::new();
+    let mut results: Vec<RunResult> = Vec::new();
     for &pictures in &opts.pictures {
         let tile = layouts.get(&layout_for(pictures))?.tiles[0]
             .rect
