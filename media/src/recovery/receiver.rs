@@ -338,6 +338,13 @@ impl ProtectedReceiver {
         self.stats
     }
 
+    /// Asks the sender for a keyframe on behalf of the owner (an SFU whose subscriber
+    /// needs one), through this loop's feedback: in as many copies as a NACK, where a
+    /// single RTCP PLI on a lossy link is lost as often as the link loses packets.
+    pub fn request_keyframe(&mut self, now: Instant) {
+        self.send_pli(now);
+    }
+
     /// Current RTT estimate.
     pub fn rtt(&self) -> Duration {
         self.rtt
