@@ -1207,9 +1207,13 @@ impl Sfu {
 
     /// Sends the feedback the uplink recovery of a protected track has queued.
     fn send_uplink_feedback(&mut self, tid: TrackId) {
-        let Some(t) = self.tracks.get_mut(&tid) else { return };
+        let Some(t) = self.tracks.get_mut(&tid) else {
+            return;
+        };
         let owner = t.owner;
-        let Some((_, Some(rx), _)) = &mut t.protect else { return };
+        let Some((_, Some(rx), _)) = &mut t.protect else {
+            return;
+        };
         let (media_ssrc, own_ssrc) = (rx.media_ssrc, rx.receiver_ssrc());
         let mut feedback = vec![];
         while let Some(fb) = rx.poll_feedback() {

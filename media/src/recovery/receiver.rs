@@ -1244,6 +1244,22 @@ mod tests {
     }
 
     #[test]
+    fn an_owner_keyframe_request_leaves_as_several_plis() {
+        let mut r = receiver();
+        // Before any report the loss prior (50 %) sizes the copies.
+        r.request_keyframe(t0());
+        let mut plis = 0;
+        while let Some(f) = r.poll_feedback() {
+            for fb in Feedback::parse_compound(&f) {
+                assert_eq!(fb, Feedback::Pli { media_ssrc: SSRC });
+                plis += 1;
+            }
+        }
+        assert!(plis >= 3, "{plis} copies");
+        assert_eq!(r.stats().keyframe_requests, 1);
+    }
+
+    #[test]
     fn losing_a_base_layer_frame_requests_a_keyframe_and_skips_dependants() {
         let mut r = receiver();
         // Frame 4 is TL0: everything after it depends on it.
