@@ -1199,6 +1199,21 @@ impl Sfu {
                 ReceiverEvent::KeyframeRequested => {}
             }
         }
+        self.send_uplink_feedback(tid);
+        for f in fwd {
+            self.forward(now, owner, tid, 0, f);
+        }
+    }
+
+    /// Sends the feedback the uplink recovery of a protected track has queued.
+    fn send_uplink_feedback(&mut self, tid: TrackId) {
+        let Some(t) = self.tracks.get_mut(&tid) else {
+            return;
+        };
+        let owner = t.owner;
+        let Some((_, Some(rx), _)) = &mut t.protect else {
+            return;
+        };
         let (media_ssrc, own_ssrc) = (rx.media_ssrc, rx.receiver_ssrc());
         let mut feedback = vec![];
         while let Some(fb) = rx.poll_feedback() {
@@ -1213,9 +1228,6 @@ impl Sfu {
                 }
                 self.drain(key);
             }
-        }
-        for f in fwd {
-            self.forward(now, owner, tid, 0, f);
         }
     }
 
@@ -1295,7 +1307,19 @@ impl Sfu {
         }
     }
 
-    fn send_keyframe_request(&mut self, _now: Instant, tid: TrackId, layer: Layer) {
+    fn send_keyframe_request(&mut self, now: Instant, tid: TrackId, layer: Layer) {
+        // A protected uplink loses a lone RTCP PLI as often as it loses packets (half the
+        // time at 50 %, and the gate retries only every `keyframe_interval`): ask through
+        // the recovery loop's feedback, which sends it in enough copies.
+        if let Some(t) = self.tracks.get_mut(&tid) {
+            if let Some((_, Some(rx), _)) = &mut t.protect {
+                if rx.request_keyframe(now) {
+                    self.counters.keyframe_requests_up += 1;
+                    self.send_uplink_feedback(tid);
+                    return;
+                }
+            }
+        }
         let Some(t) = self.tracks.get(&tid) else { return };
         let Some(key) = self.participants.get(&t.owner).and_then(|p| p.publisher) else { return };
         let rid = t

@@ -229,6 +229,18 @@ impl ProtectedRx {
         }
     }
 
+    /// Asks the publisher for a keyframe through the protected feedback; false if the
+    /// stream has not started (then only a plain PLI can ask).
+    pub fn request_keyframe(&mut self, now: Instant) -> bool {
+        match &mut self.rx {
+            Some(rx) => {
+                rx.request_keyframe(now);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn stats(&self) -> ReceiverStats {
         self.rx
             .as_ref()

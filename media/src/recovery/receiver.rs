@@ -338,6 +338,13 @@ impl ProtectedReceiver {
         self.stats
     }
 
+    /// Asks the sender for a keyframe on behalf of the owner (an SFU whose subscriber
+    /// needs one), through this loop's feedback: in as many copies as a NACK, where a
+    /// single RTCP PLI on a lossy link is lost as often as the link loses packets.
+    pub fn request_keyframe(&mut self, now: Instant) {
+        self.send_pli(now);
+    }
+
     /// Current RTT estimate.
     pub fn rtt(&self) -> Duration {
         self.rtt
@@ -1234,6 +1241,22 @@ mod tests {
         assert!(ev.iter().any(|e| matches!(e, ReceiverEvent::Skipped(s)
             if s.rtp_timestamp == 7 * 3000 && s.reason == SkipReason::MissingReference)));
         assert!(!ev.contains(&ReceiverEvent::KeyframeRequested));
+    }
+
+    #[test]
+    fn an_owner_keyframe_request_leaves_as_several_plis() {
+        let mut r = receiver();
+        // Before any report the loss prior (50 %) sizes the copies.
+        r.request_keyframe(t0());
+        let mut plis = 0;
+        while let Some(f) = r.poll_feedback() {
+            for fb in Feedback::parse_compound(&f) {
+                assert_eq!(fb, Feedback::Pli { media_ssrc: SSRC });
+                plis += 1;
+            }
+        }
+        assert!(plis >= 3, "{plis} copies");
+        assert_eq!(r.stats().keyframe_requests, 1);
     }
 
     #[test]
