@@ -42,14 +42,26 @@ fn bootstrap_password(server: &Server, username: &str) -> TestResult<String> {
 }
 
 async fn click(b: &Browser, css: &str) -> TestResult<()> {
-    let el = b
-        .client
-        .wait()
-        .at_most(UI_TIMEOUT)
-        .for_element(Locator::Css(css))
-        .await
-        .map_err(|e| format!("find {css}: {e}"))?;
-    el.click().await.map_err(|e| format!("click {css}: {e}"))
+    // Lists re-render when their data arrives; an element found just before that is
+    // stale, and finding it again is what a person would do (click again).
+    let mut attempts = 0;
+    loop {
+        let el = b
+            .client
+            .wait()
+            .at_most(UI_TIMEOUT)
+            .for_element(Locator::Css(css))
+            .await
+            .map_err(|e| format!("find {css}: {e}"))?;
+        match el.click().await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempts < 20 && e.to_string().contains("stale element") => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(format!("click {css}: {e}")),
+        }
+    }
 }
 
 async fn type_into(b: &Browser, css: &str, text: &str) -> TestResult<()> {
