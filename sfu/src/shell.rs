@@ -132,8 +132,12 @@ pub fn spawn(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    // The socket needs the runtime's reactor: set it up there, but report failure here.
-    let io = rt.block_on(async { MediaSocket::new(socket) })?;
+    // The socket registers with this runtime's reactor; `enter` (not `block_on`) because
+    // callers may themselves be inside a runtime. Failure is reported here.
+    let io = {
+        let _guard = rt.enter();
+        MediaSocket::new(socket)?
+    };
     std::thread::Builder::new()
         .name("sfu".into())
         .spawn(move || {
