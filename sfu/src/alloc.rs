@@ -49,32 +49,20 @@ fn cost(d: &Demand, a: Allocation) -> u64 {
 fn start_layer(d: &Demand) -> Option<Layer> {
     let ceiling = d.ceiling?;
     let received = |l: Layer| d.layer_bps[usize::from(l)] > 0;
-    (0..=ceiling.min(2))
-        .rev()
-        .find(|&l| received(l))
-        .or_else(|| (0..3).find(|&l| received(l)))
+    (0..=ceiling.min(2)).rev().find(|&l| received(l)).or_else(|| (0..3).find(|&l| received(l)))
 }
 
 fn step_down(d: &Demand, a: Allocation) -> Option<Allocation> {
     let layer = a.layer?;
     let lower = (0..layer).rev().find(|&l| d.layer_bps[usize::from(l)] > 0);
     if let Some(l) = lower {
-        return Some(Allocation {
-            layer: Some(l),
-            temporal: MAX_TEMPORAL,
-        });
+        return Some(Allocation { layer: Some(l), temporal: MAX_TEMPORAL });
     }
     if d.temporal_scalable && a.temporal > 0 {
-        return Some(Allocation {
-            layer: Some(layer),
-            temporal: a.temporal.min(2) - 1,
-        });
+        return Some(Allocation { layer: Some(layer), temporal: a.temporal.min(2) - 1 });
     }
     if d.simulcast || d.temporal_scalable {
-        return Some(Allocation {
-            layer: None,
-            temporal: 0,
-        });
+        return Some(Allocation { layer: None, temporal: 0 });
     }
     None
 }
@@ -82,27 +70,21 @@ fn step_down(d: &Demand, a: Allocation) -> Option<Allocation> {
 pub fn allocate(budget_bps: u64, demands: &[Demand]) -> Vec<Allocation> {
     let mut alloc: Vec<Allocation> = demands
         .iter()
-        .map(|d| Allocation {
-            layer: start_layer(d),
-            temporal: MAX_TEMPORAL,
-        })
+        .map(|d| Allocation { layer: start_layer(d), temporal: MAX_TEMPORAL })
         .collect();
-    let total =
-        |alloc: &[Allocation]| -> u64 { demands.iter().zip(alloc).map(|(d, a)| cost(d, *a)).sum() };
+    let total = |alloc: &[Allocation]| -> u64 {
+        demands.iter().zip(alloc).map(|(d, a)| cost(d, *a)).sum()
+    };
     let mut turn = 0usize;
     while total(&alloc) > budget_bps {
         // The lowest priority that still has something to give.
         let can_give = |i: usize| step_down(&demands[i], alloc[i]).is_some();
-        let Some(prio) = (0..demands.len())
-            .filter(|&i| can_give(i))
-            .map(|i| demands[i].priority)
-            .min()
+        let Some(prio) = (0..demands.len()).filter(|&i| can_give(i)).map(|i| demands[i].priority).min()
         else {
             break;
         };
-        let candidates: Vec<usize> = (0..demands.len())
-            .filter(|&i| demands[i].priority == prio && can_give(i))
-            .collect();
+        let candidates: Vec<usize> =
+            (0..demands.len()).filter(|&i| demands[i].priority == prio && can_give(i)).collect();
         let i = candidates[turn % candidates.len()];
         turn += 1;
         if let Some(next) = step_down(&demands[i], alloc[i]) {
@@ -128,27 +110,15 @@ mod tests {
 
     #[test]
     fn plenty_of_bandwidth_gives_ceilings() {
-        let a = allocate(
-            10_000_000,
-            &[cam(Some(2), 1), cam(Some(1), 1), cam(None, 1)],
-        );
-        assert_eq!(
-            a[0],
-            Allocation {
-                layer: Some(2),
-                temporal: MAX_TEMPORAL
-            }
-        );
+        let a = allocate(10_000_000, &[cam(Some(2), 1), cam(Some(1), 1), cam(None, 1)]);
+        assert_eq!(a[0], Allocation { layer: Some(2), temporal: MAX_TEMPORAL });
         assert_eq!(a[1].layer, Some(1));
         assert_eq!(a[2].layer, None);
     }
 
     #[test]
     fn less_bandwidth_lowers_layers_low_priority_first() {
-        let a = allocate(
-            2_100_000,
-            &[cam(Some(2), 2), cam(Some(2), 1), cam(Some(2), 1)],
-        );
+        let a = allocate(2_100_000, &[cam(Some(2), 2), cam(Some(2), 1), cam(Some(2), 1)]);
         assert_eq!(a[0].layer, Some(2), "high priority keeps full layer: {a:?}");
         assert!(a[1].layer < Some(2) && a[2].layer < Some(2), "{a:?}");
         let spent: u64 = [cam(Some(2), 2), cam(Some(2), 1), cam(Some(2), 1)]
@@ -162,26 +132,14 @@ mod tests {
     #[test]
     fn very_low_bandwidth_drops_temporal_layers_then_pauses() {
         let a = allocate(100_000, &[cam(Some(2), 1)]);
-        assert_eq!(
-            a[0],
-            Allocation {
-                layer: Some(0),
-                temporal: 0
-            }
-        );
+        assert_eq!(a[0], Allocation { layer: Some(0), temporal: 0 });
         let a = allocate(10_000, &[cam(Some(2), 1)]);
         assert_eq!(a[0].layer, None);
     }
 
     #[test]
     fn single_layer_track_is_never_paused_for_bandwidth() {
-        let d = Demand {
-            ceiling: Some(0),
-            layer_bps: [1_500_000, 0, 0],
-            priority: 1,
-            temporal_scalable: false,
-            simulcast: false,
-        };
+        let d = Demand { ceiling: Some(0), layer_bps: [1_500_000, 0, 0], priority: 1, temporal_scalable: false, simulcast: false };
         let a = allocate(100_000, &[d]);
         assert_eq!(a[0].layer, Some(0));
     }

@@ -24,8 +24,8 @@ use crate::alloc::{Demand, allocate};
 use crate::forward::{Forwarder, InPacket, Layer, Verdict};
 use crate::keyframe::KeyframeGate;
 use crate::{
-    ParticipantId, PcRole, Preference, Quality, QualityStat, RoomId, SfuError, SfuEvent, TrackDecl,
-    TrackId, TrackInfo, TrackMapping, TrackSource,
+    ParticipantId, PcRole, Preference, Quality, QualityStat, RoomId, SfuError, SfuEvent,
+    TrackDecl, TrackId, TrackInfo, TrackMapping, TrackSource,
 };
 
 /// Tuning of the engine.
@@ -59,12 +59,7 @@ impl Default for SfuConfig {
 #[derive(Debug)]
 pub enum Input<'a> {
     /// A datagram read from the media socket at `now`.
-    Datagram {
-        now: Instant,
-        source: SocketAddr,
-        destination: SocketAddr,
-        contents: &'a [u8],
-    },
+    Datagram { now: Instant, source: SocketAddr, destination: SocketAddr, contents: &'a [u8] },
     /// Time passed.
     Timeout(Instant),
 }
@@ -316,12 +311,8 @@ impl Sfu {
         offer_sdp: &str,
         decls: &[TrackDecl],
     ) -> Result<String, SfuError> {
-        let offer =
-            SdpOffer::from_sdp_string(offer_sdp).map_err(|e| SfuError::Sdp(e.to_string()))?;
-        let part = self
-            .participants
-            .get(&pid)
-            .ok_or(SfuError::UnknownParticipant)?;
+        let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| SfuError::Sdp(e.to_string()))?;
+        let part = self.participants.get(&pid).ok_or(SfuError::UnknownParticipant)?;
         let key = match part.publisher {
             Some(k) => k,
             None => {
@@ -332,10 +323,7 @@ impl Sfu {
                 k
             }
         };
-        let peer = self
-            .peers
-            .get_mut(&key)
-            .ok_or(SfuError::UnknownParticipant)?;
+        let peer = self.peers.get_mut(&key).ok_or(SfuError::UnknownParticipant)?;
         let answer = peer
             .rtc
             .sdp_api()
@@ -348,23 +336,12 @@ impl Sfu {
     }
 
     /// Applies the client's answer to our last subscribe-pc offer.
-    pub fn subscriber_answer(
-        &mut self,
-        now: Instant,
-        pid: ParticipantId,
-        sdp: &str,
-    ) -> Result<(), SfuError> {
+    pub fn subscriber_answer(&mut self, now: Instant, pid: ParticipantId, sdp: &str) -> Result<(), SfuError> {
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::Sdp(e.to_string()))?;
-        let part = self
-            .participants
-            .get_mut(&pid)
-            .ok_or(SfuError::UnknownParticipant)?;
+        let part = self.participants.get_mut(&pid).ok_or(SfuError::UnknownParticipant)?;
         let pending = part.pending_offer.take().ok_or(SfuError::NoPendingOffer)?;
         let key = part.subscriber.ok_or(SfuError::NoPendingOffer)?;
-        let peer = self
-            .peers
-            .get_mut(&key)
-            .ok_or(SfuError::UnknownParticipant)?;
+        let peer = self.peers.get_mut(&key).ok_or(SfuError::UnknownParticipant)?;
         peer.rtc
             .sdp_api()
             .accept_answer(pending, answer)
@@ -385,18 +362,9 @@ impl Sfu {
     }
 
     /// Adds a trickled ICE candidate of the client.
-    pub fn add_candidate(
-        &mut self,
-        now: Instant,
-        pid: ParticipantId,
-        role: PcRole,
-        cand: &str,
-    ) -> Result<(), SfuError> {
+    pub fn add_candidate(&mut self, now: Instant, pid: ParticipantId, role: PcRole, cand: &str) -> Result<(), SfuError> {
         let c = Candidate::from_sdp_string(cand).map_err(|e| SfuError::Sdp(e.to_string()))?;
-        let part = self
-            .participants
-            .get(&pid)
-            .ok_or(SfuError::UnknownParticipant)?;
+        let part = self.participants.get(&pid).ok_or(SfuError::UnknownParticipant)?;
         let key = match role {
             PcRole::Publish => part.publisher,
             PcRole::Subscribe => part.subscriber,
@@ -411,17 +379,8 @@ impl Sfu {
     }
 
     /// The subscriber's wish for one track.
-    pub fn set_preference(
-        &mut self,
-        now: Instant,
-        pid: ParticipantId,
-        track: TrackId,
-        pref: Preference,
-    ) -> Result<(), SfuError> {
-        let part = self
-            .participants
-            .get_mut(&pid)
-            .ok_or(SfuError::UnknownParticipant)?;
+    pub fn set_preference(&mut self, now: Instant, pid: ParticipantId, track: TrackId, pref: Preference) -> Result<(), SfuError> {
+        let part = self.participants.get_mut(&pid).ok_or(SfuError::UnknownParticipant)?;
         let sub = part.subs.get_mut(&track).ok_or(SfuError::UnknownTrack)?;
         sub.pref = pref;
         self.reallocate(now, pid);
@@ -437,23 +396,14 @@ impl Sfu {
             }
         }
         if muted && source == TrackSource::Mic {
-            if let Some(room) = self
-                .participants
-                .get(&pid)
-                .and_then(|p| self.rooms.get_mut(&p.room))
-            {
+            if let Some(room) = self.participants.get(&pid).and_then(|p| self.rooms.get_mut(&p.room)) {
                 room.speaker.remove(pid);
             }
         }
     }
 
     /// Removes the track carried by `mid` on the participant's publish pc.
-    pub fn unpublish(
-        &mut self,
-        now: Instant,
-        pid: ParticipantId,
-        mid: &str,
-    ) -> Result<(), SfuError> {
+    pub fn unpublish(&mut self, now: Instant, pid: ParticipantId, mid: &str) -> Result<(), SfuError> {
         let tid = self
             .tracks
             .iter()
@@ -467,17 +417,10 @@ impl Sfu {
 
     /// Removes a participant with both its peer connections.
     pub fn leave(&mut self, now: Instant, pid: ParticipantId) {
-        let Some(part) = self.participants.get(&pid) else {
-            return;
-        };
+        let Some(part) = self.participants.get(&pid) else { return };
         let room = part.room.clone();
         let peers: Vec<PeerKey> = part.publisher.into_iter().chain(part.subscriber).collect();
-        let owned: Vec<TrackId> = self
-            .tracks
-            .iter()
-            .filter(|(_, t)| t.owner == pid)
-            .map(|(id, _)| *id)
-            .collect();
+        let owned: Vec<TrackId> = self.tracks.iter().filter(|(_, t)| t.owner == pid).map(|(id, _)| *id).collect();
         for t in owned {
             self.remove_track(now, t);
         }
@@ -512,12 +455,7 @@ impl Sfu {
         self.last_now = self.last_now.max(now);
         match input {
             Input::Timeout(now) => self.handle_timeout(now),
-            Input::Datagram {
-                now,
-                source,
-                destination,
-                contents,
-            } => {
+            Input::Datagram { now, source, destination, contents } => {
                 self.counters.datagrams_in += 1;
                 let Ok(contents) = DatagramRecv::try_from(contents) else {
                     self.counters.datagrams_unparseable += 1;
@@ -525,21 +463,12 @@ impl Sfu {
                 };
                 let input = str0m::Input::Receive(
                     now,
-                    Receive {
-                        proto: Protocol::Udp,
-                        source,
-                        destination,
-                        contents,
-                    },
+                    Receive { proto: Protocol::Udp, source, destination, contents },
                 );
                 let key = match self.by_addr.get(&source) {
                     Some(k) if self.peers.get(k).is_some_and(|p| p.rtc.accepts(&input)) => Some(*k),
                     _ => {
-                        let k = self
-                            .peers
-                            .iter()
-                            .find(|(_, p)| p.rtc.accepts(&input))
-                            .map(|(k, _)| *k);
+                        let k = self.peers.iter().find(|(_, p)| p.rtc.accepts(&input)).map(|(k, _)| *k);
                         if let Some(k) = k {
                             self.by_addr.insert(source, k);
                         }
@@ -550,9 +479,7 @@ impl Sfu {
                     self.counters.datagrams_unmatched += 1;
                     return;
                 };
-                let Some(peer) = self.peers.get_mut(&key) else {
-                    return;
-                };
+                let Some(peer) = self.peers.get_mut(&key) else { return };
                 if let Err(e) = peer.rtc.handle_input(input) {
                     tracing::debug!(participant = peer.participant.0, error = %e, "peer input rejected");
                 }
@@ -584,12 +511,7 @@ impl Sfu {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<PeerKey> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.timeout <= now)
-            .map(|(k, _)| *k)
-            .collect();
+        let due: Vec<PeerKey> = self.peers.iter().filter(|(_, p)| p.timeout <= now).map(|(k, _)| *k).collect();
         for k in due {
             if let Some(p) = self.peers.get_mut(&k) {
                 if let Err(e) = p.rtc.handle_input(str0m::Input::Timeout(now)) {
@@ -622,18 +544,13 @@ impl Sfu {
         let mut changes = vec![];
         for (id, r) in &mut self.rooms {
             if let Some(c) = r.speaker.evaluate(now) {
-                changes.push(SfuEvent::ActiveSpeaker {
-                    room: id.clone(),
-                    participant: c,
-                });
+                changes.push(SfuEvent::ActiveSpeaker { room: id.clone(), participant: c });
             }
         }
         self.out.extend(changes.into_iter().map(Output::Event));
 
         if self.last_rates.is_none_or(|t| now >= t + RATE_WINDOW) {
-            let secs = self.last_rates.map_or(1.0, |t| {
-                now.saturating_duration_since(t).as_secs_f64().max(0.1)
-            });
+            let secs = self.last_rates.map_or(1.0, |t| now.saturating_duration_since(t).as_secs_f64().max(0.1));
             self.last_rates = Some(now);
             for t in self.tracks.values_mut() {
                 for l in &mut t.layers {
@@ -649,10 +566,7 @@ impl Sfu {
                 self.reallocate(now, pid);
             }
         }
-        if self
-            .last_quality
-            .is_none_or(|t| now >= t + self.cfg.quality_interval)
-        {
+        if self.last_quality.is_none_or(|t| now >= t + self.cfg.quality_interval) {
             self.last_quality = Some(now);
             self.emit_quality(now);
         }
@@ -699,15 +613,7 @@ impl Sfu {
         self.next_peer = self.next_peer.wrapping_add(1).max(1);
         self.peers.insert(
             key,
-            Peer {
-                rtc,
-                participant: pid,
-                role,
-                timeout: now,
-                connected: false,
-                dirty: false,
-                ssrcs: HashMap::new(),
-            },
+            Peer { rtc, participant: pid, role, timeout: now, connected: false, dirty: false, ssrcs: HashMap::new() },
         );
         key
     }
@@ -739,16 +645,12 @@ impl Sfu {
     }
 
     fn on_event(&mut self, now: Instant, key: PeerKey, ev: Event) {
-        let Some(peer) = self.peers.get_mut(&key) else {
-            return;
-        };
+        let Some(peer) = self.peers.get_mut(&key) else { return };
         let (pid, role) = (peer.participant, peer.role);
         match ev {
             Event::RtpPacket(pkt) => self.on_rtp(now, key, pkt),
             Event::KeyframeRequest(req) => {
-                let Some(part) = self.participants.get(&pid) else {
-                    return;
-                };
+                let Some(part) = self.participants.get(&pid) else { return };
                 let found = part.subs.iter().find(|(_, s)| s.mid == Some(req.mid));
                 if let Some((tid, s)) = found {
                     if let Some(l) = s.fwd.current() {
@@ -776,11 +678,7 @@ impl Sfu {
                         t.layers[usize::from(layer)].bps = 0;
                         let subs = t.subscribers.clone();
                         for s in subs {
-                            if let Some(sub) = self
-                                .participants
-                                .get_mut(&s)
-                                .and_then(|p| p.subs.get_mut(&tid))
-                            {
+                            if let Some(sub) = self.participants.get_mut(&s).and_then(|p| p.subs.get_mut(&tid)) {
                                 sub.fwd.layer_lost(layer);
                             }
                             self.reallocate(now, s);
@@ -804,10 +702,7 @@ impl Sfu {
             }
             Event::Connected => {
                 peer.connected = true;
-                self.out.push_back(Output::Event(SfuEvent::MediaConnected {
-                    participant: pid,
-                    pc: role,
-                }));
+                self.out.push_back(Output::Event(SfuEvent::MediaConnected { participant: pid, pc: role }));
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.peer_lost(now, key, pid, role);
@@ -835,54 +730,27 @@ impl Sfu {
             }
         }
         if role == PcRole::Publish {
-            let owned: Vec<TrackId> = self
-                .tracks
-                .iter()
-                .filter(|(_, t)| t.owner == pid)
-                .map(|(id, _)| *id)
-                .collect();
+            let owned: Vec<TrackId> = self.tracks.iter().filter(|(_, t)| t.owner == pid).map(|(id, _)| *id).collect();
             for t in owned {
                 self.remove_track(now, t);
             }
         }
-        self.out
-            .push_back(Output::Event(SfuEvent::MediaDisconnected {
-                participant: pid,
-                pc: role,
-            }));
+        self.out.push_back(Output::Event(SfuEvent::MediaDisconnected { participant: pid, pc: role }));
     }
 
     /// Makes the set of published tracks match the declarations after an offer.
-    fn reconcile_published(
-        &mut self,
-        now: Instant,
-        pid: ParticipantId,
-        key: PeerKey,
-        decls: &[TrackDecl],
-    ) {
-        let Some(room) = self.participants.get(&pid).map(|p| p.room.clone()) else {
-            return;
-        };
-        let Some(peer) = self.peers.get(&key) else {
-            return;
-        };
+    fn reconcile_published(&mut self, now: Instant, pid: ParticipantId, key: PeerKey, decls: &[TrackDecl]) {
+        let Some(room) = self.participants.get(&pid).map(|p| p.room.clone()) else { return };
+        let Some(peer) = self.peers.get(&key) else { return };
         let mut keep = vec![];
         let mut added = vec![];
         for d in decls {
-            let Some(media) = peer.rtc.media(Mid::from(d.mid.as_str())) else {
-                continue;
-            };
+            let Some(media) = peer.rtc.media(Mid::from(d.mid.as_str())) else { continue };
             // Our side of a client's sending m-line is recvonly.
-            if !matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv)
-                || media.kind() != d.kind
-            {
+            if !matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv) || media.kind() != d.kind {
                 continue;
             }
-            let existing = self
-                .tracks
-                .iter()
-                .find(|(_, t)| t.owner == pid && t.mid == media.mid())
-                .map(|(id, _)| *id);
+            let existing = self.tracks.iter().find(|(_, t)| t.owner == pid && t.mid == media.mid()).map(|(id, _)| *id);
             if let Some(id) = existing {
                 keep.push(id);
                 continue;
@@ -917,11 +785,7 @@ impl Sfu {
                     layers: [LayerState::default(); 3],
                     gates: [gate.clone(), gate.clone(), gate],
                     codecs,
-                    clock_rate: if d.kind == MediaKind::Audio {
-                        48_000
-                    } else {
-                        90_000
-                    },
+                    clock_rate: if d.kind == MediaKind::Audio { 48_000 } else { 90_000 },
                     temporal_seen: false,
                     muted: false,
                     subscribers: vec![],
@@ -944,19 +808,12 @@ impl Sfu {
             .get_mut(&room)
             .map(|r| {
                 r.tracks.extend(added.iter().copied());
-                r.participants
-                    .iter()
-                    .copied()
-                    .filter(|p| *p != pid)
-                    .collect()
+                r.participants.iter().copied().filter(|p| *p != pid).collect()
             })
             .unwrap_or_default();
         for id in &added {
             if let Some(info) = self.track_info(*id) {
-                self.out.push_back(Output::Event(SfuEvent::TrackPublished {
-                    room: room.clone(),
-                    track: info,
-                }));
+                self.out.push_back(Output::Event(SfuEvent::TrackPublished { room: room.clone(), track: info }));
             }
             for o in &others {
                 self.subscribe(*o, *id);
@@ -969,48 +826,26 @@ impl Sfu {
 
     fn track_info(&self, id: TrackId) -> Option<TrackInfo> {
         let t = self.tracks.get(&id)?;
-        Some(TrackInfo {
-            id,
-            owner: t.owner,
-            kind: t.kind,
-            source: t.source,
-        })
+        Some(TrackInfo { id, owner: t.owner, kind: t.kind, source: t.source })
     }
 
     fn subscribe(&mut self, pid: ParticipantId, tid: TrackId) {
-        let Some(t) = self.tracks.get_mut(&tid) else {
-            return;
-        };
-        let Some(part) = self.participants.get_mut(&pid) else {
-            return;
-        };
+        let Some(t) = self.tracks.get_mut(&tid) else { return };
+        let Some(part) = self.participants.get_mut(&pid) else { return };
         if part.subs.contains_key(&tid) {
             return;
         }
         t.subscribers.push(pid);
-        let start = if t.kind == MediaKind::Audio {
-            Some(0)
-        } else {
-            Some(2)
-        };
+        let start = if t.kind == MediaKind::Audio { Some(0) } else { Some(2) };
         part.subs.insert(
             tid,
-            Subscription {
-                mid: None,
-                state: SubState::New,
-                fwd: Forwarder::new(start),
-                pref: Preference::default(),
-                pt_map: vec![],
-                unpaced: false,
-            },
+            Subscription { mid: None, state: SubState::New, fwd: Forwarder::new(start), pref: Preference::default(), pt_map: vec![], unpaced: false },
         );
         part.renegotiate = true;
     }
 
     fn remove_track(&mut self, now: Instant, tid: TrackId) {
-        let Some(t) = self.tracks.remove(&tid) else {
-            return;
-        };
+        let Some(t) = self.tracks.remove(&tid) else { return };
         if let Some(r) = self.rooms.get_mut(&t.room) {
             r.tracks.retain(|x| *x != tid);
         }
@@ -1026,12 +861,7 @@ impl Sfu {
                 }
             }
         }
-        self.out
-            .push_back(Output::Event(SfuEvent::TrackUnpublished {
-                room: t.room.clone(),
-                track: tid,
-                owner: t.owner,
-            }));
+        self.out.push_back(Output::Event(SfuEvent::TrackUnpublished { room: t.room.clone(), track: tid, owner: t.owner }));
         for pid in t.subscribers {
             self.negotiate(now, pid);
         }
@@ -1039,9 +869,7 @@ impl Sfu {
 
     /// Sends a new subscribe-pc offer if anything changed and none is outstanding.
     fn negotiate(&mut self, now: Instant, pid: ParticipantId) {
-        let Some(part) = self.participants.get(&pid) else {
-            return;
-        };
+        let Some(part) = self.participants.get(&pid) else { return };
         if part.pending_offer.is_some() || !part.renegotiate {
             return;
         }
@@ -1058,23 +886,16 @@ impl Sfu {
                 k
             }
         };
-        let (Some(part), Some(peer)) = (self.participants.get_mut(&pid), self.peers.get_mut(&key))
-        else {
-            return;
-        };
+        let (Some(part), Some(peer)) = (self.participants.get_mut(&pid), self.peers.get_mut(&key)) else { return };
         part.renegotiate = false;
         let mut api = peer.rtc.sdp_api();
         let mut ids: Vec<TrackId> = part.subs.keys().copied().collect();
         ids.sort();
         for tid in &ids {
-            let Some(sub) = part.subs.get_mut(tid) else {
-                continue;
-            };
+            let Some(sub) = part.subs.get_mut(tid) else { continue };
             match sub.state {
                 SubState::New => {
-                    let Some(t) = self.tracks.get(tid) else {
-                        continue;
-                    };
+                    let Some(t) = self.tracks.get(tid) else { continue };
                     let mid = api.add_media(
                         t.kind,
                         Direction::SendOnly,
@@ -1097,9 +918,7 @@ impl Sfu {
         if !api.has_changes() {
             return;
         }
-        let Some((offer, pending)) = api.apply() else {
-            return;
-        };
+        let Some((offer, pending)) = api.apply() else { return };
         part.pending_offer = Some(pending);
         let tracks = ids
             .iter()
@@ -1110,47 +929,27 @@ impl Sfu {
                 }
                 let t = self.tracks.get(tid)?;
                 Some(TrackMapping {
-                    track: TrackInfo {
-                        id: *tid,
-                        owner: t.owner,
-                        kind: t.kind,
-                        source: t.source,
-                    },
+                    track: TrackInfo { id: *tid, owner: t.owner, kind: t.kind, source: t.source },
                     mid: sub.mid?.to_string(),
                 })
             })
             .collect();
-        self.out.push_back(Output::Event(SfuEvent::SubscriberOffer {
-            participant: pid,
-            sdp: offer.to_sdp_string(),
-            tracks,
-        }));
+        self.out.push_back(Output::Event(SfuEvent::SubscriberOffer { participant: pid, sdp: offer.to_sdp_string(), tracks }));
         self.drain(key);
     }
 
     fn on_rtp(&mut self, now: Instant, key: PeerKey, pkt: RtpPacket) {
         self.counters.rtp_in += 1;
-        let Some(peer) = self.peers.get_mut(&key) else {
-            return;
-        };
+        let Some(peer) = self.peers.get_mut(&key) else { return };
         let pid = peer.participant;
         let ssrc = pkt.header.ssrc;
         let (tid, layer) = match peer.ssrcs.get(&ssrc) {
             Some(x) => *x,
             None => {
-                let Some((mid, rid)) = peer
-                    .rtc
-                    .direct_api()
-                    .stream_rx(&ssrc)
-                    .map(|s| (s.mid(), s.rid()))
-                else {
+                let Some((mid, rid)) = peer.rtc.direct_api().stream_rx(&ssrc).map(|s| (s.mid(), s.rid())) else {
                     return;
                 };
-                let Some((tid, t)) = self
-                    .tracks
-                    .iter()
-                    .find(|(_, t)| t.owner == pid && t.mid == mid)
-                else {
+                let Some((tid, t)) = self.tracks.iter().find(|(_, t)| t.owner == pid && t.mid == mid) else {
                     return;
                 };
                 let idx = t.rids.iter().position(|r| *r == rid).unwrap_or(0);
@@ -1162,27 +961,17 @@ impl Sfu {
         if let Some(p) = self.participants.get_mut(&pid) {
             p.last_media = Some(now);
         }
-        let Some(track) = self.tracks.get_mut(&tid) else {
-            return;
-        };
+        let Some(track) = self.tracks.get_mut(&tid) else { return };
         let pt = *pkt.header.payload_type;
         let params = track.codecs.get(&pt).copied();
         let codec = params.map(|p| p.spec().codec);
         let payload: &[u8] = &pkt.payload;
         // One parse of the VP8 descriptor serves layer detection and id rewriting.
-        let vp8_fields = if codec == Some(Codec::Vp8) {
-            vp8::parse_descriptor(payload)
-        } else {
-            None
-        };
+        let vp8_fields = if codec == Some(Codec::Vp8) { vp8::parse_descriptor(payload) } else { None };
         let info = match codec {
             Some(Codec::H264) => h264::inspect(payload),
             Some(Codec::Vp8) => vp8_fields.map(|d| vp8::info(&d, payload)),
-            _ => Some(PayloadInfo {
-                keyframe_start: true,
-                frame_start: true,
-                ..Default::default()
-            }),
+            _ => Some(PayloadInfo { keyframe_start: true, frame_start: true, ..Default::default() }),
         };
         let Some(info) = info else { return };
         let ls = &mut track.layers[usize::from(layer)];
@@ -1204,21 +993,14 @@ impl Sfu {
             }
         }
         if track.kind == MediaKind::Audio && !track.muted {
-            if let (Some(level), Some(room)) = (
-                pkt.header.ext_vals.audio_level,
-                self.rooms.get_mut(&track.room),
-            ) {
+            if let (Some(level), Some(room)) = (pkt.header.ext_vals.audio_level, self.rooms.get_mut(&track.room)) {
                 room.speaker.add_level(now, pid, level);
             }
         }
         if track.muted {
             return;
         }
-        let vp8d = if codec == Some(Codec::Vp8) {
-            Vp8Descriptor::parse(payload).ok()
-        } else {
-            None
-        };
+        let vp8d = if codec == Some(Codec::Vp8) { Vp8Descriptor::parse(payload).ok() } else { None };
         let inp = InPacket {
             layer,
             seq: *pkt.seq_no,
@@ -1238,15 +1020,9 @@ impl Sfu {
         let mut want_kf: Vec<Layer> = vec![];
         for i in 0..track.subscribers.len() {
             let spid = track.subscribers[i];
-            let Some(part) = self.participants.get_mut(&spid) else {
-                continue;
-            };
-            let Some(skey) = part.subscriber else {
-                continue;
-            };
-            let Some(sub) = part.subs.get_mut(&tid) else {
-                continue;
-            };
+            let Some(part) = self.participants.get_mut(&spid) else { continue };
+            let Some(skey) = part.subscriber else { continue };
+            let Some(sub) = part.subs.get_mut(&tid) else { continue };
             if sub.state != SubState::Open {
                 continue;
             }
@@ -1261,34 +1037,20 @@ impl Sfu {
                 self.counters.rtp_dropped_layer += 1;
                 continue;
             };
-            let Some(speer) = self.peers.get_mut(&skey) else {
-                continue;
-            };
+            let Some(speer) = self.peers.get_mut(&skey) else { continue };
             let out_pt = match sub.pt_map.iter().find(|(i, _)| *i == pt) {
                 Some((_, o)) => *o,
                 None => {
-                    let mapped = params.and_then(|params| {
-                        speer
-                            .rtc
-                            .codec_config()
-                            .match_params(params)
-                            .map(|p| *p.pt())
-                    });
+                    let mapped = params.and_then(|params| speer.rtc.codec_config().match_params(params).map(|p| *p.pt()));
                     sub.pt_map.push((pt, mapped));
                     mapped
                 }
             };
             let Some(out_pt) = out_pt else { continue };
-            let mut w = RtpWrite::new(
-                out_pt.into(),
-                o.seq.into(),
-                o.ts,
-                inp.arrival,
-                pkt.payload.clone(),
-            )
-            .marker(pkt.header.marker)
-            .nackable(is_video)
-            .ext_vals(ext.clone());
+            let mut w = RtpWrite::new(out_pt.into(), o.seq.into(), o.ts, inp.arrival, pkt.payload.clone())
+                .marker(pkt.header.marker)
+                .nackable(is_video)
+                .ext_vals(ext.clone());
             if let (Some(d), Some(pic), Some(tl0)) = (&vp8d, o.vp8_picture_id, o.vp8_tl0) {
                 if let Ok(patch) = d.patch().picture_id(pic).tl0_pic_idx(tl0).build() {
                     w = w.vp8_patch(patch);
@@ -1300,9 +1062,7 @@ impl Sfu {
             }
             {
                 let mut api = speer.rtc.direct_api();
-                let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-                    continue;
-                };
+                let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
                 // Forwarded packets were paced by their publisher already; str0m's pacer
                 // (active with BWE) would queue them behind its estimate and add latency.
                 // The allocator, not the pacer, keeps the rate within the estimate.
@@ -1324,9 +1084,7 @@ impl Sfu {
     }
 
     fn keyframe_wanted(&mut self, now: Instant, tid: TrackId, layer: Layer) {
-        let Some(t) = self.tracks.get_mut(&tid) else {
-            return;
-        };
+        let Some(t) = self.tracks.get_mut(&tid) else { return };
         if t.kind != MediaKind::Video {
             return;
         }
@@ -1338,12 +1096,8 @@ impl Sfu {
     }
 
     fn send_keyframe_request(&mut self, _now: Instant, tid: TrackId, layer: Layer) {
-        let Some(t) = self.tracks.get(&tid) else {
-            return;
-        };
-        let Some(key) = self.participants.get(&t.owner).and_then(|p| p.publisher) else {
-            return;
-        };
+        let Some(t) = self.tracks.get(&tid) else { return };
+        let Some(key) = self.participants.get(&t.owner).and_then(|p| p.publisher) else { return };
         let rid = t
             .rids
             .iter()
@@ -1351,9 +1105,7 @@ impl Sfu {
             .find(|(i, r)| r.as_ref().map_or(0, |r| rid_layer(r, *i)) == layer)
             .and_then(|(_, r)| *r);
         let mid = t.mid;
-        let Some(peer) = self.peers.get_mut(&key) else {
-            return;
-        };
+        let Some(peer) = self.peers.get_mut(&key) else { return };
         if let Some(rx) = peer.rtc.direct_api().stream_rx_by_mid(mid, rid) {
             rx.request_keyframe(KeyframeRequestKind::Pli);
             self.counters.keyframe_requests_up += 1;
@@ -1363,21 +1115,14 @@ impl Sfu {
 
     /// Re-runs the bandwidth allocation of one subscriber.
     fn reallocate(&mut self, now: Instant, pid: ParticipantId) {
-        let Some(part) = self.participants.get_mut(&pid) else {
-            return;
-        };
-        let speaker = self
-            .rooms
-            .get(&part.room)
-            .and_then(|r| r.speaker.dominant());
+        let Some(part) = self.participants.get_mut(&pid) else { return };
+        let speaker = self.rooms.get(&part.room).and_then(|r| r.speaker.dominant());
         let mut ids = vec![];
         let mut demands = vec![];
         let mut audio_bps = 0u64;
         let mut desired = 0u64;
         for (tid, sub) in &part.subs {
-            let Some(t) = self.tracks.get(tid) else {
-                continue;
-            };
+            let Some(t) = self.tracks.get(tid) else { continue };
             if t.kind == MediaKind::Audio {
                 audio_bps += t.layers[0].bps;
                 continue;
@@ -1386,12 +1131,7 @@ impl Sfu {
                 continue;
             }
             let simulcast = t.rids.len() > 1;
-            let received = |l: usize| {
-                !t.layers[l].paused
-                    && t.layers[l]
-                        .last_packet
-                        .is_some_and(|p| now.saturating_duration_since(p) < Duration::from_secs(2))
-            };
+            let received = |l: usize| !t.layers[l].paused && t.layers[l].last_packet.is_some_and(|p| now.saturating_duration_since(p) < Duration::from_secs(2));
             let mut layer_bps = [0u64; 3];
             for (l, bps) in layer_bps.iter_mut().enumerate() {
                 if received(l) {
@@ -1407,17 +1147,9 @@ impl Sfu {
                 _ => 1,
             };
             ids.push(*tid);
-            demands.push(Demand {
-                ceiling,
-                layer_bps,
-                priority,
-                temporal_scalable: t.temporal_seen,
-                simulcast,
-            });
+            demands.push(Demand { ceiling, layer_bps, priority, temporal_scalable: t.temporal_seen, simulcast });
         }
-        let budget = part
-            .budget
-            .map_or(u64::MAX, |b| b.saturating_sub(audio_bps));
+        let budget = part.budget.map_or(u64::MAX, |b| b.saturating_sub(audio_bps));
         let alloc = allocate(budget, &demands);
         let mut wanted = vec![];
         for (tid, a) in ids.iter().zip(alloc) {
@@ -1439,9 +1171,7 @@ impl Sfu {
         if change && desired > 0 {
             part.desired_sent = desired;
             if let Some(peer) = sub_key.and_then(|k| self.peers.get_mut(&k)) {
-                peer.rtc
-                    .bwe()
-                    .set_bitrate(Bitrate::kbps(100), Bitrate::bps(desired));
+                peer.rtc.bwe().set_bitrate(Bitrate::kbps(100), Bitrate::bps(desired));
             }
             if let Some(k) = sub_key {
                 self.drain(k);
@@ -1455,31 +1185,21 @@ impl Sfu {
     fn emit_quality(&mut self, now: Instant) {
         let mut per_room: HashMap<RoomId, Vec<QualityStat>> = HashMap::new();
         for (pid, p) in &self.participants {
-            let active = p
-                .last_media
-                .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(5));
+            let active = p.last_media.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(5));
             let rtt = p.up.rtt.or(p.down.rtt);
             let loss = p.up.loss.unwrap_or(0.0).max(p.down.loss.unwrap_or(0.0));
-            let score = if !active && p.subscriber.is_none() {
-                0
-            } else {
-                Quality::score(rtt, loss)
-            };
-            per_room
-                .entry(p.room.clone())
-                .or_default()
-                .push(QualityStat {
-                    participant: *pid,
-                    score,
-                    rtt_ms: rtt.map(|d| d.as_millis() as u32),
-                    loss_up: p.up.loss,
-                    loss_down: p.down.loss,
-                    bitrate_down_kbps: p.budget.map(|b| (b / 1000) as u32),
-                });
+            let score = if !active && p.subscriber.is_none() { 0 } else { Quality::score(rtt, loss) };
+            per_room.entry(p.room.clone()).or_default().push(QualityStat {
+                participant: *pid,
+                score,
+                rtt_ms: rtt.map(|d| d.as_millis() as u32),
+                loss_up: p.up.loss,
+                loss_down: p.down.loss,
+                bitrate_down_kbps: p.budget.map(|b| (b / 1000) as u32),
+            });
         }
         for (room, stats) in per_room {
-            self.out
-                .push_back(Output::Event(SfuEvent::Quality { room, stats }));
+            self.out.push_back(Output::Event(SfuEvent::Quality { room, stats }));
         }
     }
 }
@@ -1500,8 +1220,7 @@ fn ceiling_for(pref: &Preference, t: &Track, simulcast: bool) -> Option<Layer> {
         (w, h) => {
             let fits = |l: usize| {
                 t.layers[l].size.is_some_and(|(lw, lh)| {
-                    w.is_none_or(|w| u32::from(lw) * 10 >= w * 9)
-                        && h.is_none_or(|h| u32::from(lh) * 10 >= h * 9)
+                    w.is_none_or(|w| u32::from(lw) * 10 >= w * 9) && h.is_none_or(|h| u32::from(lh) * 10 >= h * 9)
                 })
             };
             (0..3).find(|&l| fits(l)).unwrap_or(2) as Layer
@@ -1511,12 +1230,7 @@ fn ceiling_for(pref: &Preference, t: &Track, simulcast: bool) -> Option<Layer> {
 }
 
 /// Polls one peer until it has nothing more, queueing transmits and events.
-fn drain_peer(
-    peer: &mut Peer,
-    key: PeerKey,
-    out: &mut VecDeque<Output>,
-    deferred: &mut VecDeque<(PeerKey, Event)>,
-) {
+fn drain_peer(peer: &mut Peer, key: PeerKey, out: &mut VecDeque<Output>, deferred: &mut VecDeque<(PeerKey, Event)>) {
     loop {
         match peer.rtc.poll_output() {
             Ok(str0m::Output::Timeout(t)) => {

@@ -128,11 +128,7 @@ impl Forwarder {
 
     /// The layer the forwarder waits on a keyframe from, if any.
     pub fn wanted_keyframe(&self) -> Option<Layer> {
-        if self.needs_keyframe {
-            self.target
-        } else {
-            None
-        }
+        if self.needs_keyframe { self.target } else { None }
     }
 
     /// The current layer stopped (publisher paused it): forward nothing until a keyframe.
@@ -240,12 +236,7 @@ impl Forwarder {
             .vp8_picture_id
             .map(|id| ((i32::from(id) + self.pic_offset).rem_euclid(1 << 15)) as u16);
         let vp8_tl0 = p.vp8_tl0.map(|t| t.wrapping_add(self.tl0_offset));
-        OutPacket {
-            seq,
-            ts,
-            vp8_picture_id,
-            vp8_tl0,
-        }
+        OutPacket { seq, ts, vp8_picture_id, vp8_tl0 }
     }
 
     /// Begins forwarding `p.layer` at this keyframe, continuing the output numbering.
@@ -263,8 +254,7 @@ impl Forwarder {
             Some(s) => s + 1,
             None => p.seq & 0x7fff,
         };
-        self.offsets
-            .push_back((p.seq, next_out as i64 - p.seq as i64));
+        self.offsets.push_back((p.seq, next_out as i64 - p.seq as i64));
         self.ts_offset = match (self.last_out_ts, self.last_out_at) {
             (Some(last), Some(at)) => {
                 let gap = p.arrival.saturating_duration_since(at).as_secs_f64();
@@ -303,15 +293,7 @@ mod tests {
 
     impl Src {
         fn new(layer: Layer, seq: u64, ts: u32) -> Self {
-            Self {
-                layer,
-                seq,
-                ts,
-                pic: 100 * u16::from(layer),
-                tl0: 0,
-                frame: 0,
-                t0: Instant::now(),
-            }
+            Self { layer, seq, ts, pic: 100 * u16::from(layer), tl0: 0, frame: 0, t0: Instant::now() }
         }
         /// One frame of `n` packets; L1T3 pattern 0,2,1,2.
         fn frame(&mut self, n: usize, key: bool) -> Vec<InPacket> {
@@ -439,9 +421,7 @@ mod tests {
         let lost = fr.remove(1);
         let out2 = run(&mut f, &fr);
         let late = f.process(&lost);
-        let Verdict::Forward(o) = late else {
-            panic!("late packet dropped")
-        };
+        let Verdict::Forward(o) = late else { panic!("late packet dropped") };
         assert_eq!(o.seq, out2[0].seq + 1);
         assert_eq!(out1.len(), 3);
     }

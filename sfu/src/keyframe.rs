@@ -20,12 +20,7 @@ pub struct KeyframeGate {
 
 impl KeyframeGate {
     pub fn new(min_interval: Duration) -> Self {
-        Self {
-            min_interval,
-            last_sent: None,
-            pending: false,
-            last_keyframe: None,
-        }
+        Self { min_interval, last_sent: None, pending: false, last_keyframe: None }
     }
 
     /// A subscriber (or a layer switch) wants a keyframe. Returns true when a request
@@ -58,11 +53,7 @@ impl KeyframeGate {
 
     /// When [`KeyframeGate::handle_timeout`] should next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.pending {
-            self.last_sent.map(|t| t + self.min_interval)
-        } else {
-            None
-        }
+        if self.pending { self.last_sent.map(|t| t + self.min_interval) } else { None }
     }
 
     /// Returns true when an absorbed request must now be sent upstream.

@@ -140,36 +140,13 @@ impl Quality {
 #[derive(Debug, Clone)]
 pub enum SfuEvent {
     /// Send this offer for the participant's subscribe pc.
-    SubscriberOffer {
-        participant: ParticipantId,
-        sdp: String,
-        tracks: Vec<TrackMapping>,
-    },
-    TrackPublished {
-        room: RoomId,
-        track: TrackInfo,
-    },
-    TrackUnpublished {
-        room: RoomId,
-        track: TrackId,
-        owner: ParticipantId,
-    },
-    ActiveSpeaker {
-        room: RoomId,
-        participant: Option<ParticipantId>,
-    },
-    Quality {
-        room: RoomId,
-        stats: Vec<QualityStat>,
-    },
-    MediaConnected {
-        participant: ParticipantId,
-        pc: PcRole,
-    },
-    MediaDisconnected {
-        participant: ParticipantId,
-        pc: PcRole,
-    },
+    SubscriberOffer { participant: ParticipantId, sdp: String, tracks: Vec<TrackMapping> },
+    TrackPublished { room: RoomId, track: TrackInfo },
+    TrackUnpublished { room: RoomId, track: TrackId, owner: ParticipantId },
+    ActiveSpeaker { room: RoomId, participant: Option<ParticipantId> },
+    Quality { room: RoomId, stats: Vec<QualityStat> },
+    MediaConnected { participant: ParticipantId, pc: PcRole },
+    MediaDisconnected { participant: ParticipantId, pc: PcRole },
 }
 
 #[derive(Debug, thiserror::Error)]

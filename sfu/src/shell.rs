@@ -10,9 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::{Counters, Input, Output, Sfu, SfuConfig};
 use crate::udp::MediaSocket;
-use crate::{
-    ParticipantId, PcRole, Preference, RoomId, SfuError, SfuEvent, TrackDecl, TrackId, TrackSource,
-};
+use crate::{ParticipantId, PcRole, Preference, RoomId, SfuError, SfuEvent, TrackDecl, TrackId, TrackSource};
 
 type Reply<T> = oneshot::Sender<Result<T, SfuError>>;
 
@@ -61,38 +59,19 @@ impl SfuHandle {
         call!(self, Join(room, pid))
     }
 
-    pub async fn publish(
-        &self,
-        pid: ParticipantId,
-        offer: String,
-        decls: Vec<TrackDecl>,
-    ) -> Result<String, SfuError> {
+    pub async fn publish(&self, pid: ParticipantId, offer: String, decls: Vec<TrackDecl>) -> Result<String, SfuError> {
         call!(self, Publish(pid, offer, decls))
     }
 
-    pub async fn subscriber_answer(
-        &self,
-        pid: ParticipantId,
-        answer: String,
-    ) -> Result<(), SfuError> {
+    pub async fn subscriber_answer(&self, pid: ParticipantId, answer: String) -> Result<(), SfuError> {
         call!(self, Answer(pid, answer))
     }
 
-    pub async fn add_candidate(
-        &self,
-        pid: ParticipantId,
-        role: PcRole,
-        cand: String,
-    ) -> Result<(), SfuError> {
+    pub async fn add_candidate(&self, pid: ParticipantId, role: PcRole, cand: String) -> Result<(), SfuError> {
         call!(self, Candidate(pid, role, cand))
     }
 
-    pub async fn set_preference(
-        &self,
-        pid: ParticipantId,
-        track: TrackId,
-        pref: Preference,
-    ) -> Result<(), SfuError> {
+    pub async fn set_preference(&self, pid: ParticipantId, track: TrackId, pref: Preference) -> Result<(), SfuError> {
         call!(self, Preference(pid, track, pref))
     }
 
@@ -110,46 +89,31 @@ impl SfuHandle {
 
     pub async fn stats(&self) -> Result<Stats, SfuError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Stats(tx))
-            .map_err(|_| SfuError::Stopped)?;
+        self.tx.send(Command::Stats(tx)).map_err(|_| SfuError::Stopped)?;
         rx.await.map_err(|_| SfuError::Stopped)
     }
 }
 
 /// Starts the SFU on its own thread. It stops when every [`SfuHandle`] is dropped.
 /// `cfg.candidates` empty means "advertise the socket's own address".
-pub fn spawn(
-    socket: StdUdpSocket,
-    mut cfg: SfuConfig,
-) -> Result<(SfuHandle, mpsc::UnboundedReceiver<SfuEvent>), SfuError> {
+pub fn spawn(socket: StdUdpSocket, mut cfg: SfuConfig) -> Result<(SfuHandle, mpsc::UnboundedReceiver<SfuEvent>), SfuError> {
     let local_addr = socket.local_addr()?;
     if cfg.candidates.is_empty() {
         cfg.candidates.push(local_addr);
     }
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     // The socket registers with this runtime's reactor; `enter` (not `block_on`) because
     // callers may themselves be inside a runtime. Failure is reported here.
     let io = {
         let _guard = rt.enter();
         MediaSocket::new(socket)?
     };
-    std::thread::Builder::new()
-        .name("sfu".into())
-        .spawn(move || {
-            rt.block_on(run(io, cfg, cmd_rx, ev_tx));
-        })?;
-    Ok((
-        SfuHandle {
-            tx: cmd_tx,
-            local_addr,
-        },
-        ev_rx,
-    ))
+    std::thread::Builder::new().name("sfu".into()).spawn(move || {
+        rt.block_on(run(io, cfg, cmd_rx, ev_tx));
+    })?;
+    Ok((SfuHandle { tx: cmd_tx, local_addr }, ev_rx))
 }
 
 #[allow(clippy::disallowed_methods)] // the shell is where time comes from

@@ -92,10 +92,6 @@ impl MediaSocket {
         self.queue.push(t);
     }
 
-    pub(crate) fn queued(&self) -> usize {
-        self.queue.len()
-    }
-
     /// Sends everything queued, waiting for buffer space if the kernel has none.
     pub(crate) async fn flush(&mut self) {
         if self.queue.is_empty() {

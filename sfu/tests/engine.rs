@@ -7,14 +7,9 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use sfu::{
-    Input, Output, ParticipantId, Preference, QualityPref, Sfu, SfuConfig, SfuEvent, TrackDecl,
-    TrackSource,
-};
+use sfu::{Input, Output, ParticipantId, Preference, QualityPref, Sfu, SfuConfig, SfuEvent, TrackDecl, TrackSource};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::media::{
-    Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid, Simulcast, SimulcastLayer,
-};
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Rtc};
 
@@ -53,20 +48,9 @@ struct Client {
 impl Client {
     fn new(now: Instant, addr: &str) -> Self {
         let addr: SocketAddr = addr.parse().unwrap();
-        let mut rtc = Rtc::builder()
-            .clear_codecs()
-            .enable_vp8(true)
-            .enable_opus(true, false)
-            .build(now);
+        let mut rtc = Rtc::builder().clear_codecs().enable_vp8(true).enable_opus(true, false).build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
-        Self {
-            rtc,
-            addr,
-            frames: vec![],
-            audio_frames: 0,
-            keyframe_requests: vec![],
-            nacks_seen: 0,
-        }
+        Self { rtc, addr, frames: vec![], audio_frames: 0, keyframe_requests: vec![], nacks_seen: 0 }
     }
 }
 
@@ -89,9 +73,7 @@ impl Link {
             return None;
         }
         let latency = Duration::from_millis(10);
-        let Some(rate) = self.rate_bps else {
-            return Some(now + latency);
-        };
+        let Some(rate) = self.rate_bps else { return Some(now + latency) };
         let start = self.busy_until.map_or(now, |b| b.max(now));
         if start.saturating_duration_since(now) > Duration::from_millis(250) {
             return None; // queue full
@@ -118,20 +100,8 @@ struct World {
 impl World {
     fn new() -> Self {
         let now = Instant::now();
-        let cfg = SfuConfig {
-            candidates: vec![SFU_ADDR.parse().unwrap()],
-            ..Default::default()
-        };
-        Self {
-            now,
-            sfu: Sfu::new(cfg, now),
-            clients: vec![],
-            down: vec![],
-            in_flight: VecDeque::new(),
-            events: vec![],
-            sub_mids: vec![],
-            audio_mid: None,
-        }
+        let cfg = SfuConfig { candidates: vec![SFU_ADDR.parse().unwrap()], ..Default::default() };
+        Self { now, sfu: Sfu::new(cfg, now), clients: vec![], down: vec![], in_flight: VecDeque::new(), events: vec![], sub_mids: vec![], audio_mid: None }
     }
 
     fn add_client(&mut self) -> usize {
@@ -145,12 +115,9 @@ impl World {
         loop {
             match self.sfu.poll_output() {
                 Output::Transmit(t) => {
-                    let Some(i) = self.clients.iter().position(|c| c.addr == t.destination) else {
-                        continue;
-                    };
+                    let Some(i) = self.clients.iter().position(|c| c.addr == t.destination) else { continue };
                     if let Some(at) = self.down[i].admit(self.now, t.contents.len()) {
-                        self.in_flight
-                            .push_back((at, t.source, t.destination, t.contents));
+                        self.in_flight.push_back((at, t.source, t.destination, t.contents));
                     }
                 }
                 Output::Event(e) => self.events.push(e),
@@ -164,29 +131,18 @@ impl World {
             match self.clients[i].rtc.poll_output().unwrap() {
                 str0m::Output::Transmit(t) => {
                     let at = self.now + Duration::from_millis(10);
-                    self.in_flight
-                        .push_back((at, t.source, t.destination, t.contents.into()));
+                    self.in_flight.push_back((at, t.source, t.destination, t.contents.into()));
                 }
                 str0m::Output::Event(e) => {
                     let now = self.now;
                     let c = &mut self.clients[i];
                     match e {
-                        Event::MediaData(d)
-                            if d.params.spec().codec == str0m::format::Codec::Vp8 =>
-                        {
-                            c.frames.push((
-                                now,
-                                d.data.get(10).copied().unwrap_or(255),
-                                d.contiguous,
-                            ));
+                        Event::MediaData(d) if d.params.spec().codec == str0m::format::Codec::Vp8 => {
+                            c.frames.push((now, d.data.get(10).copied().unwrap_or(255), d.contiguous));
                         }
                         Event::MediaData(_) => c.audio_frames += 1,
-                        Event::KeyframeRequest(r) => c
-                            .keyframe_requests
-                            .push((now, r.rid.map(|r| r.to_string()))),
-                        Event::MediaEgressStats(s) => {
-                            c.nacks_seen = c.nacks_seen.max(s.nacks as usize)
-                        }
+                        Event::KeyframeRequest(r) => c.keyframe_requests.push((now, r.rid.map(|r| r.to_string()))),
+                        Event::MediaEgressStats(s) => c.nacks_seen = c.nacks_seen.max(s.nacks as usize),
                         _ => {}
                     }
                 }
@@ -212,23 +168,13 @@ impl World {
             });
             for (_, src, dst, data) in due {
                 if dst == SFU_ADDR.parse().unwrap() {
-                    self.sfu.handle_input(Input::Datagram {
-                        now,
-                        source: src,
-                        destination: dst,
-                        contents: &data,
-                    });
+                    self.sfu.handle_input(Input::Datagram { now, source: src, destination: dst, contents: &data });
                     self.sfu_out();
                 } else if let Some(i) = self.clients.iter().position(|c| c.addr == dst) {
                     let contents = data.as_slice().try_into().unwrap();
                     let _ = self.clients[i].rtc.handle_input(str0m::Input::Receive(
                         now,
-                        Receive {
-                            proto: Protocol::Udp,
-                            source: src,
-                            destination: dst,
-                            contents,
-                        },
+                        Receive { proto: Protocol::Udp, source: src, destination: dst, contents },
                     ));
                     self.client_out(i);
                 }
@@ -249,34 +195,22 @@ impl World {
             .events
             .iter()
             .filter_map(|e| match e {
-                SfuEvent::SubscriberOffer {
-                    participant,
-                    sdp,
-                    tracks,
-                } => {
+                SfuEvent::SubscriberOffer { participant, sdp, tracks } => {
                     for t in tracks {
-                        self.sub_mids
-                            .push((participant.0, t.track.id, Mid::from(t.mid.as_str())));
+                        self.sub_mids.push((participant.0, t.track.id, Mid::from(t.mid.as_str())));
                     }
                     Some((*participant, sdp.clone()))
                 }
                 _ => None,
             })
             .collect();
-        self.events
-            .retain(|e| !matches!(e, SfuEvent::SubscriberOffer { .. }));
+        self.events.retain(|e| !matches!(e, SfuEvent::SubscriberOffer { .. }));
         for (pid, sdp) in offers {
             // Subscriber pcs are clients with index pid*2+1 (see `join`).
             let i = (pid.0 * 2 + 1) as usize;
-            let answer = self.clients[i]
-                .rtc
-                .sdp_api()
-                .accept_offer(SdpOffer::from_sdp_string(&sdp).unwrap())
-                .unwrap();
+            let answer = self.clients[i].rtc.sdp_api().accept_offer(SdpOffer::from_sdp_string(&sdp).unwrap()).unwrap();
             self.client_out(i);
-            self.sfu
-                .subscriber_answer(self.now, pid, &answer.to_sdp_string())
-                .unwrap();
+            self.sfu.subscriber_answer(self.now, pid, &answer.to_sdp_string()).unwrap();
             self.sfu_out();
         }
     }
@@ -286,9 +220,7 @@ impl World {
         let p = self.add_client();
         let s = self.add_client();
         assert_eq!((p, s), ((pid * 2) as usize, (pid * 2 + 1) as usize));
-        self.sfu
-            .join(self.now, "room".into(), ParticipantId(pid))
-            .unwrap();
+        self.sfu.join(self.now, "room".into(), ParticipantId(pid)).unwrap();
         self.sfu_out();
         if !publish {
             return (p, s, None);
@@ -302,27 +234,12 @@ impl World {
         let amid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
         let (offer, pending): (SdpOffer, SdpPendingOffer) = api.apply().unwrap();
         let decls = vec![
-            TrackDecl {
-                mid: vmid.to_string(),
-                kind: MediaKind::Video,
-                source: TrackSource::Camera,
-            },
-            TrackDecl {
-                mid: amid.to_string(),
-                kind: MediaKind::Audio,
-                source: TrackSource::Mic,
-            },
+            TrackDecl { mid: vmid.to_string(), kind: MediaKind::Video, source: TrackSource::Camera },
+            TrackDecl { mid: amid.to_string(), kind: MediaKind::Audio, source: TrackSource::Mic },
         ];
-        let answer = self
-            .sfu
-            .publish(self.now, ParticipantId(pid), &offer.to_sdp_string(), &decls)
-            .unwrap();
+        let answer = self.sfu.publish(self.now, ParticipantId(pid), &offer.to_sdp_string(), &decls).unwrap();
         self.sfu_out();
-        self.clients[p]
-            .rtc
-            .sdp_api()
-            .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
-            .unwrap();
+        self.clients[p].rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).unwrap();
         self.client_out(p);
         self.audio_mid = Some(amid);
         (p, s, Some(vmid))
@@ -336,46 +253,24 @@ impl World {
         while self.now < end {
             let n = *frame_no;
             *frame_no += 1;
-            let pending_kf: Vec<Option<String>> = self.clients[p].keyframe_requests[handled_kf..]
-                .iter()
-                .map(|(_, r)| r.clone())
-                .collect();
+            let pending_kf: Vec<Option<String>> =
+                self.clients[p].keyframe_requests[handled_kf..].iter().map(|(_, r)| r.clone()).collect();
             handled_kf = self.clients[p].keyframe_requests.len();
-            let vpt = self.clients[p]
-                .rtc
-                .codec_config()
-                .params()
-                .iter()
-                .find(|x| x.spec().codec == str0m::format::Codec::Vp8)
-                .unwrap()
-                .pt();
+            let vpt = self.clients[p].rtc.codec_config().params().iter().find(|x| x.spec().codec == str0m::format::Codec::Vp8).unwrap().pt();
             let t = MediaTime::new(u64::from(n) * 3000, Frequency::NINETY_KHZ);
             for (l, rid) in RIDS.iter().enumerate() {
-                let key = n.is_multiple_of(90)
-                    || pending_kf
-                        .iter()
-                        .any(|r| r.as_deref() == Some(rid) || r.is_none());
+                let key = n.is_multiple_of(90) || pending_kf.iter().any(|r| r.as_deref() == Some(rid) || r.is_none());
                 let now = self.now;
                 if let Some(w) = self.clients[p].rtc.writer(vmid) {
-                    w.rid((*rid).into())
-                        .write(vpt, now, t, vp8_frame(l, key, n))
-                        .unwrap();
+                    w.rid((*rid).into()).write(vpt, now, t, vp8_frame(l, key, n)).unwrap();
                 }
                 self.client_out(p);
             }
             if let Some(amid) = amid {
-                let apt = self.clients[p]
-                    .rtc
-                    .codec_config()
-                    .params()
-                    .iter()
-                    .find(|x| x.spec().codec == str0m::format::Codec::Opus)
-                    .unwrap()
-                    .pt();
+                let apt = self.clients[p].rtc.codec_config().params().iter().find(|x| x.spec().codec == str0m::format::Codec::Opus).unwrap().pt();
                 let now = self.now;
                 for k in 0..2u64 {
-                    let at =
-                        MediaTime::new((u64::from(n) * 2 + k) * 960, Frequency::FORTY_EIGHT_KHZ);
+                    let at = MediaTime::new((u64::from(n) * 2 + k) * 960, Frequency::FORTY_EIGHT_KHZ);
                     if let Some(w) = self.clients[p].rtc.writer(amid) {
                         w.write(apt, now, at, vec![0xfc; 60]).unwrap();
                     }
@@ -387,12 +282,7 @@ impl World {
     }
 
     fn layers_received(&self, c: usize, since: Instant) -> Vec<u8> {
-        self.clients[c]
-            .frames
-            .iter()
-            .filter(|f| f.0 >= since)
-            .map(|f| f.1)
-            .collect()
+        self.clients[c].frames.iter().filter(|f| f.0 >= since).map(|f| f.1).collect()
     }
 }
 
@@ -418,11 +308,7 @@ fn forwards_full_layer_then_lower_layer_when_bandwidth_drops() {
     w.publish_for(p, vmid.unwrap(), Duration::from_secs(2), &mut n);
     let got = w.layers_received(s, t_full);
     assert!(got.len() > 40, "subscriber got {} frames", got.len());
-    assert_eq!(
-        dominant(&got),
-        Some(2),
-        "with plenty of bandwidth the full layer flows: {got:?}"
-    );
+    assert_eq!(dominant(&got), Some(2), "with plenty of bandwidth the full layer flows: {got:?}");
 
     // The downlink shrinks to 600 kbit/s: the estimate falls and the allocator moves the
     // subscriber to the 360 kbit/s layer (on one of its keyframes).
@@ -431,16 +317,9 @@ fn forwards_full_layer_then_lower_layer_when_bandwidth_drops() {
     let t_low = w.now;
     w.publish_for(p, vmid.unwrap(), Duration::from_secs(3), &mut n);
     let got = w.layers_received(s, t_low);
-    assert!(
-        got.len() > 40,
-        "subscriber got {} frames after the drop",
-        got.len()
-    );
+    assert!(got.len() > 40, "subscriber got {} frames after the drop", got.len());
     let d = dominant(&got);
-    assert!(
-        d.is_some_and(|l| l < 2),
-        "after the drop a lower layer flows, got {got:?}"
-    );
+    assert!(d.is_some_and(|l| l < 2), "after the drop a lower layer flows, got {got:?}");
     assert!(w.sfu.counters().layer_switches >= 1);
 }
 
@@ -453,16 +332,7 @@ fn rendered_size_picks_the_layer() {
     w.publish_for(p, vmid.unwrap(), Duration::from_secs(3), &mut n);
     let track = sfu::TrackId(1);
     w.sfu
-        .set_preference(
-            w.now,
-            ParticipantId(1),
-            track,
-            Preference {
-                quality: QualityPref::High,
-                max_width: Some(320),
-                max_height: Some(180),
-            },
-        )
+        .set_preference(w.now, ParticipantId(1), track, Preference { quality: QualityPref::High, max_width: Some(320), max_height: Some(180) })
         .unwrap();
     w.publish_for(p, vmid.unwrap(), Duration::from_secs(2), &mut n);
     let t = w.now;
@@ -489,15 +359,8 @@ fn nack_on_the_downlink_is_served_by_the_sfu() {
     assert!(after.len() > 50);
     // Every frame came out complete: the holes were filled by retransmission from the
     // SFU's buffer, not papered over by a keyframe from the publisher.
-    assert!(
-        after.iter().all(|f| f.2),
-        "a frame reached the decoder incomplete"
-    );
-    assert_eq!(
-        w.clients[p].keyframe_requests.len(),
-        kf_before,
-        "the publisher was asked for a keyframe"
-    );
+    assert!(after.iter().all(|f| f.2), "a frame reached the decoder incomplete");
+    assert_eq!(w.clients[p].keyframe_requests.len(), kf_before, "the publisher was asked for a keyframe");
     let counters = w.sfu.counters();
     assert!(counters.rtp_forwarded > 0);
 }
@@ -516,26 +379,14 @@ fn keyframe_requests_from_many_subscribers_are_coalesced() {
     let t0 = w.now;
     // Every subscriber asks for a keyframe at the same moment.
     for (pid, &s) in (1u64..).zip(&subs) {
-        let mid = w
-            .sub_mids
-            .iter()
-            .find(|(p, t, _)| *p == pid && *t == sfu::TrackId(1))
-            .map(|x| x.2)
-            .expect("video mid");
+        let mid = w.sub_mids.iter().find(|(p, t, _)| *p == pid && *t == sfu::TrackId(1)).map(|x| x.2).expect("video mid");
         let mut wr = w.clients[s].rtc.writer(mid).expect("writer");
         wr.request_keyframe(None, KeyframeRequestKind::Pli).unwrap();
         w.client_out(s);
     }
     w.publish_for(p, vmid.unwrap(), Duration::from_millis(300), &mut n);
-    let got: Vec<_> = w.clients[p].keyframe_requests[before..]
-        .iter()
-        .filter(|(t, _)| *t >= t0)
-        .collect();
-    assert_eq!(
-        got.len(),
-        1,
-        "5 PLIs within 300 ms should reach the publisher once: {got:?}"
-    );
+    let got: Vec<_> = w.clients[p].keyframe_requests[before..].iter().filter(|(t, _)| *t >= t0).collect();
+    assert_eq!(got.len(), 1, "5 PLIs within 300 ms should reach the publisher once: {got:?}");
     assert!(w.sfu.counters().keyframe_requests_absorbed >= 4);
 }
 
@@ -550,8 +401,7 @@ fn audio_reaches_every_other_participant_and_leave_cleans_up() {
     assert!(w.clients[s1].audio_frames > 50 && w.clients[s2].audio_frames > 50);
     w.sfu.leave(w.now, ParticipantId(0));
     w.sfu_out();
-    assert!(w.events.iter().any(
-        |e| matches!(e, SfuEvent::TrackUnpublished { owner, .. } if *owner == ParticipantId(0))
-    ));
+    assert!(w.events.iter().any(|e| matches!(e, SfuEvent::TrackUnpublished { owner, .. } if *owner == ParticipantId(0))));
     assert_eq!(w.sfu.participant_count(), 2);
 }
+
