@@ -115,6 +115,8 @@ struct Peer {
     role: PcRole,
     timeout: Instant,
     connected: bool,
+    /// Written to since it was last drained (listed in `Sfu::dirty`).
+    dirty: bool,
     /// Publisher streams already resolved to (track, layer).
     ssrcs: HashMap<Ssrc, (TrackId, Layer)>,
 }
@@ -218,6 +220,11 @@ pub struct Sfu {
     next_track: u64,
     out: VecDeque<Output>,
     deferred: VecDeque<(PeerKey, Event)>,
+    /// Subscribe pcs written to and not drained yet. Draining once per batch instead of
+    /// once per forwarded packet lets str0m compute its next timeout once per peer.
+    dirty: Vec<PeerKey>,
+    /// The latest input time, for events that draining a dirty peer yields.
+    last_now: Instant,
     /// The time the engine was created; the base of timeouts before any input.
     epoch: Instant,
     last_tick: Option<Instant>,
@@ -250,6 +257,8 @@ impl Sfu {
             next_track: 1,
             out: VecDeque::new(),
             deferred: VecDeque::new(),
+            dirty: Vec::new(),
+            last_now: now,
             last_tick: None,
             last_alloc: None,
             last_rates: None,
@@ -468,6 +477,10 @@ impl Sfu {
     // ---------------------------------------------------------------- sans-IO core
 
     pub fn handle_input(&mut self, input: Input<'_>) {
+        let now = match &input {
+            Input::Timeout(now) | Input::Datagram { now, .. } => *now,
+        };
+        self.last_now = self.last_now.max(now);
         match input {
             Input::Timeout(now) => self.handle_timeout(now),
             Input::Datagram { now, source, destination, contents } => {
@@ -507,6 +520,12 @@ impl Sfu {
     pub fn poll_output(&mut self) -> Output {
         if let Some(o) = self.out.pop_front() {
             return o;
+        }
+        if !self.dirty.is_empty() {
+            self.drain_dirty();
+            if let Some(o) = self.out.pop_front() {
+                return o;
+            }
         }
         let next_tick = self.last_tick.map(|t| t + TICK);
         let peer_min = self.peers.values().map(|p| p.timeout).chain(self.protect_timeout()).min();
@@ -624,7 +643,7 @@ impl Sfu {
         self.next_peer = self.next_peer.wrapping_add(1).max(1);
         self.peers.insert(
             key,
-            Peer { rtc, participant: pid, role, timeout: now, connected: false, ssrcs: HashMap::new() },
+            Peer { rtc, participant: pid, role, timeout: now, connected: false, dirty: false, ssrcs: HashMap::new() },
         );
         key
     }
@@ -633,6 +652,19 @@ impl Sfu {
     fn drain(&mut self, key: PeerKey) {
         if let Some(peer) = self.peers.get_mut(&key) {
             drain_peer(peer, key, &mut self.out, &mut self.deferred);
+        }
+    }
+
+    /// Drains the peers forwarded packets were written to, and whatever that causes.
+    fn drain_dirty(&mut self) {
+        while !self.dirty.is_empty() {
+            for key in std::mem::take(&mut self.dirty) {
+                if let Some(peer) = self.peers.get_mut(&key) {
+                    peer.dirty = false;
+                    drain_peer(peer, key, &mut self.out, &mut self.deferred);
+                }
+            }
+            self.run_deferred(self.last_now);
         }
     }
 
@@ -1174,7 +1206,10 @@ impl Sfu {
                 tx.write_rtp(w);
             }
             self.counters.rtp_forwarded += 1;
-            drain_peer(speer, skey, &mut self.out, &mut self.deferred);
+            if !speer.dirty {
+                speer.dirty = true;
+                self.dirty.push(skey);
+            }
         }
         for l in want_kf {
             self.keyframe_wanted(now, tid, l);

@@ -11,6 +11,7 @@ pub mod forward;
 pub mod keyframe;
 pub mod protect;
 pub mod shell;
+mod udp;
 
 use std::fmt;
 use std::time::Duration;
