@@ -7,6 +7,7 @@
 //! path so both pay the same kernel costs. The terminals run in a child process (this
 //! binary, hidden subcommand `__clients`) entered into the client namespace.
 
+mod admin;
 mod clients;
 mod janus;
 mod netns;
@@ -38,7 +39,7 @@ pub struct Opts {
     pub client_threads: usize,
 }
 
-const USAGE: &str = "usage: bench sfu-forward [--publishers P] [--subscribers S] [--seconds N] \
+const USAGE: &str = "usage: bench admin [--quick] (see bench/README.md) | bench sfu-forward [--publishers P] [--subscribers S] [--seconds N] \
 [--warmup W] [--no-janus] [--no-huitong] [--simulcast] [--no-strace] [--client-threads T]";
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
@@ -96,6 +97,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("sfu-forward") => sfu_forward(parse_opts(&args[1..])?),
+        Some("admin") => admin::main(&args[1..]),
         Some("__clients") => clients::main(&args[1..]),
         Some("__serve") => serve_main(),
         _ => {
