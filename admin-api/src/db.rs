@@ -27,6 +27,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "recordings",
         include_str!("../migrations/0002_recordings.sql"),
     ),
+    (
+        3,
+        "user listing index",
+        include_str!("../migrations/0003_user_listing.sql"),
+    ),
 ];
 
 /// Statements that exist in one dialect only: an index PostgreSQL can use for the

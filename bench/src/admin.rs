@@ -22,7 +22,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 const USAGE: &str = "usage: bench admin [--quick] [--users N] [--concurrency C] [--db sqlite|postgres|both] \
-[--server-threads T] [--client-threads T] [--login-rounds R] [--rounds R]";
+[--server-threads T] [--client-threads T] [--login-rounds R] [--rounds R] [--think-ms MS]";
 
 /// Password of every bench account: passes the default policy (12+ chars, 3 classes).
 const PASSWORD: &str = "Huitong-Bench-2026";
@@ -39,6 +39,10 @@ struct Opts {
     login_rounds: usize,
     /// Requests per client for the list, create-meeting and sign-in phases.
     rounds: usize,
+    /// Mean pause of a client between its requests (uniform in 0..2×), not timed. 0 is a
+    /// closed loop: every client always has a request in flight, so latency is
+    /// concurrency / throughput (Little's law).
+    think_ms: u64,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
@@ -52,6 +56,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         client_threads: cores,
         login_rounds: 2,
         rounds: 10,
+        think_ms: 0,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -72,6 +77,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--client-threads" => o.client_threads = num()?.max(1),
             "--login-rounds" => o.login_rounds = num()?.max(1),
             "--rounds" => o.rounds = num()?.max(1),
+            "--think-ms" => o.think_ms = num()? as u64,
             "--db" => {
                 let v = it.next().ok_or_else(|| anyhow!("--db needs a value"))?;
                 (o.sqlite, o.postgres) = match v.as_str() {
@@ -115,9 +121,10 @@ pub fn main(args: &[String]) -> Result<()> {
     }
     println!();
     println!(
-        "admin bench: {} users, {} concurrent HTTP/1.1 keep-alive clients; server {} threads, clients {} threads, {} cores; load average at start/end per db below",
+        "admin bench: {} users, {} concurrent HTTP/1.1 keep-alive clients (think time {} ms); server {} threads, clients {} threads, {} cores; load average at start/end per db below",
         o.users,
         o.concurrency,
+        o.think_ms,
         o.server_threads,
         o.client_threads,
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -467,11 +474,11 @@ impl Samples {
         let idx = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
         v[idx.min(v.len() - 1)]
     }
-    fn json(&self, db: &str, op: &str, concurrency: usize) -> Value {
+    fn json(&self, db: &str, op: &str, concurrency: usize, think_ms: u64) -> Value {
         let r = |x: f64| (x * 100.0).round() / 100.0;
         let n = self.ok_ms.len();
         json!({
-            "bench": "admin", "db": db, "op": op, "concurrency": concurrency,
+            "bench": "admin", "db": db, "op": op, "concurrency": concurrency, "think_ms": think_ms,
             "requests": n, "errors": self.errors,
             "p50_ms": r(self.pct(50.0)), "p90_ms": r(self.pct(90.0)), "p99_ms": r(self.pct(99.0)),
             "max_ms": r(self.pct(100.0)),
@@ -517,6 +524,14 @@ where
     }
     all.wall_s = t0.elapsed().as_secs_f64();
     Ok(all)
+}
+
+/// A client's pause between two requests.
+async fn think(mean_ms: u64, rng: &mut Rng) {
+    if mean_ms > 0 {
+        let ms = rng.below(2 * mean_ms as usize + 1) as u64;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
 }
 
 /// Time one request; a non-200 answer counts as an error, not a sample.
@@ -735,6 +750,7 @@ async fn drive(
         let ids = Arc::new(ids.clone());
         let accounts = Arc::clone(&accounts);
         let rounds = o.login_rounds;
+        let think_ms = o.think_ms;
         phase(&mut conns, move |i, mut conn| {
             let names = Arc::clone(&names);
             let ids = Arc::clone(&ids);
@@ -742,7 +758,9 @@ async fn drive(
             async move {
                 let mut s = Samples::default();
                 let body = json!({"username": names[i], "password": PASSWORD});
+                let mut rng = Rng(0xa0a0 + i as u64);
                 for _ in 0..rounds {
+                    think(think_ms, &mut rng).await;
                     if let Some(b) = timed(
                         &mut conn,
                         &mut s,
@@ -770,7 +788,7 @@ async fn drive(
         })
         .await?
     };
-    let line = login_s.json(db, "login", c);
+    let line = login_s.json(db, "login", c, o.think_ms);
     println!("{line}");
     lines.push(line);
     let accounts: Vec<Account> = accounts
@@ -815,6 +833,7 @@ async fn drive(
         let subtree_ids = Arc::new(subtree_ids);
         let token = Arc::new(sys_token.clone());
         let rounds = o.rounds;
+        let think_ms = o.think_ms;
         phase(&mut conns, move |i, mut conn| {
             let subtree_ids = Arc::clone(&subtree_ids);
             let token = Arc::clone(&token);
@@ -822,6 +841,7 @@ async fn drive(
                 let mut s = Samples::default();
                 let mut rng = Rng(0xb0b0 + i as u64);
                 for _ in 0..rounds {
+                    think(think_ms, &mut rng).await;
                     let org = *rng.pick(&subtree_ids);
                     let page = rng.below(5);
                     let path = format!(
@@ -843,7 +863,7 @@ async fn drive(
         })
         .await?
     };
-    let line = list_s.json(db, "list_users_subtree", c);
+    let line = list_s.json(db, "list_users_subtree", c, o.think_ms);
     println!("{line}");
     lines.push(line);
 
@@ -856,6 +876,7 @@ async fn drive(
     let create_s = {
         let accounts = Arc::clone(&accounts);
         let rounds = o.rounds;
+        let think_ms = o.think_ms;
         phase(&mut conns, move |i, mut conn| {
             let accounts = Arc::clone(&accounts);
             async move {
@@ -864,7 +885,9 @@ async fn drive(
                 let peers: Vec<i64> = (1..=5)
                     .map(|k| accounts[(i + k * 7) % accounts.len()].id)
                     .collect();
+                let mut rng = Rng(0xc0c0 + i as u64);
                 for r in 0..rounds {
+                    think(think_ms, &mut rng).await;
                     let body = json!({
                         "title": format!("{}的组织生活会 第{}次", me.username, r + 1),
                         "starts_at_ms": start_ms + (r as i64) * 3_600_000,
@@ -887,7 +910,7 @@ async fn drive(
         })
         .await?
     };
-    let line = create_s.json(db, "create_meeting", c);
+    let line = create_s.json(db, "create_meeting", c, o.think_ms);
     println!("{line}");
     lines.push(line);
 
@@ -936,12 +959,15 @@ async fn drive(
     let signin_s = {
         let accounts = Arc::clone(&accounts);
         let signins = Arc::new(signins.clone());
+        let think_ms = o.think_ms;
         phase(&mut conns, move |i, mut conn| {
             let accounts = Arc::clone(&accounts);
             let signins = Arc::clone(&signins);
             async move {
                 let mut s = Samples::default();
+                let mut rng = Rng(0xd0d0 + i as u64);
                 for (mid, sid) in signins.iter() {
+                    think(think_ms, &mut rng).await;
                     timed(
                         &mut conn,
                         &mut s,
@@ -957,7 +983,7 @@ async fn drive(
         })
         .await?
     };
-    let line = signin_s.json(db, "signin_submit", c);
+    let line = signin_s.json(db, "signin_submit", c, o.think_ms);
     println!("{line}");
     lines.push(line);
     // The roll call must have counted every submission.
