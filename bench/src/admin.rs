@@ -657,7 +657,7 @@ async fn drive(
         .to_owned();
     let me = ok_json(
         admin
-            .json(hyper::Method::GET, "/api/v1/auth/me", Some(&sys_token), None)
+            .json(hyper::Method::GET, "/api/v1/me", Some(&sys_token), None)
             .await?,
         "me",
     )?;
