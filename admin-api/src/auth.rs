@@ -154,6 +154,12 @@ impl AdminState {
         let mut salt = [0u8; 16];
         self.inner.entropy.fill(&mut salt);
         let pw = password.to_owned();
+        let _slot = self
+            .inner
+            .hash_slots
+            .acquire()
+            .await
+            .map_err(|_| Error::Join)?;
         tokio::task::spawn_blocking(move || {
             let salt =
                 SaltString::encode_b64(&salt).map_err(|e| Error::PasswordHash(e.to_string()))?;
@@ -169,6 +175,12 @@ impl AdminState {
         let a = self.argon2()?;
         let pw = password.to_owned();
         let hash = hash.to_owned();
+        let _slot = self
+            .inner
+            .hash_slots
+            .acquire()
+            .await
+            .map_err(|_| Error::Join)?;
         tokio::task::spawn_blocking(move || {
             let Ok(parsed) = PasswordHash::new(&hash) else {
                 return false;
