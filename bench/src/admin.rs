@@ -312,8 +312,8 @@ fn gen_tree(users: usize) -> Tree {
                     VILLAGE_SUFFIX[v % VILLAGE_SUFFIX.len()]
                 );
                 levels[2].push(vname.clone());
-                for b in 0..branches {
-                    levels[3].push(format!("{vname}/第{}党支部", NUMERALS[b]));
+                for numeral in NUMERALS.iter().take(branches) {
+                    levels[3].push(format!("{vname}/第{numeral}党支部"));
                 }
             }
         }
@@ -328,7 +328,7 @@ fn username(i: usize) -> String {
 /// The CSV the import endpoint takes: 90 % of people in branches, the rest in village,
 /// township and county offices; 5 % of phone numbers hidden; a third with e-mail.
 fn gen_csv(tree: &Tree, users: usize) -> Vec<u8> {
-    let mut rng = Rng(0x4855_4954_4f4e_47);
+    let mut rng = Rng(0x0048_5549_544f_4e47);
     let mut out = String::with_capacity(users * 110);
     out.push_str("username,name,org,title,phone,phone_hidden,email,tags\n");
     for i in 0..users {
