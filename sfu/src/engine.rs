@@ -787,14 +787,7 @@ impl Sfu {
             if let Some(id) = existing {
                 // A renegotiation may change the codec (the fallback to VP8 for a
                 // subscriber that cannot decode H.264): learn the new payload types.
-                let codecs: HashMap<u8, PayloadParams> = peer
-                    .rtc
-                    .codec_config()
-                    .params()
-                    .iter()
-                    .filter(|p| media.remote_pts().contains(&p.pt()))
-                    .map(|p| (*p.pt(), *p))
-                    .collect();
+                let codecs = negotiated_codecs(&peer.rtc, media.remote_pts());
                 if let Some(t) = self.tracks.get_mut(&id) {
                     t.codecs = codecs;
                 }
@@ -808,14 +801,7 @@ impl Sfu {
                 };
                 if r.is_empty() { vec![None] } else { r }
             };
-            let codecs = peer
-                .rtc
-                .codec_config()
-                .params()
-                .iter()
-                .filter(|p| media.remote_pts().contains(&p.pt()))
-                .map(|p| (*p.pt(), *p))
-                .collect();
+            let codecs = negotiated_codecs(&peer.rtc, media.remote_pts());
             // Loss protection is for video from peers that negotiated the carrier.
             let carrier = codecs_carrier(&codecs).filter(|_| d.kind == MediaKind::Video);
             let id = TrackId(self.next_track);
@@ -1138,10 +1124,10 @@ impl Sfu {
                 None => {
                     // Only a payload type the subscriber's answer accepted on this m-line:
                     // the local codec config lists codecs the remote may have refused.
-                    let accepted = sub.mid.and_then(|m| speer.rtc.media(m)).map(|m| m.remote_pts().to_vec());
+                    let accepted = sub.mid.and_then(|m| speer.rtc.media(m)).map(|m| m.remote_pts());
                     let mapped = params
                         .and_then(|params| speer.rtc.codec_config().match_params(params).map(|p| *p.pt()))
-                        .filter(|o| accepted.as_ref().is_none_or(|a| a.iter().any(|x| **x == *o)));
+                        .filter(|o| accepted.is_none_or(|a| a.iter().any(|x| **x == *o)));
                     sub.pt_map.push((pt, mapped));
                     if let (None, true, Some(codec)) = (mapped, is_video, codec) {
                         // The subscriber cannot decode this codec (Firefox without
@@ -1549,4 +1535,9 @@ fn drain_peer(peer: &mut Peer, key: PeerKey, out: &mut VecDeque<Output>, deferre
             }
         }
     }
+}
+
+/// The codecs of our config that the remote accepted on an m-line, by payload type.
+fn negotiated_codecs(rtc: &Rtc, remote_pts: &[Pt]) -> HashMap<u8, PayloadParams> {
+    rtc.codec_config().params().iter().filter(|p| remote_pts.contains(&p.pt())).map(|p| (*p.pt(), *p)).collect()
 }

@@ -1035,7 +1035,7 @@ function snapshot() {
 // admin console's session in this tab.
 function joinToken() {
   const fromHash = new URLSearchParams(location.hash.slice(1)).get('token');
-  return fromHash || sessionStorage.getItem('huitong.access_token') || '';
+  return fromHash || sessionStorage.getItem('ht_access') || '';
 }
 
 async function signIn() {
