@@ -4,9 +4,9 @@
 # Build prerequisites: nasm (OpenH264 is 2.8x slower without it), cmake (libopus,
 # aws-lc), pkg-config, clang (bindgen).
 HUITONG_BUILD_PKGS="nasm cmake pkg-config clang libclang-dev"
-# What the tests drive: headless Chromium + ChromeDriver, PostgreSQL (the admin plane's
-# tests run on SQLite and PostgreSQL), the CJK font the MCU draws names with.
-HUITONG_TEST_PKGS="chromium chromium-driver postgresql fonts-wqy-microhei"
+# What the tests drive: headless Chromium + ChromeDriver and Firefox ESR, PostgreSQL (the
+# admin plane's tests run on SQLite and PostgreSQL), the CJK font the MCU draws names with.
+HUITONG_TEST_PKGS="chromium chromium-driver firefox-esr postgresql fonts-wqy-microhei"
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi; }
@@ -20,6 +20,14 @@ huitong_install() {
   echo "installing: ${missing[*]}" >&2
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# geckodriver (Firefox's WebDriver) is not packaged by Debian; crates.io has its source.
+huitong_geckodriver() {
+  local bin="${CARGO_HOME:-$HOME/.cargo}/bin/geckodriver"
+  [ -x "$bin" ] && return 0
+  echo "building geckodriver from crates.io" >&2
+  cargo install --locked --quiet geckodriver --version 0.37.1
 }
 
 # Starts the local PostgreSQL cluster and makes a role and database for the tests

@@ -18,16 +18,22 @@ use sqlx::Row;
 #[serde(deny_unknown_fields)]
 pub struct PasswordPolicy {
     /// Minimum length in characters (8..=128).
+    #[schema(minimum = 8, maximum = 128)]
     pub min_length: u32,
     /// How many of lower case, upper case, digit, other must appear (1..=4).
+    #[schema(minimum = 1, maximum = 4)]
     pub min_classes: u32,
     /// Days until a password must be changed; 0 = never.
+    #[schema(minimum = 0, maximum = 3650)]
     pub max_age_days: u32,
     /// How many previous passwords may not be reused (0..=24).
+    #[schema(minimum = 0, maximum = 24)]
     pub history: u32,
     /// Failed logins in a row before the account locks (1..=100).
+    #[schema(minimum = 1, maximum = 100)]
     pub lockout_threshold: u32,
     /// How long a lock lasts, in minutes (1..=1440).
+    #[schema(minimum = 1, maximum = 1440)]
     pub lockout_minutes: u32,
 }
 
@@ -148,6 +154,12 @@ impl AdminState {
         let mut salt = [0u8; 16];
         self.inner.entropy.fill(&mut salt);
         let pw = password.to_owned();
+        let _slot = self
+            .inner
+            .hash_slots
+            .acquire()
+            .await
+            .map_err(|_| Error::Join)?;
         tokio::task::spawn_blocking(move || {
             let salt =
                 SaltString::encode_b64(&salt).map_err(|e| Error::PasswordHash(e.to_string()))?;
@@ -163,6 +175,12 @@ impl AdminState {
         let a = self.argon2()?;
         let pw = password.to_owned();
         let hash = hash.to_owned();
+        let _slot = self
+            .inner
+            .hash_slots
+            .acquire()
+            .await
+            .map_err(|_| Error::Join)?;
         tokio::task::spawn_blocking(move || {
             let Ok(parsed) = PasswordHash::new(&hash) else {
                 return false;
@@ -258,6 +276,19 @@ impl AdminState {
         password: &str,
         ip: &str,
     ) -> Result<TokenPair, ApiError> {
+        self.login_with_totp(username, password, None, ip).await
+    }
+
+    /// [`AdminState::login`] with the one-time code of an account that has a second
+    /// factor (`totp_required` without it). A wrong or replayed code counts towards
+    /// the lockout like a wrong password.
+    pub async fn login_with_totp(
+        &self,
+        username: &str,
+        password: &str,
+        totp_code: Option<&str>,
+        ip: &str,
+    ) -> Result<TokenPair, ApiError> {
         let now = self.now_ms();
         let policy = self.password_policy().await?;
         let row = sqlx::query(
@@ -343,6 +374,45 @@ impl AdminState {
                 ErrorCode::AccountDisabled,
                 "account disabled",
             ));
+        }
+        match self.totp_login_check(id, totp_code).await {
+            Ok(()) => {}
+            Err(crate::totp::LoginTotp::Error(e)) => return Err(e),
+            Err(crate::totp::LoginTotp::Missing) => {
+                self.audit(audit(
+                    Outcome::Denied,
+                    Some(id),
+                    path,
+                    "second factor required",
+                ))
+                .await?;
+                return Err(ApiError::new(
+                    ErrorCode::TotpRequired,
+                    "this account needs a one-time code (totp_code)",
+                ));
+            }
+            Err(crate::totp::LoginTotp::Rejected(why)) => {
+                let failed = failed + 1;
+                let lock = (failed >= i64::from(policy.lockout_threshold))
+                    .then(|| now + i64::from(policy.lockout_minutes) * 60_000);
+                sqlx::query("UPDATE users SET failed_logins = $1, locked_until = $2 WHERE id = $3")
+                    .bind(if lock.is_some() { 0 } else { failed })
+                    .bind(lock)
+                    .bind(id)
+                    .execute(&self.inner.db.pool)
+                    .await?;
+                let detail = if lock.is_some() {
+                    format!("{why}; account locked")
+                } else {
+                    why
+                };
+                self.audit(audit(Outcome::Failed, Some(id), path, &detail))
+                    .await?;
+                return Err(ApiError::new(
+                    ErrorCode::InvalidCredentials,
+                    "wrong one-time code",
+                ));
+            }
         }
         let expired = policy.max_age_days > 0
             && changed_at.is_some_and(|t| now - t > i64::from(policy.max_age_days) * 86_400_000);

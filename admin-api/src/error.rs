@@ -30,6 +30,8 @@ pub enum Error {
     AuditChain(i64),
     #[error("could not allocate a free meeting number")]
     NumberSpaceExhausted,
+    #[error("spreadsheet: {0}")]
+    Spreadsheet(String),
     #[error("{0}")]
     Api(ApiError),
 }
@@ -46,6 +48,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     Unauthenticated,
     InvalidCredentials,
+    /// The account has a second factor: repeat the login with `totp_code`.
+    TotpRequired,
     AccountLocked,
     AccountDisabled,
     PasswordChangeRequired,
@@ -73,7 +77,7 @@ impl ErrorCode {
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Unauthenticated | InvalidCredentials | TokenExpired | TokenRevoked => {
+            Unauthenticated | InvalidCredentials | TotpRequired | TokenExpired | TokenRevoked => {
                 StatusCode::UNAUTHORIZED
             }
             AccountLocked | AccountDisabled => StatusCode::FORBIDDEN,

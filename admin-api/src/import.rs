@@ -1,5 +1,5 @@
-//! Bulk import of users from CSV, with a per-row error report and progress callbacks
-//! (for the CLI's progress bar). Missing organisations named in the `org` column are
+//! Bulk import of users from CSV or XLSX, with a per-row error report (line, column,
+//! reason) and progress callbacks (for the CLI's progress bar). Missing organisations named in the `org` column are
 //! created below the import root when asked to.
 //!
 //! Columns (header row required, any order): `username`, `name`, `org` (required);
@@ -22,8 +22,11 @@ const MAX_ERRORS: usize = 1000;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RowError {
-    /// Line number in the file (the header is line 1).
+    /// Line number in the file (the header is line 1); for XLSX the sheet's row number.
     pub line: u64,
+    /// The column the error is about, when it is about one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
     pub code: ErrorCode,
     pub message: String,
 }
@@ -39,11 +42,12 @@ pub struct ImportReport {
 }
 
 impl ImportReport {
-    fn fail(&mut self, line: u64, e: ApiError) {
+    fn fail(&mut self, line: u64, column: Option<&str>, e: ApiError) {
         self.failed += 1;
         if self.errors.len() < MAX_ERRORS {
             self.errors.push(RowError {
                 line,
+                column: column.map(str::to_owned),
                 code: e.code,
                 message: e.message,
             });
@@ -140,12 +144,21 @@ struct Row {
     tags: String,
 }
 
-fn parse_row(c: &Columns, r: &csv::StringRecord, line: u64) -> ApiResult<Row> {
+/// A row error and the column it is about.
+type RowFailure = (Option<&'static str>, ApiError);
+
+fn parse_row(c: &Columns, r: &csv::StringRecord, line: u64) -> Result<Row, RowFailure> {
     let get = |i: Option<usize>| i.and_then(|i| r.get(i)).unwrap_or("");
+    let at = |col: &'static str| move |e: ApiError| (Some(col), e);
     let hidden = match get(c.phone_hidden).trim() {
         "" | "0" | "false" | "否" | "no" => false,
         "1" | "true" | "是" | "yes" => true,
-        _ => return Err(ApiError::field("phone_hidden", "1/0, true/false or 是/否")),
+        _ => {
+            return Err((
+                Some("phone_hidden"),
+                ApiError::field("phone_hidden", "1/0, true/false or 是/否"),
+            ));
+        }
     };
     let tags: Vec<String> = get(c.tags)
         .split(';')
@@ -155,15 +168,61 @@ fn parse_row(c: &Columns, r: &csv::StringRecord, line: u64) -> ApiResult<Row> {
         .collect();
     Ok(Row {
         line,
-        username: check_username(get(Some(c.username)))?,
-        name: clean("name", get(Some(c.name)), 1, 100)?,
-        org: clean("org", get(Some(c.org)), 0, 1000)?,
-        title: clean("title", get(c.title), 0, 100)?,
-        phone: clean_phone(Some(get(c.phone)))?,
+        username: check_username(get(Some(c.username))).map_err(at("username"))?,
+        name: clean("name", get(Some(c.name)), 1, 100).map_err(at("name"))?,
+        org: clean("org", get(Some(c.org)), 0, 1000).map_err(at("org"))?,
+        title: clean("title", get(c.title), 0, 100).map_err(at("title"))?,
+        phone: clean_phone(Some(get(c.phone))).map_err(at("phone"))?,
         phone_hidden: hidden,
-        email: check_email(Some(get(c.email)))?,
-        tags: join_tags(&tags)?,
+        email: check_email(Some(get(c.email))).map_err(at("email"))?,
+        tags: join_tags(&tags).map_err(at("tags"))?,
     })
+}
+
+/// Whether a row could be read at all; if not, the column at fault and why.
+pub(crate) type RowRead = Result<(), (Option<String>, ApiError)>;
+
+/// Where import rows come from: a CSV reader or the cells of an XLSX sheet.
+pub(crate) trait RecordSource {
+    /// The header row.
+    fn header(&mut self) -> ApiResult<csv::StringRecord>;
+    /// Fill `rec` with the next row; `None` at the end, otherwise the row's line
+    /// number and whether it could be read at all.
+    fn next_record(&mut self, rec: &mut csv::StringRecord) -> Option<(u64, RowRead)>;
+    /// (done, total) in whatever unit the source counts (bytes for CSV).
+    fn position(&self) -> (u64, u64);
+}
+
+struct CsvSource<'a> {
+    rdr: csv::Reader<&'a [u8]>,
+    total: u64,
+}
+
+impl RecordSource for CsvSource<'_> {
+    fn header(&mut self) -> ApiResult<csv::StringRecord> {
+        self.rdr
+            .headers()
+            .cloned()
+            .map_err(|e| ApiError::new(ErrorCode::InvalidBody, format!("header: {e}")))
+    }
+
+    fn next_record(&mut self, rec: &mut csv::StringRecord) -> Option<(u64, RowRead)> {
+        let line = self.rdr.position().line();
+        match self.rdr.read_record(rec) {
+            Ok(false) => None,
+            Ok(true) => Some((rec.position().map_or(line, |p| p.line()), Ok(()))),
+            // A malformed record (e.g. invalid UTF-8) is that row's error; the reader
+            // continues with the next one.
+            Err(e) => Some((
+                line,
+                Err((None, ApiError::new(ErrorCode::InvalidBody, e.to_string()))),
+            )),
+        }
+    }
+
+    fn position(&self) -> (u64, u64) {
+        (self.rdr.position().byte(), self.total)
+    }
 }
 
 impl AdminState {
@@ -223,51 +282,57 @@ impl AdminState {
         opts: ImportOptions,
         progress: &(dyn Fn(ImportProgress) + Send + Sync),
     ) -> ApiResult<ImportReport> {
-        let mut rdr = csv::ReaderBuilder::new()
+        let rdr = csv::ReaderBuilder::new()
             .flexible(true)
             .has_headers(true)
             .from_reader(data);
-        let header = rdr
-            .headers()
-            .map_err(|e| ApiError::new(ErrorCode::InvalidBody, format!("header: {e}")))?
-            .clone();
+        let mut src = CsvSource {
+            rdr,
+            total: data.len() as u64,
+        };
+        self.import_users_from(&mut src, opts, progress).await
+    }
+
+    /// The one import path for every file format.
+    pub(crate) async fn import_users_from(
+        &self,
+        src: &mut (dyn RecordSource + Send),
+        opts: ImportOptions,
+        progress: &(dyn Fn(ImportProgress) + Send + Sync),
+    ) -> ApiResult<ImportReport> {
+        let header = src.header()?;
         let cols = columns(&header)?;
         let mut report = ImportReport::default();
         let mut orgs: HashMap<String, i64> = HashMap::new();
         let mut record = csv::StringRecord::new();
         let mut batch: Vec<(Row, i64)> = Vec::with_capacity(BATCH);
         loop {
-            let line = rdr.position().line();
-            let more = match rdr.read_record(&mut record) {
-                Ok(m) => m,
-                Err(e) => {
-                    // A malformed record (e.g. invalid UTF-8) is that row's error; the
-                    // reader continues with the next one.
-                    report.rows += 1;
-                    report.fail(line, ApiError::new(ErrorCode::InvalidBody, e.to_string()));
+            let next = src.next_record(&mut record);
+            let more = next.is_some();
+            if let Some((line, read)) = next {
+                report.rows += 1;
+                if let Err((col, e)) = read {
+                    report.fail(line, col.as_deref(), e);
                     continue;
                 }
-            };
-            if more {
-                report.rows += 1;
-                let line = record.position().map_or(line, |p| p.line());
                 match parse_row(&cols, &record, line) {
                     Ok(row) => match self
                         .import_org(&mut orgs, &opts, &row.org, &mut report)
                         .await
                     {
                         Ok(org) => batch.push((row, org)),
-                        Err(e) => report.fail(line, e),
+                        Err(e) => report.fail(line, Some("org"), e),
                     },
-                    Err(e) => report.fail(line, e),
+                    Err((col, e)) => report.fail(line, col, e),
                 }
             }
             if batch.len() >= BATCH || (!more && !batch.is_empty()) {
                 self.insert_batch(&mut batch, &mut report).await?;
+                let (done, total) = src.position();
                 progress(ImportProgress {
                     rows_done: report.rows,
-                    bytes_done: rdr.position().byte(),
-                    bytes_total: data.len() as u64,
+                    bytes_done: done,
+                    bytes_total: total,
                 });
             }
             if !more {
@@ -311,6 +376,7 @@ impl AdminState {
             } else {
                 report.fail(
                     r.line,
+                    Some("username"),
                     ApiError::new(
                         ErrorCode::Conflict,
                         format!("user name {} already exists", r.username),

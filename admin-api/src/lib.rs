@@ -24,6 +24,7 @@ pub mod config;
 pub mod db;
 pub mod directory;
 pub mod error;
+pub mod export;
 pub mod import;
 pub mod join;
 pub mod meetings;
@@ -31,6 +32,8 @@ mod pinyin_index;
 pub mod policy;
 pub mod recordings;
 pub mod signin;
+pub mod totp;
+pub mod xlsx;
 
 pub use api::{openapi, router};
 pub use clock::{Clock, Entropy, MockClock, OsEntropy, SeededEntropy, SystemClock};
@@ -56,6 +59,10 @@ struct Inner {
     jwt_encoding: jsonwebtoken::EncodingKey,
     jwt_decoding: jsonwebtoken::DecodingKey,
     audit_lock: tokio::sync::Mutex<()>,
+    /// Argon2 runs at most one hash per core at a time: each takes `argon2_memory_kib`
+    /// of memory, and 500 logins at once on the blocking pool would hold 500 × 19 MiB
+    /// while finishing no sooner; queued in order, the early ones finish early.
+    hash_slots: tokio::sync::Semaphore,
     /// Path of the root organisation, `/<id>/`.
     root_path: String,
     /// A real argon2 hash to verify against for unknown user names (constant work).
@@ -94,6 +101,9 @@ impl AdminState {
                 clock,
                 entropy,
                 audit_lock: tokio::sync::Mutex::new(()),
+                hash_slots: tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, |n| n.get()),
+                ),
                 root_path: String::new(),
                 dummy_hash: String::new(),
             }),

@@ -218,6 +218,30 @@ async fn users_terminals_and_search(b: Backend) {
         .await;
     assert_eq!(hits.as_array().unwrap().len(), 1);
     assert_eq!(hits[0]["name"], "Батбаяр ᠪᠠᠲᠤ");
+    // The subtree listing: the org and everything below it, in name order, paged, and
+    // nothing from a sibling subtree.
+    let b_org = app.org(&sys, root, "乙").await;
+    app.user(&sys, b_org, "li.si", "李四", json!({})).await;
+    let hits = app
+        .ok("GET", &format!("/api/v1/users?org_id={a}"), &sys, None)
+        .await;
+    let names: Vec<&str> = hits
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Батбаяр ᠪᠠᠲᠤ", "张三丰"]);
+    let hits = app
+        .ok(
+            "GET",
+            &format!("/api/v1/users?org_id={a}&limit=1&offset=1"),
+            &sys,
+            None,
+        )
+        .await;
+    assert_eq!(hits.as_array().unwrap().len(), 1);
+    assert_eq!(hits[0]["id"], u);
     // SQL-ish and LIKE-ish input is just text.
     for q in ["' OR 1=1 --", "%", "_", "\\", "'; DROP TABLE users; --"] {
         let path = format!("/api/v1/users?org_id={a}&q={}", urlencode(q));

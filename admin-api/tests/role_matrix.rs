@@ -83,6 +83,7 @@ enum Ep {
     UserGet,
     UserUpdate,
     UserImport,
+    UserExport,
     TermList,
     TermCreate,
     TermGet,
@@ -95,6 +96,7 @@ enum Ep {
     AccountRole,
     AccountUnlock,
     AccountPassword,
+    AccountTotpReset,
     PolicyGet,
     PolicyPut,
     AuditSearch,
@@ -110,13 +112,14 @@ enum Ep {
     SigninEnd,
     SigninSubmit,
     SigninCsv,
+    SigninXlsx,
     RecordingList,
     RecordingGet,
     RecordingShare,
     RecordingDelete,
 }
 
-const ENDPOINTS: [(Ep, May); 42] = [
+const ENDPOINTS: [(Ep, May); 45] = [
     (Ep::OrgList, May::Sys),
     (Ep::OrgCreate, May::Sys),
     (Ep::OrgGet, May::Sys),
@@ -128,6 +131,7 @@ const ENDPOINTS: [(Ep, May); 42] = [
     (Ep::UserGet, May::Sys),
     (Ep::UserUpdate, May::Sys),
     (Ep::UserImport, May::Sys),
+    (Ep::UserExport, May::Sys),
     (Ep::TermList, May::Sys),
     (Ep::TermCreate, May::Sys),
     (Ep::TermGet, May::Sys),
@@ -140,6 +144,7 @@ const ENDPOINTS: [(Ep, May); 42] = [
     (Ep::AccountRole, May::Sec),
     (Ep::AccountUnlock, May::Sec),
     (Ep::AccountPassword, May::Sec),
+    (Ep::AccountTotpReset, May::Sec),
     (Ep::PolicyGet, May::SecRoot),
     (Ep::PolicyPut, May::SecRoot),
     (Ep::AuditSearch, May::Aud),
@@ -155,6 +160,7 @@ const ENDPOINTS: [(Ep, May); 42] = [
     (Ep::SigninEnd, May::SysOrOwn),
     (Ep::SigninSubmit, May::Own),
     (Ep::SigninCsv, May::SysOrOwn),
+    (Ep::SigninXlsx, May::SysOrOwn),
     (Ep::RecordingList, May::Any),
     (Ep::RecordingGet, May::SysOrOwn),
     (Ep::RecordingShare, May::SysOrOwn),
@@ -272,6 +278,11 @@ async fn request(app: &TestApp, ep: Ep, s: &Side) -> (&'static str, String, Opti
                 n()
             ))),
         ),
+        UserExport => (
+            "GET",
+            format!("/api/v1/users/export?org_id={}&format=xlsx", s.sub),
+            None,
+        ),
         TermList => ("GET", format!("/api/v1/terminals?org_id={}", s.sub), None),
         TermCreate => (
             "POST",
@@ -314,6 +325,11 @@ async fn request(app: &TestApp, ep: Ep, s: &Side) -> (&'static str, String, Opti
             "POST",
             format!("/api/v1/accounts/{}/password", s.user),
             Some(json!({"password": format!("Reset-Pass-Word-{}", n())})),
+        ),
+        AccountTotpReset => (
+            "POST",
+            format!("/api/v1/accounts/{}/totp/disable", s.user),
+            None,
         ),
         PolicyGet => ("GET", "/api/v1/security/policy".into(), None),
         PolicyPut => (
@@ -389,6 +405,11 @@ async fn request(app: &TestApp, ep: Ep, s: &Side) -> (&'static str, String, Opti
         SigninCsv => (
             "GET",
             format!("/api/v1/meetings/{}/signins/{}/csv", s.meeting, s.signin),
+            None,
+        ),
+        SigninXlsx => (
+            "GET",
+            format!("/api/v1/meetings/{}/signins/{}/xlsx", s.meeting, s.signin),
             None,
         ),
     }
@@ -478,8 +499,9 @@ async fn role_matrix(b: Backend) {
     let (_, doc) = app.call("GET", "/api/openapi.json", None, None).await;
     let mut documented = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
-        // Public (login, refresh) and own-session routes are outside the matrix.
-        if path.starts_with("/api/v1/auth/") || path == "/api/v1/me/password" {
+        // Public (login, refresh) and own-account routes (password, second factor) are
+        // outside the matrix: every account may call them, for itself only.
+        if path.starts_with("/api/v1/auth/") || path.starts_with("/api/v1/me/") {
             continue;
         }
         documented += item.as_object().unwrap().len();

@@ -1,4 +1,5 @@
-//! Huitong benchmarks. `bench sfu-forward` measures the CPU cost per forwarded packet of
+//! Huitong benchmarks. `bench mcu` measures the MCU video mix against ffmpeg (see `mcu.rs`).
+//! `bench sfu-forward` measures the CPU cost per forwarded packet of
 //! the real `huitong` server and of Janus 1.1.2 (VideoRoom) under the same workload.
 //!
 //! Topology: the servers run in network namespace `hbench-srv` (veth address 127.79.0.1),
@@ -7,8 +8,10 @@
 //! path so both pay the same kernel costs. The terminals run in a child process (this
 //! binary, hidden subcommand `__clients`) entered into the client namespace.
 
+mod admin;
 mod clients;
 mod janus;
+mod mcu;
 mod netns;
 mod procstat;
 
@@ -38,7 +41,7 @@ pub struct Opts {
     pub client_threads: usize,
 }
 
-const USAGE: &str = "usage: bench sfu-forward [--publishers P] [--subscribers S] [--seconds N] \
+const USAGE: &str = "usage: bench admin [--quick] (see bench/README.md) | bench sfu-forward [--publishers P] [--subscribers S] [--seconds N] \
 [--warmup W] [--no-janus] [--no-huitong] [--simulcast] [--no-strace] [--client-threads T]";
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
@@ -96,10 +99,12 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("sfu-forward") => sfu_forward(parse_opts(&args[1..])?),
+        Some("mcu") => mcu::main(&args[1..]),
+        Some("admin") => admin::main(&args[1..]),
         Some("__clients") => clients::main(&args[1..]),
         Some("__serve") => serve_main(),
         _ => {
-            eprintln!("{USAGE}");
+            eprintln!("{USAGE}\n   or: bench mcu --help");
             std::process::exit(2)
         }
     }

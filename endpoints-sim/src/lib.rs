@@ -4,6 +4,8 @@
 //!   receiver that reads each frame's marker (sender, counter, send time).
 //! * [`driver::PeerHandle`] — the tokio task that owns a peer and its UDP socket.
 //! * [`huitong::HuitongTerminal`] — Huitong signalling v1 over WebSocket.
+//! * [`protected::FecPublisher`], [`protected::FecSubscriber`] — sans-IO terminals that
+//!   speak Huitong's hop-by-hop loss protection (FEC + NACK/RTX, issue 4).
 //! * [`janus::JanusTerminal`] — Janus VideoRoom over its REST API, for comparisons.
 
 pub mod driver;
@@ -13,6 +15,7 @@ pub mod huitong;
 pub mod janus;
 pub mod payload;
 pub mod peer;
+pub mod protected;
 pub mod stats;
 
 pub use driver::{PeerHandle, PeerStatus};

@@ -6,7 +6,10 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use media::codec::openh264::I420Frame;
 
 use crate::layout::PixelRect;
-use crate::text::TextRenderer;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::text::{TextMask, TextRenderer};
 
 /// Converts 8-bit sRGB to limited-range BT.601 Y'CbCr (what H.264 decoders assume by default).
 pub fn rgb_to_yuv(r: u8, g: u8, b: u8) -> [u8; 3] {
@@ -111,7 +114,11 @@ pub struct Compositor {
     /// Colours.
     pub theme: Theme,
     scratch: [Vec<u8>; 3],
+    masks: HashMap<(String, u32, usize), Arc<TextMask>>,
 }
+
+/// Rendered lines kept; a meeting draws a few dozen names at a few sizes.
+const MASK_CACHE_MAX: usize = 512;
 
 impl Compositor {
     /// A compositor; without a font, labels and captions are left out (the tiles still draw).
@@ -122,6 +129,7 @@ impl Compositor {
             fit: Fit::Contain,
             theme: Theme::default(),
             scratch: [Vec::new(), Vec::new(), Vec::new()],
+            masks: HashMap::new(),
         }
     }
 
@@ -138,22 +146,57 @@ impl Compositor {
             self.theme.background,
         );
         for t in tiles {
-            let rect = clip(t.rect, canvas.width(), canvas.height());
-            if rect.w < 2 || rect.h < 2 {
-                continue;
-            }
-            match t.content {
-                TileContent::Video(src) => self.draw_video(canvas, rect, src),
-                TileContent::Placeholder(p) => self.draw_placeholder(canvas, rect, p, t.name),
-            }
-            if t.speaking {
-                let b = ((rect.h / 60).max(2) + 1) & !1;
-                draw_border(canvas, rect, b, self.theme.speaking);
-            }
-            if let Some(name) = t.name.filter(|n| !n.is_empty()) {
-                self.draw_label(canvas, rect, name);
-            }
+            self.draw_tile(canvas, t);
         }
+    }
+
+    /// Redraws only the tiles flagged in `redraw` (same length as `tiles`) over a canvas
+    /// that `compose` drew with the same tile rectangles before. Every tile paints its
+    /// whole rectangle, so the result equals a full `compose` as long as the caller also
+    /// flags every later tile overlapping a flagged one.
+    pub fn compose_some(
+        &mut self,
+        canvas: &mut I420Frame,
+        tiles: &[TileSpec<'_>],
+        redraw: &[bool],
+    ) {
+        for (t, _) in tiles.iter().zip(redraw).filter(|(_, r)| **r) {
+            self.draw_tile(canvas, t);
+        }
+    }
+
+    fn draw_tile(&mut self, canvas: &mut I420Frame, t: &TileSpec<'_>) {
+        let rect = clip(t.rect, canvas.width(), canvas.height());
+        if rect.w < 2 || rect.h < 2 {
+            return;
+        }
+        match t.content {
+            TileContent::Video(src) => self.draw_video(canvas, rect, src),
+            TileContent::Placeholder(p) => self.draw_placeholder(canvas, rect, p, t.name),
+        }
+        if t.speaking {
+            let b = ((rect.h / 60).max(2) + 1) & !1;
+            draw_border(canvas, rect, b, self.theme.speaking);
+        }
+        if let Some(name) = t.name.filter(|n| !n.is_empty()) {
+            self.draw_label(canvas, rect, name);
+        }
+    }
+
+    /// A rendered line, from the cache when the same text was drawn at the same size
+    /// before (labels are redrawn with every new picture of their tile).
+    fn render_text(&mut self, text: &str, px: u32, max_w: usize) -> Option<Arc<TextMask>> {
+        let renderer = self.text.as_mut()?;
+        let key = (text.to_string(), px, max_w);
+        if let Some(m) = self.masks.get(&key) {
+            return Some(Arc::clone(m));
+        }
+        if self.masks.len() >= MASK_CACHE_MAX {
+            self.masks.clear();
+        }
+        let m = Arc::new(renderer.render(text, px, max_w));
+        self.masks.insert(key, Arc::clone(&m));
+        Some(m)
     }
 
     fn draw_video(&mut self, canvas: &mut I420Frame, rect: PixelRect, src: &I420Frame) {
@@ -278,9 +321,6 @@ impl Compositor {
         };
         fill(canvas, rect, colour);
         let caption = p.caption();
-        let Some(text) = self.text.as_mut() else {
-            return;
-        };
         if caption.is_empty() {
             return;
         }
@@ -289,7 +329,9 @@ impl Compositor {
         let px = (rect.h / 8).clamp(10, 72) as u32;
         let mut y = rect.y + rect.h / 2 - px as usize;
         if let Some(n) = name {
-            let m = text.render(n, px, rect.w.saturating_sub(8));
+            let Some(m) = self.render_text(n, px, rect.w.saturating_sub(8)) else {
+                return;
+            };
             blit_text(
                 canvas,
                 &m,
@@ -299,7 +341,10 @@ impl Compositor {
             );
             y += m.h + px as usize / 4;
         }
-        let m = text.render(caption, (px * 2 / 3).max(8), rect.w.saturating_sub(8));
+        let Some(m) = self.render_text(caption, (px * 2 / 3).max(8), rect.w.saturating_sub(8))
+        else {
+            return;
+        };
         blit_text(
             canvas,
             &m,
@@ -310,12 +355,11 @@ impl Compositor {
     }
 
     fn draw_label(&mut self, canvas: &mut I420Frame, rect: PixelRect, name: &str) {
-        let Some(text) = self.text.as_mut() else {
-            return;
-        };
         let px = (rect.h / 14).clamp(10, 40) as u32;
         let pad = (px as usize / 4).max(2) & !1;
-        let m = text.render(name, px, rect.w.saturating_sub(4 * pad));
+        let Some(m) = self.render_text(name, px, rect.w.saturating_sub(4 * pad)) else {
+            return;
+        };
         if m.w == 0 {
             return;
         }
@@ -432,7 +476,7 @@ fn darken(canvas: &mut I420Frame, r: PixelRect) {
 }
 
 /// Blends a coverage mask in one colour (luma only; labels are neutral grey/white).
-fn blit_text(canvas: &mut I420Frame, m: &crate::text::TextMask, x: usize, y: usize, c: [u8; 3]) {
+fn blit_text(canvas: &mut I420Frame, m: &TextMask, x: usize, y: usize, c: [u8; 3]) {
     let (w, h) = (canvas.width(), canvas.height());
     for my in 0..m.h {
         let cy = y + my;

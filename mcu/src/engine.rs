@@ -9,13 +9,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use media::codec::openh264::{
-    EncodedPicture, H264Decoder, H264Encoder, H264EncoderConfig, I420Frame,
+    EncodedPicture, H264Complexity, H264Decoder, H264Encoder, H264EncoderConfig, I420Frame,
 };
 use media::speaker::SpeakerConfig;
 
 use crate::Error;
 use crate::compose::{Compositor, Placeholder, TileContent, TileSpec};
-use crate::layout::{LayoutSet, TileRole};
+use crate::layout::{LayoutSet, PixelRect, TileRole};
 use crate::mode::{Mode, ModeEngine, ParticipantId};
 use crate::text::TextRenderer;
 
@@ -110,6 +110,8 @@ pub struct Counters {
     pub frames_composed: u64,
     /// Pictures encoded and emitted.
     pub frames_encoded: u64,
+    /// Output frames not encoded because the composed picture was unchanged.
+    pub unchanged_frames: u64,
 }
 
 /// Something for the shell to do.
@@ -159,6 +161,9 @@ struct Participant {
     decoder: Option<H264Decoder>,
     frame: Option<I420Frame>,
     frame_at: Option<Instant>,
+    /// Counts pictures received, so a composition can tell a new picture from the one it
+    /// already drew.
+    frame_seq: u64,
     /// Decoding failed and no good picture followed yet.
     broken: bool,
     terminal: Option<OutputKey>,
@@ -169,7 +174,32 @@ struct Group {
     encoder: H264Encoder,
     canvas: I420Frame,
     next_due: Instant,
+    /// What each tile of the canvas shows now; a tile is redrawn only when this changes.
+    drawn: Vec<TileState>,
+    /// When a picture was last encoded, and whether a keyframe is owed.
+    last_encoded: Option<Instant>,
+    keyframe_pending: bool,
 }
+
+/// Identity of what a tile shows: same state, same pixels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TileState {
+    rect: PixelRect,
+    content: DrawnContent,
+    name: Option<String>,
+    speaking: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DrawnContent {
+    Video(ParticipantId, u64),
+    Content(u64),
+    Placeholder(Placeholder),
+}
+
+/// An unchanged composed picture is still encoded this often, so receivers and their
+/// freeze detection see a live stream.
+const UNCHANGED_REFRESH: Duration = Duration::from_secs(1);
 
 /// The video mix of one meeting.
 #[derive(Debug)]
@@ -182,8 +212,26 @@ pub struct MeetingMixer {
     order: Vec<ParticipantId>,
     groups: HashMap<OutputKey, Group>,
     content: Option<(I420Frame, Instant)>,
+    content_seq: u64,
     out: VecDeque<Output>,
     counters: Counters,
+    encoder_template: H264EncoderConfig,
+}
+
+/// Encoder settings for composed outputs (bitrate and frame rate come from the output
+/// key). Chosen with `bench mcu` (docs/benchmarks.md): the encoder is most of the MCU's
+/// CPU, and on a composed conference picture the pre-analyses that OpenH264 runs by
+/// default buy little: a layout change is a deliberate cut the receivers need no IDR for
+/// (scene-change detection off), and adaptive quantisation costs a texture pass over
+/// every 1080p picture for a gain the PSNR comparison did not show.
+pub fn default_output_encoder() -> H264EncoderConfig {
+    H264EncoderConfig {
+        complexity: H264Complexity::Medium,
+        scene_change_detect: true,
+        adaptive_quant: true,
+        background_detection: true,
+        ..H264EncoderConfig::default()
+    }
 }
 
 impl MeetingMixer {
@@ -204,8 +252,10 @@ impl MeetingMixer {
             order: Vec::new(),
             groups: HashMap::new(),
             content: None,
+            content_seq: 0,
             out: VecDeque::new(),
             counters: Counters::default(),
+            encoder_template: default_output_encoder(),
         })
     }
 
@@ -219,6 +269,7 @@ impl MeetingMixer {
                 decoder: None,
                 frame: None,
                 frame_at: None,
+                frame_seq: 0,
                 broken: false,
                 terminal: None,
             },
@@ -226,6 +277,13 @@ impl MeetingMixer {
         if !self.order.contains(&id) {
             self.order.push(id);
         }
+    }
+
+    /// Encoder settings for outputs created from now on (bitrate and frame rate are
+    /// always those of the output key). For benchmarks and operators tuning CPU against
+    /// quality; `default_output_encoder()` is what a mixer starts with.
+    pub fn set_encoder_template(&mut self, cfg: H264EncoderConfig) {
+        self.encoder_template = cfg;
     }
 
     /// Camera switched on or off.
@@ -317,6 +375,7 @@ impl MeetingMixer {
     /// Content (presentation) picture; `None` stops content.
     pub fn push_content(&mut self, now: Instant, frame: Option<I420Frame>) {
         self.content = frame.map(|f| (f, now));
+        self.content_seq += 1;
     }
 
     /// A decoded picture from a participant.
@@ -339,6 +398,7 @@ impl MeetingMixer {
         }
         p.frame = Some(frame);
         p.frame_at = Some(now);
+        p.frame_seq += 1;
         p.broken = false;
     }
 
@@ -378,6 +438,7 @@ impl MeetingMixer {
         let key = self.participants.get(&id).and_then(|p| p.terminal.clone());
         if let Some(g) = key.and_then(|k| self.groups.get_mut(&k)) {
             g.encoder.force_keyframe();
+            g.keyframe_pending = true;
         }
     }
 
@@ -419,7 +480,7 @@ impl MeetingMixer {
                 let cfg = H264EncoderConfig {
                     bitrate_bps: key.bitrate_bps,
                     fps: key.fps as f32,
-                    ..H264EncoderConfig::default()
+                    ..self.encoder_template
                 };
                 let group = Group {
                     encoder: H264Encoder::new(cfg)?,
@@ -429,6 +490,9 @@ impl MeetingMixer {
                         self.compositor.theme.background,
                     )?,
                     next_due: now,
+                    drawn: Vec::new(),
+                    last_encoded: None,
+                    keyframe_pending: false,
                 };
                 self.groups.insert(key.clone(), group);
             }
@@ -436,7 +500,7 @@ impl MeetingMixer {
             if !due {
                 continue;
             }
-            self.compose(now, &key);
+            let changed = self.compose_changed(now, &key);
             let Some(g) = self.groups.get_mut(&key) else {
                 continue;
             };
@@ -445,8 +509,22 @@ impl MeetingMixer {
             if g.next_due <= now {
                 g.next_due = now + period;
             }
+            // An identical picture costs a full encoder pass (pre-analysis and a mode
+            // decision per macroblock) to send nothing new: skip it, but keep the stream
+            // alive and honour keyframe requests.
+            let refresh_due = g
+                .last_encoded
+                .is_none_or(|at| now.saturating_duration_since(at) >= UNCHANGED_REFRESH);
+            if !changed && !g.keyframe_pending && !refresh_due {
+                self.counters.unchanged_frames += 1;
+                continue;
+            }
             match g.encoder.encode(&g.canvas) {
                 Ok(Some(picture)) => {
+                    g.last_encoded = Some(now);
+                    if picture.keyframe {
+                        g.keyframe_pending = false;
+                    }
                     self.counters.frames_encoded += 1;
                     self.out.push_back(Output::Video { key, to, picture });
                 }
@@ -462,8 +540,15 @@ impl MeetingMixer {
 
     /// Composes one output's canvas (public so benchmarks and tests can look at it).
     pub fn compose(&mut self, now: Instant, key: &OutputKey) {
+        self.compose_changed(now, key);
+    }
+
+    /// Composes one output's canvas, redrawing only the tiles whose picture, placeholder,
+    /// label or speaking state changed (and tiles drawn on top of those). Returns whether
+    /// any pixel may have changed.
+    fn compose_changed(&mut self, now: Instant, key: &OutputKey) -> bool {
         let Some(group) = self.groups.get_mut(key) else {
-            return;
+            return false;
         };
         let present: Vec<ParticipantId> = self
             .order
@@ -486,7 +571,7 @@ impl MeetingMixer {
         {
             layout = Some(forced);
         }
-        let Some(layout) = layout else { return };
+        let Some(layout) = layout else { return false };
         let (cw, ch) = (group.canvas.width(), group.canvas.height());
         let speaking = self.modes.speaking();
         let content = self
@@ -495,16 +580,29 @@ impl MeetingMixer {
             .filter(|(_, at)| now.saturating_duration_since(*at) < self.cfg.stale_after);
         let mut occupants = arrangement.tiles.iter();
         let mut specs = Vec::with_capacity(layout.tiles.len());
+        let mut states = Vec::with_capacity(layout.tiles.len());
         for t in &layout.tiles {
             let rect = t.rect.to_pixels(cw, ch);
             if t.role == TileRole::Content {
-                let content = match content {
-                    Some((f, _)) => TileContent::Video(f),
-                    None => TileContent::Placeholder(Placeholder::Vacant),
+                let (content, drawn) = match content {
+                    Some((f, _)) => (
+                        TileContent::Video(f),
+                        DrawnContent::Content(self.content_seq),
+                    ),
+                    None => (
+                        TileContent::Placeholder(Placeholder::Vacant),
+                        DrawnContent::Placeholder(Placeholder::Vacant),
+                    ),
                 };
                 specs.push(TileSpec {
                     rect,
                     content,
+                    name: None,
+                    speaking: false,
+                });
+                states.push(TileState {
+                    rect,
+                    content: drawn,
                     name: None,
                     speaking: false,
                 });
@@ -517,6 +615,12 @@ impl MeetingMixer {
                     name: None,
                     speaking: false,
                 });
+                states.push(TileState {
+                    rect,
+                    content: DrawnContent::Placeholder(Placeholder::Vacant),
+                    name: None,
+                    speaking: false,
+                });
                 continue;
             };
             let Some(p) = self.participants.get(id) else {
@@ -525,22 +629,33 @@ impl MeetingMixer {
             let fresh = p
                 .frame_at
                 .is_some_and(|at| now.saturating_duration_since(at) < self.cfg.stale_after);
-            let content = match (&p.frame, p.has_video) {
+            let (content, drawn) = match (&p.frame, p.has_video) {
                 (_, false) => {
                     self.counters.no_video_tiles += 1;
-                    TileContent::Placeholder(Placeholder::CameraOff)
+                    let ph = Placeholder::CameraOff;
+                    (TileContent::Placeholder(ph), DrawnContent::Placeholder(ph))
                 }
-                (Some(f), true) if fresh && !p.broken => TileContent::Video(f),
+                (Some(f), true) if fresh && !p.broken => {
+                    (TileContent::Video(f), DrawnContent::Video(*id, p.frame_seq))
+                }
                 _ => {
                     self.counters.lost_video_tiles += 1;
-                    TileContent::Placeholder(Placeholder::SignalLost)
+                    let ph = Placeholder::SignalLost;
+                    (TileContent::Placeholder(ph), DrawnContent::Placeholder(ph))
                 }
             };
+            let is_speaking = speaking == Some(*id);
             specs.push(TileSpec {
                 rect,
                 content,
                 name: Some(&p.name),
-                speaking: speaking == Some(*id),
+                speaking: is_speaking,
+            });
+            states.push(TileState {
+                rect,
+                content: drawn,
+                name: Some(p.name.clone()),
+                speaking: is_speaking,
             });
         }
         if present.is_empty() {
@@ -548,8 +663,43 @@ impl MeetingMixer {
         } else if present.len() > people_tiles {
             self.counters.overflow_frames += 1;
         }
-        self.compositor.compose(&mut group.canvas, &specs);
         self.counters.frames_composed += 1;
+        let same_geometry = group.drawn.len() == states.len()
+            && group
+                .drawn
+                .iter()
+                .zip(&states)
+                .all(|(a, b)| a.rect == b.rect);
+        let changed = if same_geometry {
+            let mut redraw: Vec<bool> = group
+                .drawn
+                .iter()
+                .zip(&states)
+                .map(|(a, b)| a != b)
+                .collect();
+            // Tiles are painted in order, later ones on top: repainting a tile covers
+            // whatever overlapping later tile was on it, so that one is repainted too.
+            for i in 0..redraw.len() {
+                if redraw[i] {
+                    for j in i + 1..redraw.len() {
+                        if overlaps(states[i].rect, states[j].rect) {
+                            redraw[j] = true;
+                        }
+                    }
+                }
+            }
+            let any = redraw.iter().any(|r| *r);
+            if any {
+                self.compositor
+                    .compose_some(&mut group.canvas, &specs, &redraw);
+            }
+            any
+        } else {
+            self.compositor.compose(&mut group.canvas, &specs);
+            true
+        };
+        group.drawn = states;
+        changed
     }
 
     /// The last composed canvas of an output.
@@ -561,6 +711,10 @@ impl MeetingMixer {
     pub fn terminal_key(&self, id: ParticipantId) -> Option<&OutputKey> {
         self.participants.get(&id).and_then(|p| p.terminal.as_ref())
     }
+}
+
+fn overlaps(a: PixelRect, b: PixelRect) -> bool {
+    a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h
 }
 
 /// Tile sizes, for asking the SFU for the right simulcast layer of each input.
@@ -895,7 +1049,9 @@ mod tests {
         }
         let c = m.counters();
         assert!(c.no_video_tiles >= 5, "{c:?}");
-        assert!(c.frames_encoded >= 6, "{c:?}");
+        // Every tick either encoded a picture or counted an unchanged one (nothing moved).
+        assert!(c.frames_encoded >= 1, "{c:?}");
+        assert!(c.frames_encoded + c.unchanged_frames >= 6, "{c:?}");
         // Participant 2 recovers with a whole IDR: decoded picture, tile back to video.
         enc.force_keyframe();
         let idr = enc
@@ -918,6 +1074,108 @@ mod tests {
         m.handle_timeout(now + Duration::from_secs(5))
             .expect("tick");
         assert!(m.counters().lost_video_tiles > lost_before);
+    }
+
+    /// Patterned (not flat) pictures so a misplaced or stale tile changes pixels.
+    fn pattern(w: usize, h: usize, seed: u8) -> I420Frame {
+        let mut f = I420Frame::filled(w, h, colour(u64::from(seed % 4) + 1)).expect("f");
+        for (i, p) in f.y.iter_mut().enumerate() {
+            *p = p.wrapping_add(((i % w) as u8 / 16).wrapping_mul(seed));
+        }
+        f
+    }
+
+    #[test]
+    fn redrawing_only_changed_tiles_equals_a_full_composition() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(100);
+        let font = || TextRenderer::from_file(crate::text::DEFAULT_FONT).ok();
+        let mk = || {
+            MeetingMixer::new(t0, EngineConfig::default(), LayoutSet::default(), font())
+                .expect("mixer")
+        };
+        let (mut inc, mut full) = (mk(), mk());
+        for m in [&mut inc, &mut full] {
+            for id in 1..=4 {
+                m.add_participant(id, &format!("会场{id}"), true);
+                m.push_frame(t0, id, pattern(320, 180, id as u8));
+            }
+            // "pip" overlaps: the small tile lies on the main one and must be repainted
+            // when only the main tile's source changes.
+            m.set_terminal(1, &settings("4", 640, 360)).expect("t");
+            m.set_terminal(2, &settings("pip", 640, 360)).expect("t");
+        }
+        inc.handle_timeout(t0).expect("tick");
+        // Between the two ticks: participant 1 (main tile of "pip") and 3 send new
+        // pictures, 4 switches its camera off.
+        for m in [&mut inc, &mut full] {
+            m.push_frame(t1, 1, pattern(320, 180, 9));
+            m.push_frame(t1, 3, pattern(320, 180, 11));
+            m.set_has_video(4, false).expect("p");
+        }
+        inc.handle_timeout(t1).expect("tick");
+        full.handle_timeout(t1).expect("tick");
+        for id in [1, 2] {
+            let key = inc.terminal_key(id).expect("key").clone();
+            assert!(
+                inc.canvas(&key) == full.canvas(&key),
+                "incremental canvas of {} differs from a full composition",
+                key.layout
+            );
+        }
+    }
+
+    #[test]
+    fn an_unchanged_picture_is_not_re_encoded_but_keyframes_and_refreshes_are() {
+        let t0 = Instant::now();
+        let mut m = mixer(t0);
+        for id in 1..=2 {
+            m.add_participant(id, "v", true);
+            m.push_frame(t0, id, pattern(160, 90, id as u8));
+        }
+        m.set_terminal(1, &settings("2", 320, 180)).expect("t");
+        let videos = |m: &mut MeetingMixer| {
+            drain(m)
+                .into_iter()
+                .filter(|o| matches!(o, Output::Video { .. }))
+                .count()
+        };
+        m.handle_timeout(t0).expect("tick");
+        assert_eq!(videos(&mut m), 1);
+        // Nothing new: no encode.
+        let t = t0 + Duration::from_millis(67);
+        m.handle_timeout(t).expect("tick");
+        assert_eq!(videos(&mut m), 0);
+        assert_eq!(m.counters().unchanged_frames, 1);
+        // A keyframe request is honoured even when nothing changed.
+        m.request_keyframe(1);
+        let t = t + Duration::from_millis(67);
+        m.handle_timeout(t).expect("tick");
+        let outs = drain(&mut m);
+        assert!(
+            matches!(outs.as_slice(), [Output::Video { picture, .. }] if picture.keyframe),
+            "{outs:?}"
+        );
+        // A new picture from one venue is encoded.
+        m.push_frame(t, 2, pattern(160, 90, 7));
+        let t = t + Duration::from_millis(67);
+        m.handle_timeout(t).expect("tick");
+        assert_eq!(videos(&mut m), 1);
+        // Cameras off: a static picture is still sent once a second (30 ticks at 15 fps
+        // = 2 s: the placeholder change, then refreshes).
+        m.set_has_video(1, false).expect("p");
+        m.set_has_video(2, false).expect("p");
+        let mut sent = 0;
+        let mut now = t;
+        for _ in 0..30 {
+            now += Duration::from_millis(67);
+            m.handle_timeout(now).expect("tick");
+            sent += videos(&mut m);
+        }
+        assert!(
+            (2..=3).contains(&sent),
+            "{sent} pictures for a static screen in 2 s"
+        );
     }
 
     #[test]

@@ -107,7 +107,12 @@ impl Default for Config {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: ([0, 0, 0, 0], 8080).into(), tls_cert: None, tls_key: None, tls_names: vec![] }
+        Self {
+            listen: ([0, 0, 0, 0], 8080).into(),
+            tls_cert: None,
+            tls_key: None,
+            tls_names: vec![],
+        }
     }
 }
 
@@ -141,7 +146,12 @@ impl Config {
         // HUITONG_LOG_FILTER and test settings share the prefix but are not keys.
         let env = Env::prefixed("HUITONG_")
             .filter(|k| {
-                let top = k.as_str().split("__").next().unwrap_or_default().to_ascii_lowercase();
+                let top = k
+                    .as_str()
+                    .split("__")
+                    .next()
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
                 SECTIONS.contains(&top.as_str())
             })
             .split("__");
@@ -159,7 +169,10 @@ mod tests {
     #[test]
     fn defaults_then_file_then_env() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("huitong.toml", "log = \"debug\"\n[media]\nkeyframe_interval_ms = 300\n")?;
+            jail.create_file(
+                "huitong.toml",
+                "log = \"debug\"\n[media]\nkeyframe_interval_ms = 300\n",
+            )?;
             jail.set_env("HUITONG_MEDIA__UDP_LISTEN", "127.0.0.1:9999");
             jail.set_env("HUITONG_DATA_DIR", "/tmp/x");
             jail.set_env("HUITONG_LOG_FILTER", "debug");

@@ -1,6 +1,8 @@
 //! `huitong serve`: every plane in one process on embedded defaults.
 
+pub mod admin_cli;
 pub mod config;
+pub mod directory;
 pub mod http;
 pub mod mcu_supervisor;
 pub mod tls;
@@ -52,10 +54,34 @@ fn advertise_ip(cfg: &Config) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
+/// Retention: entries older than `admin.audit_retention_days` go once a day (the chain
+/// stays verifiable because the oldest go first).
+async fn prune_audit_daily(admin: admin_api::AdminState) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
+    loop {
+        every.tick().await;
+        match admin.prune_audit().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "audit log pruned"),
+            Err(e) => tracing::warn!(error = %e, "audit pruning failed"),
+        }
+    }
+}
+
+/// The admin plane's configuration: its database lives under the server's `data_dir`
+/// unless `admin.database_url` points elsewhere. `serve` and `admin` commands share it.
+pub fn admin_config(cfg: &Config) -> admin_api::AdminConfig {
+    let mut admin = cfg.admin.clone();
+    admin.data_dir = cfg.data_dir.clone();
+    admin
+}
+
 /// Binds the sockets and starts every plane.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
-    let udp = UdpSocket::bind(cfg.media.udp_listen).with_context(|| format!("binding media UDP {}", cfg.media.udp_listen))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+    let udp = UdpSocket::bind(cfg.media.udp_listen)
+        .with_context(|| format!("binding media UDP {}", cfg.media.udp_listen))?;
     let udp_addr = udp.local_addr()?;
     let advertised = SocketAddr::new(advertise_ip(&cfg), udp_addr.port());
     let sfu_cfg = sfu::SfuConfig {
@@ -69,16 +95,27 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     // The MCU reaches the media port at the advertised address, as any client would.
     mcu_supervisor::start(Arc::clone(&hub), cfg.mcu.clone(), advertised.ip()).context("starting the MCU")?;
 
-    let mut admin_cfg = cfg.admin.clone();
-    admin_cfg.data_dir = cfg.data_dir.clone();
-    let admin = admin_api::AdminState::connect(admin_cfg, Arc::new(admin_api::SystemClock), Arc::new(admin_api::OsEntropy))
-        .await
-        .context("starting the admin plane")?;
+    let admin = admin_api::AdminState::connect(
+        admin_config(&cfg),
+        Arc::new(admin_api::SystemClock),
+        Arc::new(admin_api::OsEntropy),
+    )
+    .await
+    .context("starting the admin plane")?;
+    hub.set_directory(Arc::new(directory::AdminDirectory(admin.clone())));
+    tokio::spawn(prune_audit_daily(admin.clone()));
 
     let mut tls_names = cfg.http.tls_names.clone();
     tls_names.push(advertised.ip().to_string());
-    let tls = tls::server_config(cfg.http.tls_cert.as_deref(), cfg.http.tls_key.as_deref(), &cfg.data_dir, &tls_names)?;
-    let tcp = TcpListener::bind(cfg.http.listen).await.with_context(|| format!("binding HTTP {}", cfg.http.listen))?;
+    let tls = tls::server_config(
+        cfg.http.tls_cert.as_deref(),
+        cfg.http.tls_key.as_deref(),
+        &cfg.data_dir,
+        &tls_names,
+    )?;
+    let tcp = TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("binding HTTP {}", cfg.http.listen))?;
     let http_addr = tcp.local_addr()?;
     // `tap_io` is a no-op wrapper that gives axum a listener it can take connection info from.
     let listener = axum::serve::ListenerExt::tap_io(tls::SniffListener::new(tcp, tls)?, |_| {});
@@ -90,10 +127,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         };
         // Connection info lets the admin plane audit where each request came from.
         let svc = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, svc).with_graceful_shutdown(stop).await {
+        if let Err(e) = axum::serve(listener, svc)
+            .with_graceful_shutdown(stop)
+            .await
+        {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
     tracing::info!(%http_addr, %udp_addr, %advertised, "huitong serving");
-    Ok(Running { http_addr, udp_addr, advertised, serve, shutdown })
+    Ok(Running {
+        http_addr,
+        udp_addr,
+        advertised,
+        serve,
+        shutdown,
+    })
 }

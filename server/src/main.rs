@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -27,20 +28,37 @@ enum Cmd {
         #[arg(long, env = "HUITONG_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Directory maintenance on the configured database (import, export).
+    Admin {
+        #[arg(long, env = "HUITONG_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: server::admin_cli::AdminCmd,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { config } => {
             let cfg = Config::load(config.as_deref())?;
             init_logging(&cfg.log);
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(cfg))
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(cfg))?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Config { config } => {
             let cfg = Config::load(config.as_deref())?;
             println!("{}", json_string(&cfg)?);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Admin { config, cmd } => {
+            let cfg = Config::load(config.as_deref())?;
+            // Warnings only: informational lines would tear the progress bar.
+            init_logging("warn");
+            server::admin_cli::run(cmd, cfg)
         }
     }
 }
@@ -53,7 +71,10 @@ fn json_string(cfg: &Config) -> anyhow::Result<String> {
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HUITONG_LOG_FILTER")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {

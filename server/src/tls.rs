@@ -30,12 +30,14 @@ pub fn server_config(
         _ => anyhow::bail!("http.tls_cert and http.tls_key go together"),
     };
     let certs = rustls_pemfile::certs(&mut io::BufReader::new(
-        std::fs::File::open(&cert_path).with_context(|| format!("opening {}", cert_path.display()))?,
+        std::fs::File::open(&cert_path)
+            .with_context(|| format!("opening {}", cert_path.display()))?,
     ))
     .collect::<Result<Vec<_>, _>>()
     .context("reading certificate PEM")?;
     let key = rustls_pemfile::private_key(&mut io::BufReader::new(
-        std::fs::File::open(&key_path).with_context(|| format!("opening {}", key_path.display()))?,
+        std::fs::File::open(&key_path)
+            .with_context(|| format!("opening {}", key_path.display()))?,
     ))
     .context("reading key PEM")?
     .context("no private key in key file")?;
@@ -57,7 +59,8 @@ fn self_signed(data_dir: &Path, names: &[String]) -> anyhow::Result<(PathBuf, Pa
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut all = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     all.extend(names.iter().cloned());
-    let ck = rcgen::generate_simple_self_signed(all).context("generating a self-signed certificate")?;
+    let ck =
+        rcgen::generate_simple_self_signed(all).context("generating a self-signed certificate")?;
     std::fs::write(&cert, ck.cert.pem())?;
     write_private(&key, ck.signing_key.serialize_pem().as_bytes())?;
     tracing::info!(cert = %cert.display(), "generated a self-signed TLS certificate");
@@ -67,7 +70,12 @@ fn self_signed(data_dir: &Path, names: &[String]) -> anyhow::Result<(PathBuf, Pa
 fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(data)
 }
 
@@ -78,7 +86,11 @@ pub enum MaybeTls {
 }
 
 impl AsyncRead for MaybeTls {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -87,7 +99,11 @@ impl AsyncRead for MaybeTls {
 }
 
 impl AsyncWrite for MaybeTls {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -135,10 +151,19 @@ impl SniffListener {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let mut first = [0u8; 1];
-                    let peeked = tokio::time::timeout(std::time::Duration::from_secs(10), stream.peek(&mut first)).await;
+                    let peeked = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        stream.peek(&mut first),
+                    )
+                    .await;
                     let io = match peeked {
                         Ok(Ok(1)) if first[0] == 0x16 => {
-                            match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+                            match tokio::time::timeout(
+                                std::time::Duration::from_secs(10),
+                                acceptor.accept(stream),
+                            )
+                            .await
+                            {
                                 Ok(Ok(s)) => MaybeTls::Tls(Box::new(s)),
                                 _ => return,
                             }

@@ -1,5 +1,5 @@
-//! Browser end-to-end test: three headless Chromium instances meet through a real
-//! `huitong serve` process and the real web client.
+//! Browser end-to-end tests: three headless Chromium instances meet through a real
+//! `huitong serve` process and the real web client; and Chromium meets Firefox.
 //!
 //! Run alone (it starts its own server and browsers):
 //!
@@ -8,284 +8,30 @@
 //! ```
 //!
 //! Needs Debian `chromium` and `chromium-driver` (`/usr/bin/chromedriver`); set
-//! `BROWSER_E2E_CHROMEDRIVER` / `BROWSER_E2E_CHROMIUM` to use other paths. Nothing is downloaded.
+//! `BROWSER_E2E_CHROMEDRIVER` / `BROWSER_E2E_CHROMIUM` to use other paths. The Firefox test
+//! needs Debian `firefox-esr` and `geckodriver` (built from crates.io by `scripts/deps.sh`;
+//! `BROWSER_E2E_GECKODRIVER` / `BROWSER_E2E_FIREFOX` override). Nothing is downloaded.
 //! On failure the panic message says which browser missed what from whom, with its
 //! client state and send statistics, followed by the tail of the server's output.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
-use hyper_util::client::legacy::connect::HttpConnector;
+use common::browser::{Browser, Engine, LOG_TAIL_LINES, Server, TestResult, check_tools, check_tools_for, now, poll};
+use fantoccini::Locator;
 use serde_json::{Value, json};
 use tokio::time::{sleep, timeout};
 
 const MEETING: &str = "800123456";
 const NAMES: [&str; 3] = ["Alice 甲", "Bob 乙", "Carol 丙"];
-const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
 const MEDIA_TIMEOUT: Duration = Duration::from_secs(90);
 const WHOLE_TEST_TIMEOUT: Duration = Duration::from_secs(420);
-const LOG_TAIL_LINES: usize = 80;
 const RISE_WINDOW: Duration = Duration::from_secs(20);
 
-type TestResult<T> = Result<T, String>;
-
-// ------------------------------------------------------------------ server process
-
-/// Lines the server printed, kept so a failure can show what it said.
-#[derive(Clone, Default)]
-struct LogBuf(Arc<Mutex<Vec<String>>>);
-
-impl LogBuf {
-    fn push(&self, line: String) {
-        if let Ok(mut v) = self.0.lock() {
-            v.push(line);
-        }
-    }
-
-    fn tail(&self, n: usize) -> String {
-        let v = self.0.lock().map(|v| v.clone()).unwrap_or_default();
-        v[v.len().saturating_sub(n)..].join("\n")
-    }
-
-    fn find_ready(&self) -> Option<String> {
-        let v = self.0.lock().ok()?;
-        v.iter()
-            .find_map(|l| l.strip_prefix("[out] HUITONG_READY ").map(str::to_owned))
-    }
-}
-
-fn drain<R: Read + Send + 'static>(reader: R, tag: &'static str, log: LogBuf) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines() {
-            let Ok(line) = line else { break };
-            if std::env::var_os("BROWSER_E2E_VERBOSE").is_some() {
-                eprintln!("[server {tag}] {line}");
-            }
-            log.push(format!("[{tag}] {line}"));
-        }
-    });
-}
-
-struct Server {
-    child: Child,
-    http: String,
-    log: LogBuf,
-    _data: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start() -> TestResult<Server> {
-        let data = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_huitong"))
-            .arg("serve")
-            .env("HUITONG_HTTP__LISTEN", "127.0.0.1:0")
-            .env("HUITONG_MEDIA__UDP_LISTEN", "127.0.0.1:0")
-            .env("HUITONG_MEDIA__ADVERTISE_IP", "127.0.0.1")
-            .env("HUITONG_DATA_DIR", data.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start huitong: {e}"))?;
-        let log = LogBuf::default();
-        drain(child.stdout.take().expect("piped"), "out", log.clone());
-        drain(child.stderr.take().expect("piped"), "err", log.clone());
-        let mut ready = None;
-        let end = now() + SERVER_START_TIMEOUT;
-        while now() < end {
-            ready = log.find_ready();
-            // A server that exits (bad config, port in use) will never be ready.
-            if ready.is_some() || child.try_wait().ok().flatten().is_some() {
-                sleep(Duration::from_millis(100)).await; // let the drain threads catch up
-                break;
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
-        let server = |child| Server {
-            child,
-            http: String::new(),
-            log: log.clone(),
-            _data: data,
-        };
-        let Some(ready) = ready else {
-            let s = server(child);
-            return Err(format!(
-                "server printed no HUITONG_READY line (exited or {SERVER_START_TIMEOUT:?} passed)\n{}",
-                s.log.tail(LOG_TAIL_LINES)
-            ));
-        };
-        let mut s = server(child);
-        let v: Value = serde_json::from_str(&ready)
-            .map_err(|e| format!("bad HUITONG_READY payload {ready:?}: {e}"))?;
-        s.http = v["http"]
-            .as_str()
-            .ok_or_else(|| format!("HUITONG_READY without http: {ready}"))?
-            .to_owned();
-        Ok(s)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-// ------------------------------------------------------------------ browsers
-
-fn chromedriver_path() -> PathBuf {
-    std::env::var_os("BROWSER_E2E_CHROMEDRIVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromedriver"))
-}
-
-fn chromium_path() -> PathBuf {
-    std::env::var_os("BROWSER_E2E_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
-}
-
-fn free_port() -> TestResult<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("local_addr: {e}"))
-}
-
-/// One chromedriver (and the Chromium it starts) per browser, in its own process
-/// group so that nothing outlives the test even when a session cannot be closed.
-struct Driver {
-    child: Child,
-}
-
-impl Driver {
-    fn start(port: u16) -> TestResult<Driver> {
-        use std::os::unix::process::CommandExt;
-        let child = Command::new(chromedriver_path())
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", chromedriver_path().display()))?;
-        Ok(Driver { child })
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        // chromedriver's pid is its process group id (process_group(0) above).
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Browser {
-    name: &'static str,
-    client: Client,
-    _driver: Driver,
-    _profile: tempfile::TempDir,
-}
+// ------------------------------------------------------------------ this test's page
 
 impl Browser {
-    async fn launch(name: &'static str) -> TestResult<Browser> {
-        let port = free_port()?;
-        let driver = Driver::start(port)?;
-        let profile = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
-        let args = vec![
-            "--headless".to_owned(),
-            "--no-sandbox".to_owned(),
-            "--disable-gpu".to_owned(),
-            "--disable-dev-shm-usage".to_owned(),
-            "--use-fake-device-for-media-stream".to_owned(),
-            "--use-fake-ui-for-media-stream".to_owned(),
-            "--enable-usermedia-screen-capturing".to_owned(),
-            "--auto-select-desktop-capture-source=Entire screen".to_owned(),
-            "--allow-loopback-in-peer-connection".to_owned(),
-            "--autoplay-policy=no-user-gesture-required".to_owned(),
-            "--disable-background-networking".to_owned(),
-            "--disable-component-update".to_owned(),
-            "--disable-sync".to_owned(),
-            "--no-first-run".to_owned(),
-            "--window-size=1280,800".to_owned(),
-            format!("--user-data-dir={}", profile.path().display()),
-        ];
-        let caps = json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": { "binary": chromium_path(), "args": args },
-        });
-        let Value::Object(caps) = caps else {
-            unreachable!("json! object")
-        };
-        let url = format!("http://127.0.0.1:{port}");
-        let mut last_err = String::new();
-        // chromedriver needs a moment to listen; Chromium start-up on a busy machine more.
-        for _ in 0..100 {
-            match ClientBuilder::new(HttpConnector::new())
-                .capabilities(caps.clone())
-                .connect(&url)
-                .await
-            {
-                Ok(client) => {
-                    return Ok(Browser {
-                        name,
-                        client,
-                        _driver: driver,
-                        _profile: profile,
-                    });
-                }
-                Err(e) => {
-                    last_err = e.to_string();
-                    sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-        Err(format!("{name}: no WebDriver session: {last_err}"))
-    }
-
-    async fn js(&self, script: &str) -> TestResult<Value> {
-        self.client
-            .execute(script, vec![])
-            .await
-            .map_err(|e| format!("{}: script failed: {e}\n{script}", self.name))
-    }
-
-    /// Runs `body` (which may use `await`) and returns its value.
-    async fn js_async(&self, body: &str) -> TestResult<Value> {
-        let script = format!(
-            "const done = arguments[arguments.length - 1];\n\
-             (async () => {{ {body} }})().then(done, (e) => done({{ __error: String(e && e.stack || e) }}));"
-        );
-        let v = self
-            .client
-            .execute_async(&script, vec![])
-            .await
-            .map_err(|e| format!("{}: async script failed: {e}\n{body}", self.name))?;
-        if let Some(err) = v.get("__error") {
-            return Err(format!("{}: script threw {err}\n{body}", self.name));
-        }
-        Ok(v)
-    }
-
-    async fn snapshot(&self) -> TestResult<Value> {
-        self.js("return window.huitong.snapshot();").await
-    }
-
-    async fn stats(&self) -> TestResult<Value> {
-        self.js_async("return await window.huitong.stats();").await
-    }
-
     /// State and send-side statistics, for failure messages.
     async fn diagnostics(&self) -> String {
         let snap = self.snapshot().await.unwrap_or_else(|e| json!(e));
@@ -304,61 +50,9 @@ impl Browser {
         )
     }
 
-    /// Opens the page, fills the join form and clicks "join".
-    async fn submit_join(&self, base: &str, create: bool) -> TestResult<()> {
-        let c = &self.client;
-        let e =
-            |what: &str, err: fantoccini::error::CmdError| format!("{}: {what}: {err}", self.name);
-        c.goto(base).await.map_err(|err| e("open page", err))?;
-        let meeting = c
-            .wait()
-            .at_most(Duration::from_secs(20))
-            .for_element(Locator::Css("#meeting"))
-            .await
-            .map_err(|err| e("find #meeting", err))?;
-        meeting
-            .clear()
-            .await
-            .map_err(|err| e("clear meeting", err))?;
-        meeting
-            .send_keys(MEETING)
-            .await
-            .map_err(|err| e("type meeting", err))?;
-        let name = c
-            .find(Locator::Css("#name"))
-            .await
-            .map_err(|err| e("find #name", err))?;
-        name.clear().await.map_err(|err| e("clear name", err))?;
-        name.send_keys(self.name)
-            .await
-            .map_err(|err| e("type name", err))?;
-        let create_box = c
-            .find(Locator::Css("#create"))
-            .await
-            .map_err(|err| e("find #create", err))?;
-        if create_box
-            .is_selected()
-            .await
-            .map_err(|err| e("read #create", err))?
-            != create
-        {
-            create_box
-                .click()
-                .await
-                .map_err(|err| e("tick #create", err))?;
-        }
-        c.find(Locator::Css("#join"))
-            .await
-            .map_err(|err| e("find #join", err))?
-            .click()
-            .await
-            .map_err(|err| e("click #join", err))?;
-        Ok(())
-    }
-
     /// Joins the meeting through the page and waits for the server's `joined`.
     async fn join(&self, base: &str, create: bool) -> TestResult<()> {
-        self.submit_join(base, create).await?;
+        self.submit_join(base, MEETING, create).await?;
         let joined = poll(
             Duration::from_secs(30),
             Duration::from_millis(100),
@@ -400,29 +94,6 @@ impl Browser {
 }
 
 // ------------------------------------------------------------------ helpers
-
-/// This test drives real browsers and a real server: its timeouts are wall-clock.
-#[allow(clippy::disallowed_methods)]
-fn now() -> tokio::time::Instant {
-    tokio::time::Instant::now()
-}
-
-async fn poll<T, F, Fut>(limit: Duration, every: Duration, mut f: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let end = now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        if now() >= end {
-            return None;
-        }
-        sleep(every).await;
-    }
-}
 
 fn num(v: &Value, path: &[&str]) -> f64 {
     let mut cur = v;
@@ -687,7 +358,7 @@ async fn scenario(server: &Server, browsers: &[Browser]) -> TestResult<()> {
     };
 
     // Before the meeting exists, joining without "create" must fail visibly.
-    c.submit_join(&base, false).await?;
+    c.submit_join(&base, MEETING, false).await?;
     let shown = poll(Duration::from_secs(20), Duration::from_millis(100), || async {
         let v = c
             .js("const e = document.querySelector('#join-error'); return e && !e.hidden ? e.textContent : null;")
@@ -767,16 +438,81 @@ async fn scenario(server: &Server, browsers: &[Browser]) -> TestResult<()> {
     Ok(())
 }
 
-fn check_tools() -> TestResult<()> {
-    for p in [chromedriver_path(), chromium_path()] {
-        if !Path::new(&p).exists() {
-            return Err(format!(
-                "{} not found: install Debian chromium and chromium-driver",
-                p.display()
-            ));
-        }
+/// A Chromium and a Firefox meet: each decodes the other's camera and hears its
+/// microphone, whichever codec the two could agree on through the SFU; then Firefox
+/// leaves.
+async fn two_engines(server: &Server, browsers: &[Browser]) -> TestResult<()> {
+    let base = format!("http://{}/", server.http);
+    let [a, b] = browsers else {
+        return Err("need two browsers".into());
+    };
+    a.join(&base, true).await?;
+    let id_a = a.own_id().await?;
+    b.join(&base, false).await?;
+    let id_b = b.own_id().await?;
+    // Either side's failure is often caused by the other: show both.
+    if let Err(e) = expect_media(a, &[(b.name, id_b.clone())]).await {
+        return Err(format!("{e}\n{}", b.diagnostics().await));
     }
+    if let Err(e) = expect_media(b, &[(a.name, id_a.clone())]).await {
+        return Err(format!("{e}\n{}", a.diagnostics().await));
+    }
+    match b.join_to_first_frame_ms().await? {
+        Some(ms) => println!("{}: join_to_first_frame_ms={ms:.0}", b.name),
+        None => return Err(format!("{}: no first remote frame recorded", b.name)),
+    }
+    b.client
+        .find(Locator::Css("#leave"))
+        .await
+        .map_err(|e| format!("{}: find #leave: {e}", b.name))?
+        .click()
+        .await
+        .map_err(|e| format!("{}: click #leave: {e}", b.name))?;
+    expect_gone(a, b.name, &id_b).await?;
     Ok(())
+}
+
+/// Closes the browsers and the server; panics with the server's output if the
+/// scenario failed.
+async fn finish(
+    server: Server,
+    browsers: Vec<Browser>,
+    outcome: Result<TestResult<()>, tokio::time::error::Elapsed>,
+) {
+    let outcome = outcome.unwrap_or_else(|_| {
+        Err(format!(
+            "scenario did not finish within {WHOLE_TEST_TIMEOUT:?}"
+        ))
+    });
+    let server_log = server.log.tail(LOG_TAIL_LINES);
+    for b in browsers {
+        let _ = timeout(Duration::from_secs(10), b.client.clone().close()).await;
+    }
+    drop(server);
+    if let Err(e) = outcome {
+        panic!("{e}\n--- server output (last {LOG_TAIL_LINES} lines):\n{server_log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_and_firefox_meet() {
+    if let Err(e) = check_tools_for(true) {
+        panic!("{e}");
+    }
+    let server = match Server::start_lan_media().await {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    };
+    let launched = tokio::try_join!(
+        Browser::launch_engine("Chromium 甲", Engine::Chromium),
+        Browser::launch_engine("Firefox 乙", Engine::Firefox),
+    );
+    let browsers = match launched {
+        Ok((a, b)) => vec![a, b],
+        Err(e) => panic!("{e}"),
+    };
+    let outcome = timeout(WHOLE_TEST_TIMEOUT, two_engines(&server, &browsers)).await;
+    finish(server, browsers, outcome).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -797,18 +533,6 @@ async fn three_browsers_meet_share_and_leave() {
         Ok((a, b, c)) => vec![a, b, c],
         Err(e) => panic!("{e}"),
     };
-    let outcome = match timeout(WHOLE_TEST_TIMEOUT, scenario(&server, &browsers)).await {
-        Ok(r) => r,
-        Err(_) => Err(format!(
-            "scenario did not finish within {WHOLE_TEST_TIMEOUT:?}"
-        )),
-    };
-    let server_log = server.log.tail(LOG_TAIL_LINES);
-    for b in browsers {
-        let _ = timeout(Duration::from_secs(10), b.client.clone().close()).await;
-    }
-    drop(server);
-    if let Err(e) = outcome {
-        panic!("{e}\n--- server output (last {LOG_TAIL_LINES} lines):\n{server_log}");
-    }
+    let outcome = timeout(WHOLE_TEST_TIMEOUT, scenario(&server, &browsers)).await;
+    finish(server, browsers, outcome).await;
 }

@@ -8,19 +8,19 @@
 //! cargo test -p server --test mcu_mix -- --nocapture
 //! ```
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{Ws, connect, expect_where, send, start_server};
+
 use endpoints_sim::huitong::{HuitongTerminal, JoinParams};
 use endpoints_sim::{MediaConfig, PeerConfig, Stats, VideoSource};
-use futures_util::{SinkExt, StreamExt};
 use media::codec::openh264::{H264Decoder, H264Encoder, H264EncoderConfig, I420Frame};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
 const MEETING: &str = "700700700";
 const MIX_W: usize = 640;
@@ -195,86 +195,16 @@ fn check_mix(f: &I420Frame, tiles: &[mcu::layout::PixelRect]) -> Result<Vec<Quad
     Ok(out)
 }
 
-// ------------------------------------------------------------------ server and signalling
+// ------------------------------------------------------------------ signalling
 
-struct Server {
-    child: Child,
-    http: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_huitong"))
-        .arg("serve")
-        .env("HUITONG_HTTP__LISTEN", "127.0.0.1:0")
-        .env("HUITONG_MEDIA__UDP_LISTEN", "127.0.0.1:0")
-        .env("HUITONG_MEDIA__ADVERTISE_IP", "127.0.0.1")
-        .env("HUITONG_DATA_DIR", dir.path())
-        .env("HUITONG_MCU__WIDTH", MIX_W.to_string())
-        .env("HUITONG_MCU__HEIGHT", MIX_H.to_string())
-        .env("HUITONG_MCU__FPS", "10")
-        .env("HUITONG_MCU__BITRATE_BPS", "1500000")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start huitong");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let ready = loop {
-        let line = lines
-            .next()
-            .expect("server exited before READY")
-            .expect("line");
-        if let Some(j) = line.strip_prefix("HUITONG_READY ") {
-            break serde_json::from_str::<Value>(j).expect("ready json");
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server {
-        child,
-        http: ready["http"].as_str().expect("http").parse().expect("addr"),
-        _dir: dir,
-    }
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string()))
-        .await
-        .expect("ws send");
-}
-
-/// Next message satisfying `pred` (others are skipped), within 20 s.
+/// Next message satisfying `pred` within 20 s; a server `error` fails the test.
 async fn expect(ws: &mut Ws, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let fut = async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(&t).expect("json");
-                    if v["type"] == "error" {
-                        panic!("server error while waiting for {what}: {v}");
-                    }
-                    if pred(&v) {
-                        return v;
-                    }
-                }
-                Some(Ok(_)) => {}
-                other => panic!("socket ended while waiting for {what}: {other:?}"),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), fut)
-        .await
-        .unwrap_or_else(|_| panic!("no {what} within 20 s"))
+    let v = expect_where(ws, what, Duration::from_secs(20), |v| {
+        v["type"] == "error" || pred(v)
+    })
+    .await;
+    assert_ne!(v["type"], "error", "server error while waiting for {what}: {v}");
+    v
 }
 
 // The test measures a real server in wall-clock time.
@@ -284,17 +214,19 @@ fn now() -> Instant {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "written but not yet run: the shared build machine did not finish compiling before the deadline; run with --ignored and remove this"]
 async fn four_terminals_mixed_into_quadrants_by_the_mcu_participant() {
-    let server = start_server();
+    let (w, h) = (MIX_W.to_string(), MIX_H.to_string());
+    let server = start_server(&[
+        ("HUITONG_MCU__WIDTH", w.as_str()),
+        ("HUITONG_MCU__HEIGHT", h.as_str()),
+        ("HUITONG_MCU__FPS", "10"),
+        ("HUITONG_MCU__BITRATE_BPS", "1500000"),
+    ]);
     let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let epoch = now();
 
     // The host opens the meeting and asks for a 4-picture MCU.
-    let (mut host, _) =
-        tokio_tungstenite::connect_async(format!("ws://{}/api/v1/signal", server.http))
-            .await
-            .expect("ws");
+    let mut host = connect(server.http).await;
     send(
         &mut host,
         json!({"type": "join", "v": 1, "meeting": MEETING, "name": "主持人", "create": true}),

@@ -1,99 +1,19 @@
 //! Garbage, truncated and oversized input on the signalling socket and the media port
 //! must get clear errors (or be dropped) while the meeting keeps being served.
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-struct Server {
-    child: Child,
-    http: SocketAddr,
-    udp: SocketAddr,
-    _dir: TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn start_server() -> Server {
-    let dir = std::env::temp_dir().join(format!("huitong-robust-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_huitong"))
-        .arg("serve")
-        .env("HUITONG_HTTP__LISTEN", "127.0.0.1:0")
-        .env("HUITONG_MEDIA__UDP_LISTEN", "127.0.0.1:0")
-        .env("HUITONG_MEDIA__ADVERTISE_IP", "127.0.0.1")
-        .env("HUITONG_DATA_DIR", &dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start huitong");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = loop {
-        let line = lines.next().expect("server exited before READY").unwrap();
-        if let Some(j) = line.strip_prefix("HUITONG_READY ") {
-            break serde_json::from_str::<Value>(j).unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server {
-        child,
-        http: ready["http"].as_str().unwrap().parse().unwrap(),
-        udp: ready["udp"].as_str().unwrap().parse().unwrap(),
-        _dir: TempDir(dir),
-    }
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(http: SocketAddr) -> Ws {
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/api/v1/signal")).await.expect("ws connect");
-    ws
-}
-
-/// Next JSON message of the given type, skipping others.
-async fn expect(ws: &mut Ws, ty: &str) -> Value {
-    let fut = async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(&t).unwrap();
-                    if v["type"] == ty {
-                        return v;
-                    }
-                }
-                Some(Ok(_)) => {}
-                other => panic!("socket ended waiting for {ty}: {other:?}"),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut).await.unwrap_or_else(|_| panic!("no {ty} within 10 s"))
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into())).await.unwrap();
-}
+mod common;
+use common::{connect, expect, send, start_server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_both_ports_leaves_the_meeting_running() {
-    let srv = start_server();
+    let srv = start_server(&[]);
     let mut a = connect(srv.http).await;
 
     // Before join: requests are refused with not_joined, and the socket stays.
@@ -125,10 +45,17 @@ async fn garbage_on_both_ports_leaves_the_meeting_running() {
     for (text, code) in &garbage {
         a.send(Message::Text(text.clone().into())).await.unwrap();
         let e = expect(&mut a, "error").await;
-        assert_eq!(e["code"], *code, "for input {:?}", &text[..text.len().min(80)]);
+        assert_eq!(
+            e["code"],
+            *code,
+            "for input {:?}",
+            &text[..text.len().min(80)]
+        );
         assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    a.send(Message::Binary(vec![0xde, 0xad, 0xbe, 0xef].into())).await.unwrap();
+    a.send(Message::Binary(vec![0xde, 0xad, 0xbe, 0xef].into()))
+        .await
+        .unwrap();
     assert_eq!(expect(&mut a, "error").await["code"], "bad_request");
 
     // Garbage on the media port: random bytes, truncated RTP/RTCP, STUN- and DTLS-looking junk.
@@ -144,10 +71,10 @@ async fn garbage_on_both_ports_leaves_the_meeting_running() {
         let len = (rnd() % 1400) as usize;
         let mut pkt: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
         match i % 5 {
-            0 if len > 0 => pkt[0] = 0x80,       // RTP version bits
+            0 if len > 0 => pkt[0] = 0x80, // RTP version bits
             1 if len > 1 => pkt[..2].copy_from_slice(&[0x80, 200]), // RTCP SR
             2 if len > 1 => pkt[..2].copy_from_slice(&[0x00, 0x01]), // STUN binding request
-            3 if len > 0 => pkt[0] = 22,         // DTLS handshake
+            3 if len > 0 => pkt[0] = 22,   // DTLS handshake
             _ => {}
         }
         pkt.truncate(len);
@@ -157,7 +84,11 @@ async fn garbage_on_both_ports_leaves_the_meeting_running() {
 
     // The meeting still works: a second participant joins and the first one hears of it.
     let mut b = connect(srv.http).await;
-    send(&mut b, json!({"type": "join", "v": 1, "meeting": "4242", "name": "分会场"})).await;
+    send(
+        &mut b,
+        json!({"type": "join", "v": 1, "meeting": "4242", "name": "分会场"}),
+    )
+    .await;
     let jb = expect(&mut b, "joined").await;
     assert_eq!(jb["participants"].as_array().unwrap().len(), 2);
     let pj = expect(&mut a, "participant_joined").await;
@@ -169,18 +100,28 @@ async fn garbage_on_both_ports_leaves_the_meeting_running() {
     send(&mut a, json!({"type": "host", "action": "lock", "id": 3})).await;
     assert_eq!(expect(&mut a, "ok").await["re"], 3);
     let mut c = connect(srv.http).await;
-    send(&mut c, json!({"type": "join", "v": 1, "meeting": "4242", "name": "late"})).await;
+    send(
+        &mut c,
+        json!({"type": "join", "v": 1, "meeting": "4242", "name": "late"}),
+    )
+    .await;
     assert_eq!(expect(&mut c, "error").await["code"], "meeting_locked");
 
     // Health and metrics answer, and the media junk was counted, not fatal.
     let body = http_get(srv.http, "/metrics").await;
-    let unparsed = metric(&body, "huitong_sfu_datagrams_unparseable_total") + metric(&body, "huitong_sfu_datagrams_unmatched_total");
-    assert!(unparsed >= 1000.0, "junk datagrams were not counted: {body}");
+    let unparsed = metric(&body, "huitong_sfu_datagrams_unparseable_total")
+        + metric(&body, "huitong_sfu_datagrams_unmatched_total");
+    assert!(
+        unparsed >= 1000.0,
+        "junk datagrams were not counted: {body}"
+    );
     assert!(http_get(srv.http, "/healthz").await.contains("\"ok\""));
 
     // A frame beyond the transport limit closes only that connection.
     let mut d = connect(srv.http).await;
-    let _ = d.send(Message::Text("x".repeat(5 * 1024 * 1024).into())).await;
+    let _ = d
+        .send(Message::Text("x".repeat(5 * 1024 * 1024).into()))
+        .await;
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match d.next().await {
@@ -198,22 +139,53 @@ async fn garbage_on_both_ports_leaves_the_meeting_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_meeting_and_wrong_passcode_are_clear_errors() {
-    let srv = start_server();
+    let srv = start_server(&[]);
     let mut a = connect(srv.http).await;
-    send(&mut a, json!({"type": "join", "v": 1, "meeting": "999000", "name": "x"})).await;
+    send(
+        &mut a,
+        json!({"type": "join", "v": 1, "meeting": "999000", "name": "x"}),
+    )
+    .await;
     assert_eq!(expect(&mut a, "error").await["code"], "unknown_meeting");
-    send(&mut a, json!({"type": "join", "v": 2, "meeting": "999000", "name": "x"})).await;
+    send(
+        &mut a,
+        json!({"type": "join", "v": 2, "meeting": "999000", "name": "x"}),
+    )
+    .await;
     assert_eq!(expect(&mut a, "error").await["code"], "unsupported_version");
-    send(&mut a, json!({"type": "join", "v": 1, "meeting": "12a", "name": "x"})).await;
+    send(
+        &mut a,
+        json!({"type": "join", "v": 1, "meeting": "12a", "name": "x"}),
+    )
+    .await;
     assert_eq!(expect(&mut a, "error").await["code"], "bad_request");
     send(&mut a, json!({"type": "join", "v": 1, "meeting": "777000", "passcode": "1234", "name": "h", "create": true})).await;
     expect(&mut a, "joined").await;
     let mut b = connect(srv.http).await;
-    send(&mut b, json!({"type": "join", "v": 1, "meeting": "777000", "passcode": "0000", "name": "x"})).await;
+    send(
+        &mut b,
+        json!({"type": "join", "v": 1, "meeting": "777000", "passcode": "0000", "name": "x"}),
+    )
+    .await;
     assert_eq!(expect(&mut b, "error").await["code"], "wrong_passcode");
-    send(&mut b, json!({"type": "join", "v": 1, "meeting": "777000", "name": "x"})).await;
+    send(
+        &mut b,
+        json!({"type": "join", "v": 1, "meeting": "777000", "name": "x"}),
+    )
+    .await;
     assert_eq!(expect(&mut b, "error").await["code"], "wrong_passcode");
-    send(&mut b, json!({"type": "join", "v": 1, "meeting": "777000", "passcode": "1234", "name": "x"})).await;
+    // Only the in-process connection may join as a service member (it skips the passcode).
+    send(
+        &mut b,
+        json!({"type": "join", "v": 1, "meeting": "777000", "name": "x", "kind": "mcu"}),
+    )
+    .await;
+    assert_eq!(expect(&mut b, "error").await["code"], "bad_request");
+    send(
+        &mut b,
+        json!({"type": "join", "v": 1, "meeting": "777000", "passcode": "1234", "name": "x"}),
+    )
+    .await;
     assert_eq!(expect(&mut b, "joined").await["role"], "participant");
     // Unknown API paths answer JSON errors.
     let r = http_get(srv.http, "/api/nope").await;
@@ -221,12 +193,7 @@ async fn unknown_meeting_and_wrong_passcode_are_clear_errors() {
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
+    common::http(addr, "GET", path, None, None).await.1
 }
 
 fn metric(body: &str, name: &str) -> f64 {

@@ -8,14 +8,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use media::codec::{PayloadInfo, h264, vp8};
+use media::recovery::{FecSizing, FrameMarking, ReceiverEvent, SenderEvent};
 use media::speaker::{SpeakerConfig, SpeakerDetector};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::{Codec, PayloadParams};
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
 use str0m::{Candidate, Event, IceConnectionState, Rtc, RtcConfig};
@@ -23,6 +25,7 @@ use str0m::{Candidate, Event, IceConnectionState, Rtc, RtcConfig};
 use crate::alloc::{Demand, allocate};
 use crate::forward::{Forwarder, InPacket, Layer, Verdict};
 use crate::keyframe::KeyframeGate;
+use crate::protect::{self, FramePacket, ProtectedRx, ProtectedTx, SeqExtender};
 use crate::{
     ParticipantId, PcRole, Preference, Quality, QualityStat, RoomId, SfuError, SfuEvent,
     TrackDecl, TrackId, TrackInfo, TrackMapping, TrackSource,
@@ -92,6 +95,12 @@ pub struct Counters {
     pub keyframe_requests_up: u64,
     pub keyframe_requests_absorbed: u64,
     pub layer_switches: u64,
+    /// Frames the uplink recovery of protected streams delivered to forwarding.
+    pub protected_frames_up: u64,
+    /// Frames it could not complete (or whose reference was lost): never forwarded.
+    pub protected_skipped_up: u64,
+    /// Runs of packets of which nothing arrived, given up by the uplink recovery.
+    pub protected_gaps_up: u64,
 }
 
 type PeerKey = u32;
@@ -106,6 +115,8 @@ struct Peer {
     role: PcRole,
     timeout: Instant,
     connected: bool,
+    /// Written to since it was last drained (listed in `Sfu::dirty`).
+    dirty: bool,
     /// Publisher streams already resolved to (track, layer).
     ssrcs: HashMap<Ssrc, (TrackId, Layer)>,
 }
@@ -132,6 +143,15 @@ struct Subscription {
     pt_map: Vec<(u8, Option<u8>)>,
     /// The outgoing stream was taken off the pacer (see `on_rtp`).
     unpaced: bool,
+    /// Loss protection of the downlink, when both ends negotiated it.
+    protect: Option<Downlink>,
+}
+
+/// A protected subscription's sending end.
+struct Downlink {
+    /// Carrier payload type on the subscribe pc.
+    pt: Pt,
+    tx: Option<ProtectedTx>,
 }
 
 #[derive(Default)]
@@ -178,6 +198,8 @@ struct Track {
     temporal_seen: bool,
     muted: bool,
     subscribers: Vec<ParticipantId>,
+    /// Uplink recovery of a protected stream: (carrier payload type, receiver).
+    protect: Option<(u8, Option<ProtectedRx>, SeqExtender)>,
 }
 
 struct Room {
@@ -198,6 +220,11 @@ pub struct Sfu {
     next_track: u64,
     out: VecDeque<Output>,
     deferred: VecDeque<(PeerKey, Event)>,
+    /// Subscribe pcs written to and not drained yet. Draining once per batch instead of
+    /// once per forwarded packet lets str0m compute its next timeout once per peer.
+    dirty: Vec<PeerKey>,
+    /// The latest input time, for events that draining a dirty peer yields.
+    last_now: Instant,
     /// The time the engine was created; the base of timeouts before any input.
     epoch: Instant,
     last_tick: Option<Instant>,
@@ -230,6 +257,8 @@ impl Sfu {
             next_track: 1,
             out: VecDeque::new(),
             deferred: VecDeque::new(),
+            dirty: Vec::new(),
+            last_now: now,
             last_tick: None,
             last_alloc: None,
             last_rates: None,
@@ -337,9 +366,17 @@ impl Sfu {
             .sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| SfuError::Sdp(e.to_string()))?;
-        for sub in part.subs.values_mut() {
+        for (tid, sub) in part.subs.iter_mut() {
             if sub.state == SubState::Negotiating {
                 sub.state = SubState::Open;
+                // Protect the downlink of a protected stream when the subscriber took
+                // the carrier in its answer.
+                let protected_src = self.tracks.get(tid).is_some_and(|t| t.protect.is_some());
+                let media = sub.mid.and_then(|m| peer.rtc.media(m));
+                if let (true, Some(media)) = (protected_src, media) {
+                    let pt = protect::carrier_pt(peer.rtc.codec_config().params(), media.remote_pts());
+                    sub.protect = pt.map(|pt| Downlink { pt, tx: None });
+                }
             }
         }
         // Only stops that were in the answered offer are done; a track that went away
@@ -440,6 +477,10 @@ impl Sfu {
     // ---------------------------------------------------------------- sans-IO core
 
     pub fn handle_input(&mut self, input: Input<'_>) {
+        let now = match &input {
+            Input::Timeout(now) | Input::Datagram { now, .. } => *now,
+        };
+        self.last_now = self.last_now.max(now);
         match input {
             Input::Timeout(now) => self.handle_timeout(now),
             Input::Datagram { now, source, destination, contents } => {
@@ -480,8 +521,14 @@ impl Sfu {
         if let Some(o) = self.out.pop_front() {
             return o;
         }
+        if !self.dirty.is_empty() {
+            self.drain_dirty();
+            if let Some(o) = self.out.pop_front() {
+                return o;
+            }
+        }
         let next_tick = self.last_tick.map(|t| t + TICK);
-        let peer_min = self.peers.values().map(|p| p.timeout).min();
+        let peer_min = self.peers.values().map(|p| p.timeout).chain(self.protect_timeout()).min();
         let t = match (next_tick, peer_min) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) => a,
@@ -501,6 +548,7 @@ impl Sfu {
             }
             self.drain(k);
         }
+        self.protect_handle_timeout(now);
         if self.last_tick.is_none_or(|t| now >= t + TICK) {
             self.last_tick = Some(now);
             self.tick(now);
@@ -574,6 +622,7 @@ impl Sfu {
             .enable_vp8(true)
             .enable_opus(true, false)
             .set_stats_interval(Some(Duration::from_secs(1)));
+        protect::add_tunnel_codec(cfg.codec_config());
         if role == PcRole::Subscribe {
             cfg = cfg.enable_bwe(Some(self.cfg.initial_bwe));
         }
@@ -594,7 +643,7 @@ impl Sfu {
         self.next_peer = self.next_peer.wrapping_add(1).max(1);
         self.peers.insert(
             key,
-            Peer { rtc, participant: pid, role, timeout: now, connected: false, ssrcs: HashMap::new() },
+            Peer { rtc, participant: pid, role, timeout: now, connected: false, dirty: false, ssrcs: HashMap::new() },
         );
         key
     }
@@ -603,6 +652,19 @@ impl Sfu {
     fn drain(&mut self, key: PeerKey) {
         if let Some(peer) = self.peers.get_mut(&key) {
             drain_peer(peer, key, &mut self.out, &mut self.deferred);
+        }
+    }
+
+    /// Drains the peers forwarded packets were written to, and whatever that causes.
+    fn drain_dirty(&mut self) {
+        while !self.dirty.is_empty() {
+            for key in std::mem::take(&mut self.dirty) {
+                if let Some(peer) = self.peers.get_mut(&key) {
+                    peer.dirty = false;
+                    drain_peer(peer, key, &mut self.out, &mut self.deferred);
+                }
+            }
+            self.run_deferred(self.last_now);
         }
     }
 
@@ -626,6 +688,9 @@ impl Sfu {
                         self.keyframe_wanted(now, tid, l);
                     }
                 }
+            }
+            Event::AppSpecificFeedback(f) if role == PcRole::Subscribe => {
+                self.downlink_feedback(now, pid, *f.media_ssrc, &f.payload);
             }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 if let Some(p) = self.participants.get_mut(&pid) {
@@ -720,6 +785,12 @@ impl Sfu {
             }
             let existing = self.tracks.iter().find(|(_, t)| t.owner == pid && t.mid == media.mid()).map(|(id, _)| *id);
             if let Some(id) = existing {
+                // A renegotiation may change the codec (the fallback to VP8 for a
+                // subscriber that cannot decode H.264): learn the new payload types.
+                let codecs = negotiated_codecs(&peer.rtc, media.remote_pts());
+                if let Some(t) = self.tracks.get_mut(&id) {
+                    t.codecs = codecs;
+                }
                 keep.push(id);
                 continue;
             }
@@ -730,14 +801,9 @@ impl Sfu {
                 };
                 if r.is_empty() { vec![None] } else { r }
             };
-            let codecs = peer
-                .rtc
-                .codec_config()
-                .params()
-                .iter()
-                .filter(|p| media.remote_pts().contains(&p.pt()))
-                .map(|p| (*p.pt(), *p))
-                .collect();
+            let codecs = negotiated_codecs(&peer.rtc, media.remote_pts());
+            // Loss protection is for video from peers that negotiated the carrier.
+            let carrier = codecs_carrier(&codecs).filter(|_| d.kind == MediaKind::Video);
             let id = TrackId(self.next_track);
             self.next_track += 1;
             let gate = KeyframeGate::new(self.cfg.keyframe_interval);
@@ -757,6 +823,7 @@ impl Sfu {
                     temporal_seen: false,
                     muted: false,
                     subscribers: vec![],
+                    protect: carrier.map(|pt| (pt, None, SeqExtender::default())),
                 },
             );
             keep.push(id);
@@ -807,7 +874,7 @@ impl Sfu {
         let start = if t.kind == MediaKind::Audio { Some(0) } else { Some(2) };
         part.subs.insert(
             tid,
-            Subscription { mid: None, state: SubState::New, fwd: Forwarder::new(start), pref: Preference::default(), pt_map: vec![], unpaced: false },
+            Subscription { mid: None, state: SubState::New, fwd: Forwarder::new(start), pref: Preference::default(), pt_map: vec![], unpaced: false, protect: None },
         );
         part.renegotiate = true;
     }
@@ -931,14 +998,60 @@ impl Sfu {
         }
         let Some(track) = self.tracks.get_mut(&tid) else { return };
         let pt = *pkt.header.payload_type;
+        if let Some((carrier, rx, _)) = &mut track.protect {
+            if pt == *carrier {
+                let params: Vec<PayloadParams> = track.codecs.values().copied().collect();
+                let first = rx.is_none();
+                // Our feedback's sender SSRC only has to differ from the media's.
+                let rx = rx.get_or_insert_with(|| ProtectedRx::new(*ssrc, !*ssrc, protect::HOP_PLAYOUT_DELAY));
+                rx.handle_carried(now, &pkt.payload, &params);
+                if first {
+                    // The recovery loop asks for what it needs; str0m's own NACKs would
+                    // only ask for carrier packets nobody keeps.
+                    if let Some(p) = self.peers.get_mut(&key) {
+                        if let Some(s) = p.rtc.direct_api().stream_rx(&ssrc) {
+                            s.suppress_nack(true);
+                        }
+                    }
+                }
+                self.pump_uplink(now, tid);
+                return;
+            }
+        }
+        let fwd = Fwd {
+            pt,
+            seq: *pkt.seq_no,
+            ts: pkt.header.timestamp,
+            marker: pkt.header.marker,
+            audio_level: pkt.header.ext_vals.audio_level,
+            voice_activity: pkt.header.ext_vals.voice_activity,
+            payload: pkt.payload,
+            arrival: pkt.timestamp,
+            marking: None,
+        };
+        self.forward(now, pid, tid, layer, fwd);
+    }
+
+    /// Forwards one packet of a published track (received, or completed by the uplink
+    /// recovery of a protected stream) to its subscribers.
+    fn forward(&mut self, now: Instant, pid: ParticipantId, tid: TrackId, layer: Layer, pkt: Fwd) {
+        let Some(track) = self.tracks.get_mut(&tid) else { return };
+        let pt = pkt.pt;
         let params = track.codecs.get(&pt).copied();
         let codec = params.map(|p| p.spec().codec);
         let payload: &[u8] = &pkt.payload;
         // One parse of the VP8 descriptor serves layer detection and id rewriting.
         let vp8_fields = if codec == Some(Codec::Vp8) { vp8::parse_descriptor(payload) } else { None };
-        let info = match codec {
-            Some(Codec::H264) => h264::inspect(payload),
-            Some(Codec::Vp8) => vp8_fields.map(|d| vp8::info(&d, payload)),
+        let info = match (pkt.marking, codec) {
+            // Frame marking says it for any codec.
+            (Some(m), _) => Some(PayloadInfo {
+                keyframe_start: m.start && m.independent,
+                frame_start: m.start,
+                temporal_id: Some(m.tid),
+                layer_sync: m.base_sync,
+            }),
+            (None, Some(Codec::H264)) => h264::inspect(payload),
+            (None, Some(Codec::Vp8)) => vp8_fields.map(|d| vp8::info(&d, payload)),
             _ => Some(PayloadInfo { keyframe_start: true, frame_start: true, ..Default::default() }),
         };
         let Some(info) = info else { return };
@@ -961,7 +1074,7 @@ impl Sfu {
             }
         }
         if track.kind == MediaKind::Audio && !track.muted {
-            if let (Some(level), Some(room)) = (pkt.header.ext_vals.audio_level, self.rooms.get_mut(&track.room)) {
+            if let (Some(level), Some(room)) = (pkt.audio_level, self.rooms.get_mut(&track.room)) {
                 room.speaker.add_level(now, pid, level);
             }
         }
@@ -971,19 +1084,19 @@ impl Sfu {
         let vp8d = if codec == Some(Codec::Vp8) { Vp8Descriptor::parse(payload).ok() } else { None };
         let inp = InPacket {
             layer,
-            seq: *pkt.seq_no,
-            ts: pkt.header.timestamp,
+            seq: pkt.seq,
+            ts: pkt.ts,
             clock_rate: track.clock_rate,
             info,
             vp8_picture_id: vp8_fields.and_then(|d| d.picture_id),
             vp8_tl0: vp8_fields.and_then(|d| d.tl0_pic_idx),
-            arrival: pkt.timestamp,
+            arrival: pkt.arrival,
         };
         let is_video = track.kind == MediaKind::Video;
         let mut ext = ExtensionValues::default();
         if !is_video {
-            ext.audio_level = pkt.header.ext_vals.audio_level;
-            ext.voice_activity = pkt.header.ext_vals.voice_activity;
+            ext.audio_level = pkt.audio_level;
+            ext.voice_activity = pkt.voice_activity;
         }
         let mut want_kf: Vec<Layer> = vec![];
         for i in 0..track.subscribers.len() {
@@ -1009,14 +1122,52 @@ impl Sfu {
             let out_pt = match sub.pt_map.iter().find(|(i, _)| *i == pt) {
                 Some((_, o)) => *o,
                 None => {
-                    let mapped = params.and_then(|params| speer.rtc.codec_config().match_params(params).map(|p| *p.pt()));
+                    // Only a payload type the subscriber's answer accepted on this m-line:
+                    // the local codec config lists codecs the remote may have refused.
+                    let accepted = sub.mid.and_then(|m| speer.rtc.media(m)).map(|m| m.remote_pts());
+                    let mapped = params
+                        .and_then(|params| speer.rtc.codec_config().match_params(params).map(|p| *p.pt()))
+                        .filter(|o| accepted.is_none_or(|a| a.iter().any(|x| **x == *o)));
                     sub.pt_map.push((pt, mapped));
+                    if let (None, true, Some(codec)) = (mapped, is_video, codec) {
+                        // The subscriber cannot decode this codec (Firefox without
+                        // H.264): ask the publisher to fall back to VP8, which every
+                        // browser decodes. Asked once per subscriber and payload type.
+                        self.out.push_back(Output::Event(SfuEvent::CodecUnsupported {
+                            publisher: pid,
+                            track: tid,
+                            codec: codec.to_string(),
+                        }));
+                    }
                     mapped
                 }
             };
             let Some(out_pt) = out_pt else { continue };
+            if let (Some(down), Some(marking)) = (&mut sub.protect, pkt.marking) {
+                if down.tx.is_none() {
+                    let ssrc = speer.rtc.direct_api().stream_tx_by_mid(mid, None).map(|s| *s.ssrc());
+                    let rtx_pt = protect::rtx_pt_for(speer.rtc.codec_config().params(), out_pt);
+                    // The first sequence numbers only need to differ between streams.
+                    down.tx = ssrc.and_then(|s| ProtectedTx::new(s, out_pt, rtx_pt, FecSizing::Hybrid, (s as u16) & 0x7fff).ok());
+                }
+                let Some(tx) = &mut down.tx else { continue };
+                let fp = FramePacket { timestamp: o.ts, marker: pkt.marker, marking, payload: &pkt.payload };
+                if let Err(e) = tx.push_packet(now, &fp) {
+                    tracing::debug!(error = %e, "protected downlink rejected a packet");
+                }
+                if !sub.unpaced {
+                    if let Some(stx) = speer.rtc.direct_api().stream_tx_by_mid(mid, None) {
+                        stx.set_unpaced(true);
+                    }
+                    sub.unpaced = true;
+                }
+                tx.flush_into(&mut speer.rtc, mid, down.pt, now);
+                self.counters.rtp_forwarded += 1;
+                drain_peer(speer, skey, &mut self.out, &mut self.deferred);
+                continue;
+            }
             let mut w = RtpWrite::new(out_pt.into(), o.seq.into(), o.ts, inp.arrival, pkt.payload.clone())
-                .marker(pkt.header.marker)
+                .marker(pkt.marker)
                 .nackable(is_video)
                 .ext_vals(ext.clone());
             if let (Some(d), Some(pic), Some(tl0)) = (&vp8d, o.vp8_picture_id, o.vp8_tl0) {
@@ -1041,10 +1192,127 @@ impl Sfu {
                 tx.write_rtp(w);
             }
             self.counters.rtp_forwarded += 1;
-            drain_peer(speer, skey, &mut self.out, &mut self.deferred);
+            if !speer.dirty {
+                speer.dirty = true;
+                self.dirty.push(skey);
+            }
         }
         for l in want_kf {
             self.keyframe_wanted(now, tid, l);
+        }
+    }
+
+    /// Forwards what the uplink recovery of a protected track completed and sends its
+    /// feedback to the publisher.
+    fn pump_uplink(&mut self, now: Instant, tid: TrackId) {
+        let Some(t) = self.tracks.get_mut(&tid) else { return };
+        let owner = t.owner;
+        let Some((_, Some(rx), ext)) = &mut t.protect else { return };
+        let mut fwd = vec![];
+        while let Some(ev) = rx.poll_event() {
+            match ev {
+                ReceiverEvent::Frame(f) => {
+                    self.counters.protected_frames_up += 1;
+                    fwd.extend(f.packets.iter().filter_map(|p| carried_fwd(p, ext, now)));
+                }
+                ReceiverEvent::Skipped(_) => self.counters.protected_skipped_up += 1,
+                ReceiverEvent::Gap { .. } => self.counters.protected_gaps_up += 1,
+                ReceiverEvent::KeyframeRequested => {}
+            }
+        }
+        self.send_uplink_feedback(tid);
+        for f in fwd {
+            self.forward(now, owner, tid, 0, f);
+        }
+    }
+
+    /// Sends the feedback the uplink recovery of a protected track has queued.
+    fn send_uplink_feedback(&mut self, tid: TrackId) {
+        let Some(t) = self.tracks.get_mut(&tid) else {
+            return;
+        };
+        let owner = t.owner;
+        let Some((_, Some(rx), _)) = &mut t.protect else {
+            return;
+        };
+        let (media_ssrc, own_ssrc) = (rx.media_ssrc, rx.receiver_ssrc());
+        let mut feedback = vec![];
+        while let Some(fb) = rx.poll_feedback() {
+            feedback.push(fb);
+        }
+        if let Some(key) = self.participants.get(&owner).and_then(|p| p.publisher) {
+            // One feedback message per datagram: str0m keeps only the last application
+            // feedback of a compound packet.
+            for fb in feedback {
+                if let Some(peer) = self.peers.get_mut(&key) {
+                    protect::send_feedback(&mut peer.rtc, own_ssrc, media_ssrc, fb);
+                }
+                self.drain(key);
+            }
+        }
+    }
+
+    /// Feedback from a subscriber for a protected downlink.
+    fn downlink_feedback(&mut self, now: Instant, pid: ParticipantId, media_ssrc: u32, payload: &[u8]) {
+        let Some(part) = self.participants.get_mut(&pid) else { return };
+        let Some(skey) = part.subscriber else { return };
+        let mut wanted = vec![];
+        for (tid, sub) in &mut part.subs {
+            let (Some(down), Some(mid)) = (&mut sub.protect, sub.mid) else { continue };
+            let Some(tx) = down.tx.as_mut().filter(|tx| tx.media_ssrc == media_ssrc) else { continue };
+            tx.handle_feedback(now, payload);
+            while let Some(SenderEvent::KeyframeRequested) = tx.poll_event() {
+                if let Some(l) = sub.fwd.current() {
+                    wanted.push((*tid, l));
+                }
+            }
+            if let Some(speer) = self.peers.get_mut(&skey) {
+                tx.flush_into(&mut speer.rtc, mid, down.pt, now);
+                drain_peer(speer, skey, &mut self.out, &mut self.deferred);
+            }
+        }
+        for (tid, l) in wanted {
+            self.keyframe_wanted(now, tid, l);
+        }
+    }
+
+    /// Earliest timer of the loss protection.
+    fn protect_timeout(&self) -> Option<Instant> {
+        let up = self.tracks.values().filter_map(|t| t.protect.as_ref()?.1.as_ref()?.poll_timeout());
+        let down = self
+            .participants
+            .values()
+            .flat_map(|p| p.subs.values())
+            .filter_map(|s| s.protect.as_ref()?.tx.as_ref()?.poll_timeout());
+        up.chain(down).min()
+    }
+
+    fn protect_handle_timeout(&mut self, now: Instant) {
+        let mut due = vec![];
+        for (id, t) in &mut self.tracks {
+            let Some(rx) = t.protect.as_mut().and_then(|p| p.1.as_mut()) else { continue };
+            if rx.poll_timeout().is_some_and(|x| x <= now) {
+                rx.handle_timeout(now);
+                due.push(*id);
+            }
+        }
+        for id in due {
+            self.pump_uplink(now, id);
+        }
+        for part in self.participants.values_mut() {
+            let Some(skey) = part.subscriber else { continue };
+            for sub in part.subs.values_mut() {
+                let (Some(down), Some(mid)) = (&mut sub.protect, sub.mid) else { continue };
+                let Some(tx) = &mut down.tx else { continue };
+                if tx.poll_timeout().is_none_or(|x| x > now) {
+                    continue;
+                }
+                tx.handle_timeout(now);
+                if let Some(speer) = self.peers.get_mut(&skey) {
+                    tx.flush_into(&mut speer.rtc, mid, down.pt, now);
+                    drain_peer(speer, skey, &mut self.out, &mut self.deferred);
+                }
+            }
         }
     }
 
@@ -1060,7 +1328,19 @@ impl Sfu {
         }
     }
 
-    fn send_keyframe_request(&mut self, _now: Instant, tid: TrackId, layer: Layer) {
+    fn send_keyframe_request(&mut self, now: Instant, tid: TrackId, layer: Layer) {
+        // A protected uplink loses a lone RTCP PLI as often as it loses packets (half the
+        // time at 50 %, and the gate retries only every `keyframe_interval`): ask through
+        // the recovery loop's feedback, which sends it in enough copies.
+        if let Some(t) = self.tracks.get_mut(&tid) {
+            if let Some((_, Some(rx), _)) = &mut t.protect {
+                if rx.request_keyframe(now) {
+                    self.counters.keyframe_requests_up += 1;
+                    self.send_uplink_feedback(tid);
+                    return;
+                }
+            }
+        }
         let Some(t) = self.tracks.get(&tid) else { return };
         let Some(key) = self.participants.get(&t.owner).and_then(|p| p.publisher) else { return };
         let rid = t
@@ -1114,7 +1394,11 @@ impl Sfu {
             ids.push(*tid);
             demands.push(Demand { ceiling, layer_bps, priority, temporal_scalable: t.temporal_seen, simulcast });
         }
-        let budget = part.budget.map_or(u64::MAX, |b| b.saturating_sub(audio_bps));
+        // str0m's estimate lowers the rate for loss, which collapses it on a lossy link
+        // the protection handles; a subscriber with protected streams is not held to it
+        // (media::cc, delay-based, is not wired into the SFU yet).
+        let protected = part.subs.values().any(|s| s.protect.is_some());
+        let budget = part.budget.filter(|_| !protected).map_or(u64::MAX, |b| b.saturating_sub(audio_bps));
         let alloc = allocate(budget, &demands);
         let mut wanted = vec![];
         for (tid, a) in ids.iter().zip(alloc) {
@@ -1169,6 +1453,42 @@ impl Sfu {
     }
 }
 
+/// One packet on its way to forwarding.
+struct Fwd {
+    pt: u8,
+    /// Extended sequence number on the publisher's stream.
+    seq: u64,
+    ts: u32,
+    marker: bool,
+    audio_level: Option<i8>,
+    voice_activity: Option<bool>,
+    payload: Arc<[u8]>,
+    arrival: Instant,
+    /// Frame marking of a packet completed by the uplink recovery.
+    marking: Option<FrameMarking>,
+}
+
+/// A packet the uplink recovery delivered, ready for forwarding.
+fn carried_fwd(p: &[u8], ext: &mut SeqExtender, now: Instant) -> Option<Fwd> {
+    let v = media::fec::RtpView::parse(p).ok()?;
+    Some(Fwd {
+        pt: v.payload_type,
+        seq: ext.extend(v.seq),
+        ts: v.timestamp,
+        marker: v.marker,
+        audio_level: None,
+        voice_activity: None,
+        payload: Arc::from(p.get(v.payload_start..v.payload_end)?),
+        arrival: now,
+        marking: FrameMarking::parse(p, protect::FRAME_MARKING_ID),
+    })
+}
+
+/// The carrier payload type among a track's negotiated codecs.
+fn codecs_carrier(codecs: &HashMap<u8, PayloadParams>) -> Option<u8> {
+    codecs.iter().find(|(_, p)| protect::is_carrier(p)).map(|(pt, _)| *pt)
+}
+
 /// The highest layer the subscriber's preference allows.
 fn ceiling_for(pref: &Preference, t: &Track, simulcast: bool) -> Option<Layer> {
     let by_quality = match pref.quality {
@@ -1215,4 +1535,9 @@ fn drain_peer(peer: &mut Peer, key: PeerKey, out: &mut VecDeque<Output>, deferre
             }
         }
     }
+}
+
+/// The codecs of our config that the remote accepted on an m-line, by payload type.
+fn negotiated_codecs(rtc: &Rtc, remote_pts: &[Pt]) -> HashMap<u8, PayloadParams> {
+    rtc.codec_config().params().iter().filter(|p| remote_pts.contains(&p.pt())).map(|p| (*p.pt(), *p)).collect()
 }

@@ -9,7 +9,9 @@ pub mod alloc;
 pub mod engine;
 pub mod forward;
 pub mod keyframe;
+pub mod protect;
 pub mod shell;
+mod udp;
 
 use std::fmt;
 use std::time::Duration;
@@ -146,6 +148,9 @@ pub enum SfuEvent {
     Quality { room: RoomId, stats: Vec<QualityStat> },
     MediaConnected { participant: ParticipantId, pc: PcRole },
     MediaDisconnected { participant: ParticipantId, pc: PcRole },
+    /// A subscriber of `track` cannot decode its codec: its publisher should send a
+    /// codec every receiver has (VP8).
+    CodecUnsupported { publisher: ParticipantId, track: TrackId, codec: String },
 }
 
 #[derive(Debug, thiserror::Error)]

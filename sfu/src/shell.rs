@@ -3,14 +3,13 @@
 //! emits and sleeps until its next timeout. This is the only place in the crate that
 //! reads the clock.
 
-use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::time::Instant;
 
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::{Counters, Input, Output, Sfu, SfuConfig};
+use crate::udp::MediaSocket;
 use crate::{ParticipantId, PcRole, Preference, RoomId, SfuError, SfuEvent, TrackDecl, TrackId, TrackSource};
 
 type Reply<T> = oneshot::Sender<Result<T, SfuError>>;
@@ -98,25 +97,21 @@ impl SfuHandle {
 /// Starts the SFU on its own thread. It stops when every [`SfuHandle`] is dropped.
 /// `cfg.candidates` empty means "advertise the socket's own address".
 pub fn spawn(socket: StdUdpSocket, mut cfg: SfuConfig) -> Result<(SfuHandle, mpsc::UnboundedReceiver<SfuEvent>), SfuError> {
-    socket.set_nonblocking(true)?;
     let local_addr = socket.local_addr()?;
     if cfg.candidates.is_empty() {
         cfg.candidates.push(local_addr);
     }
-    // Bigger kernel buffers ride out bursts (keyframes × subscribers) without drops.
-    let sock2 = socket2::SockRef::from(&socket);
-    let _ = sock2.set_recv_buffer_size(8 << 20);
-    let _ = sock2.set_send_buffer_size(8 << 20);
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // The socket registers with this runtime's reactor; `enter` (not `block_on`) because
+    // callers may themselves be inside a runtime. Failure is reported here.
+    let io = {
+        let _guard = rt.enter();
+        MediaSocket::new(socket)?
+    };
     std::thread::Builder::new().name("sfu".into()).spawn(move || {
-        rt.block_on(async move {
-            match UdpSocket::from_std(socket) {
-                Ok(sock) => run(sock, cfg, cmd_rx, ev_tx).await,
-                Err(e) => tracing::error!(error = %e, "media socket unusable"),
-            }
-        })
+        rt.block_on(run(io, cfg, cmd_rx, ev_tx));
     })?;
     Ok((SfuHandle { tx: cmd_tx, local_addr }, ev_rx))
 }
@@ -127,7 +122,7 @@ fn now() -> Instant {
 }
 
 async fn run(
-    sock: UdpSocket,
+    mut io: MediaSocket,
     cfg: SfuConfig,
     mut cmds: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<SfuEvent>,
@@ -135,46 +130,36 @@ async fn run(
     // The address peers reach us at: str0m matches it against the local candidates.
     let destination = cfg.candidates[0];
     let mut sfu = Sfu::new(cfg, now());
-    let mut buf = vec![0u8; 2048];
     loop {
         let timeout = loop {
             match sfu.poll_output() {
-                Output::Transmit(t) => send(&sock, &t.contents, t.destination).await,
+                Output::Transmit(t) => io.queue(t),
                 Output::Event(e) => {
                     let _ = events.send(e);
                 }
                 Output::Timeout(t) => break t,
             }
         };
+        // Everything one batch of input produced leaves together (see `udp`).
+        io.flush().await;
         tokio::select! {
             biased;
-            r = sock.readable() => {
+            r = io.readable() => {
                 if let Err(e) = r {
                     tracing::error!(error = %e, "media socket failed");
                     return;
                 }
-                // Up to a batch of datagrams per wake-up; the engine's output is flushed after.
-                for _ in 0..64 {
-                    match sock.try_recv_from(&mut buf) {
-                        Ok((n, source)) => sfu.handle_input(Input::Datagram {
-                            now: now(),
-                            source,
-                            destination,
-                            contents: &buf[..n],
-                        }),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        // ICMP port unreachable from a departed peer surfaces here on Linux.
-                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "media recv failed");
-                            break;
-                        }
-                    }
+                // One batched read per wake-up; its output is flushed before the next.
+                let t = now();
+                let r = io.recv_batch(|source, contents| {
+                    sfu.handle_input(Input::Datagram { now: t, source, destination, contents });
+                });
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "media recv failed");
                 }
                 // Under steady traffic the socket is always readable and the biased select
                 // would never reach the timer branch: feed due timeouts here so str0m's
                 // queued output (RTX, RTCP, feedback) is not held back by incoming load.
-                let t = now();
                 if t >= timeout {
                     sfu.handle_input(Input::Timeout(t));
                 }
@@ -220,17 +205,5 @@ fn handle_command(sfu: &mut Sfu, cmd: Command) {
                 peers: sfu.peer_count(),
             });
         }
-    }
-}
-
-async fn send(sock: &UdpSocket, data: &[u8], dest: SocketAddr) {
-    match sock.try_send_to(data, dest) {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            if let Err(e) = sock.send_to(data, dest).await {
-                tracing::debug!(error = %e, %dest, "media send failed");
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, %dest, "media send failed"),
     }
 }

@@ -4,16 +4,22 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use serde_json::Value;
-use sfu::{ParticipantId, PcRole, Preference, QualityPref, SfuEvent, SfuHandle, TrackDecl, TrackId, TrackSource};
+use sfu::{
+    ParticipantId, PcRole, Preference, QualityPref, SfuEvent, SfuHandle, TrackDecl, TrackId,
+    TrackSource,
+};
 use tokio::sync::mpsc;
 
 use crate::SignalError;
+use crate::directory::{
+    DirectoryRole, Identity, JoinVerdict, MeetingDirectory, SignInReceipt, SignInWho,
+};
 use crate::protocol::{
-    HostAction, Kind, McuOptions, MeetingWire, MemberKind, ParticipantWire, Pc, QualityWire, QualityWireStat, ServerMsg,
-    Source, TrackWire,
+    HostAction, Kind, McuOptions, MeetingWire, MemberKind, ParticipantWire, Pc, QualityWire,
+    QualityWireStat, ServerMsg, Source, TrackWire,
 };
 
 /// A meeting that exists from start-up (until admin-api provides scheduled meetings).
@@ -40,7 +46,11 @@ pub struct HubConfig {
 
 impl Default for HubConfig {
     fn default() -> Self {
-        Self { adhoc_meetings: true, meetings: vec![], mcu_auto: None }
+        Self {
+            adhoc_meetings: true,
+            meetings: vec![],
+            mcu_auto: None,
+        }
     }
 }
 
@@ -48,7 +58,10 @@ impl Default for HubConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum McuRequest {
     /// The meeting wants an MCU with these options; if one runs, it re-lays-out.
-    Start { meeting: String, options: McuOptions },
+    Start {
+        meeting: String,
+        options: McuOptions,
+    },
     /// The meeting no longer wants its MCU (host stopped it, or no person is left).
     Stop { meeting: String },
 }
@@ -65,6 +78,11 @@ struct Member {
     name: String,
     /// A service participant (the MCU): never host, not counted as a person.
     kind: MemberKind,
+    /// The directory user behind this seat (joined with a valid access token).
+    identity: Option<Identity>,
+    /// May become host: anyone in an ad-hoc meeting, only the scheduled host and
+    /// co-hosts in a meeting from the directory.
+    may_host: bool,
     mic_muted: bool,
     camera_muted: bool,
     tx: mpsc::UnboundedSender<Outgoing>,
@@ -76,6 +94,8 @@ struct Member {
 
 struct Meeting {
     passcode: Option<String>,
+    /// Admission is decided by the directory (a scheduled meeting), not by `passcode`.
+    scheduled: bool,
     locked: bool,
     persistent: bool,
     host: Option<ParticipantId>,
@@ -88,9 +108,15 @@ struct Meeting {
 }
 
 impl Meeting {
-    fn new(passcode: Option<String>, persistent: bool, mcu_seed: Option<McuOptions>) -> Self {
+    fn new(
+        passcode: Option<String>,
+        scheduled: bool,
+        persistent: bool,
+        mcu_seed: Option<McuOptions>,
+    ) -> Self {
         Meeting {
             passcode: passcode.filter(|p| !p.is_empty()),
+            scheduled,
             locked: false,
             persistent,
             host: None,
@@ -101,17 +127,23 @@ impl Meeting {
         }
     }
 
-    /// The longest-present person: service members never hold the host role.
-    fn first_person(&self) -> Option<ParticipantId> {
-        self.members.iter().find(|(_, m)| m.kind == MemberKind::User).map(|(p, _)| *p)
+    /// The longest-present member who may take the chair (service members never do).
+    fn next_host(&self) -> Option<ParticipantId> {
+        self.members
+            .iter()
+            .find(|(_, mem)| mem.may_host)
+            .map(|(p, _)| *p)
     }
 
     fn has_people(&self) -> bool {
-        self.first_person().is_some()
+        self.members.values().any(|m| m.kind == MemberKind::User)
     }
 
     fn wire(&self, number: &str) -> MeetingWire {
-        MeetingWire { number: number.to_string(), locked: self.locked }
+        MeetingWire {
+            number: number.to_string(),
+            locked: self.locked,
+        }
     }
 
     fn participant(&self, pid: ParticipantId) -> Option<ParticipantWire> {
@@ -119,10 +151,17 @@ impl Meeting {
         Some(ParticipantWire {
             id: pid_wire(pid),
             name: m.name.clone(),
-            role: if self.host == Some(pid) { "host" } else { "participant" },
+            role: if self.host == Some(pid) {
+                "host"
+            } else {
+                "participant"
+            },
             mic_muted: m.mic_muted,
             camera_muted: m.camera_muted,
-            sharing: self.tracks.values().any(|t| t.participant == pid_wire(pid) && t.source == Source::Screen),
+            sharing: self
+                .tracks
+                .values()
+                .any(|t| t.participant == pid_wire(pid) && t.source == Source::Screen),
             kind: (m.kind == MemberKind::Mcu).then_some("mcu"),
         })
     }
@@ -161,7 +200,11 @@ fn parse_pid(s: &str) -> Option<ParticipantId> {
 }
 
 fn kind_wire(k: sfu::MediaKind) -> Kind {
-    if k == sfu::MediaKind::Audio { Kind::Audio } else { Kind::Video }
+    if k == sfu::MediaKind::Audio {
+        Kind::Audio
+    } else {
+        Kind::Video
+    }
 }
 
 fn source_wire(s: TrackSource) -> Source {
@@ -190,6 +233,7 @@ struct Inner {
 pub struct Hub {
     sfu: SfuHandle,
     cfg: HubConfig,
+    directory: OnceLock<Arc<dyn MeetingDirectory>>,
     inner: Mutex<Inner>,
     next_pid: AtomicU64,
     mcu: Mutex<Option<mpsc::UnboundedSender<McuRequest>>>,
@@ -199,20 +243,37 @@ pub struct Hub {
 pub struct JoinRequest {
     pub meeting: String,
     pub passcode: Option<String>,
+    /// An access token from the directory; identifies the joiner.
+    pub token: Option<String>,
     pub name: String,
     pub create: bool,
-    /// `Mcu` only from trusted connections: skips passcode and lock, never becomes host.
+    /// `Mcu` only from trusted connections: skips the directory, passcode and lock, and
+    /// never becomes host.
     pub kind: MemberKind,
 }
 
 impl Hub {
     /// Creates the hub and starts relaying `events` from the SFU.
-    pub fn start(sfu: SfuHandle, events: mpsc::UnboundedReceiver<SfuEvent>, cfg: HubConfig) -> Arc<Hub> {
+    pub fn start(
+        sfu: SfuHandle,
+        events: mpsc::UnboundedReceiver<SfuEvent>,
+        cfg: HubConfig,
+    ) -> Arc<Hub> {
         let mut inner = Inner::default();
         for s in &cfg.meetings {
-            inner.meetings.insert(s.number.clone(), Meeting::new(s.passcode.clone(), true, s.mcu.clone()));
+            inner.meetings.insert(
+                s.number.clone(),
+                Meeting::new(s.passcode.clone(), false, true, s.mcu.clone()),
+            );
         }
-        let hub = Arc::new(Hub { sfu, cfg, inner: Mutex::new(inner), next_pid: AtomicU64::new(1), mcu: Mutex::new(None) });
+        let hub = Arc::new(Hub {
+            sfu,
+            cfg,
+            directory: OnceLock::new(),
+            inner: Mutex::new(inner),
+            next_pid: AtomicU64::new(1),
+            mcu: Mutex::new(None),
+        });
         tokio::spawn(relay(Arc::downgrade(&hub), events));
         hub
     }
@@ -237,6 +298,12 @@ impl Hub {
         }
     }
 
+    /// Lets the directory decide admission to its scheduled meetings and take sign-ins.
+    /// Set once at start-up; later calls are ignored.
+    pub fn set_directory(&self, directory: Arc<dyn MeetingDirectory>) {
+        let _ = self.directory.set(directory);
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding this lock is a bug elsewhere; the data is still consistent
         // enough to keep serving other meetings.
@@ -246,7 +313,13 @@ impl Hub {
     /// Number of meetings and participants, for metrics.
     pub fn census(&self) -> (usize, usize) {
         let g = self.lock();
-        (g.meetings.values().filter(|m| !m.members.is_empty()).count(), g.seats.len())
+        (
+            g.meetings
+                .values()
+                .filter(|m| !m.members.is_empty())
+                .count(),
+            g.seats.len(),
+        )
     }
 
     pub async fn join(
@@ -256,34 +329,69 @@ impl Hub {
         re: Option<Value>,
     ) -> Result<ParticipantId, SignalError> {
         let pid = ParticipantId(self.next_pid.fetch_add(1, Ordering::Relaxed));
+        let service = req.kind != MemberKind::User;
+        let verdict = match self.directory.get() {
+            // A service member joins a meeting its people already hold; it has no token.
+            Some(_) if service => JoinVerdict::NotScheduled,
+            Some(d) => {
+                d.check_join(
+                    &req.meeting,
+                    req.token.as_deref().or(req.passcode.as_deref()),
+                )
+                .await?
+            }
+            None => JoinVerdict::NotScheduled,
+        };
+        let (role, identity) = match verdict {
+            JoinVerdict::Refused(e) => return Err(e),
+            JoinVerdict::Allowed { role, identity } => (Some(role), identity),
+            JoinVerdict::NotScheduled => (None, None),
+        };
+        let name = identity
+            .as_ref()
+            .map_or_else(|| req.name.clone(), |i| i.display_name.clone());
         {
             let mut g = self.lock();
-            if !g.meetings.contains_key(&req.meeting) {
-                if !(req.create && self.cfg.adhoc_meetings) {
+            if role.is_some() {
+                let m = g
+                    .meetings
+                    .entry(req.meeting.clone())
+                    .or_insert_with(|| Meeting::new(None, true, false, None));
+                m.scheduled = true;
+            } else if !g.meetings.contains_key(&req.meeting) {
+                if service || !(req.create && self.cfg.adhoc_meetings) {
                     return Err(SignalError::UnknownMeeting(req.meeting));
                 }
-                g.meetings.insert(req.meeting.clone(), Meeting::new(req.passcode.clone(), false, None));
+                g.meetings.insert(
+                    req.meeting.clone(),
+                    Meeting::new(req.passcode.clone(), false, false, None),
+                );
             }
             let Some(m) = g.meetings.get_mut(&req.meeting) else {
                 return Err(SignalError::UnknownMeeting(req.meeting));
             };
-            let service = req.kind != MemberKind::User;
-            if let Some(p) = &m.passcode {
-                if !service && req.passcode.as_deref() != Some(p.as_str()) {
+            if let (false, false, Some(p)) = (service, m.scheduled, &m.passcode) {
+                if req.passcode.as_deref() != Some(p.as_str()) {
                     return Err(SignalError::WrongPasscode);
                 }
             }
-            if m.locked && !service {
+            let may_host = !service
+                && (!m.scheduled
+                    || matches!(role, Some(DirectoryRole::Host | DirectoryRole::CoHost)));
+            if m.locked && !service && !(m.scheduled && may_host) {
                 return Err(SignalError::MeetingLocked);
             }
-            if m.host.is_none() && !service {
+            // The scheduled host takes the chair even from a co-host who came first.
+            if (m.host.is_none() && may_host) || role == Some(DirectoryRole::Host) {
                 m.host = Some(pid);
             }
             m.members.insert(
                 pid,
                 Member {
-                    name: req.name.clone(),
+                    name,
                     kind: req.kind,
+                    identity,
+                    may_host,
                     mic_muted: false,
                     camera_muted: false,
                     tx,
@@ -301,7 +409,9 @@ impl Hub {
         let Some(m) = g.meetings.get_mut(&req.meeting) else {
             return Err(SignalError::Internal("meeting vanished during join".into()));
         };
-        let me = m.participant(pid).ok_or_else(|| SignalError::Internal("seat vanished during join".into()))?;
+        let me = m
+            .participant(pid)
+            .ok_or_else(|| SignalError::Internal("seat vanished during join".into()))?;
         let joined = ServerMsg::Joined {
             re,
             participant: pid_wire(pid),
@@ -319,8 +429,11 @@ impl Hub {
         }
         m.broadcast(&ServerMsg::ParticipantJoined { participant: me }, Some(pid));
         // The first person of a meeting configured for an MCU brings it in.
-        let first_person = req.kind == MemberKind::User
-            && !m.members.iter().any(|(p, mem)| *p != pid && mem.kind == MemberKind::User);
+        let first_person = !service
+            && !m
+                .members
+                .iter()
+                .any(|(p, mem)| *p != pid && mem.kind == MemberKind::User);
         let auto = if first_person && m.mcu.is_none() {
             m.mcu_seed.clone().or_else(|| self.cfg.mcu_auto.clone())
         } else {
@@ -331,7 +444,11 @@ impl Hub {
         }
         drop(g);
         if let Some(options) = auto {
-            if let Err(e) = self.request_mcu(McuRequest::Start { meeting: req.meeting.clone(), options }) {
+            let start = McuRequest::Start {
+                meeting: req.meeting.clone(),
+                options,
+            };
+            if let Err(e) = self.request_mcu(start) {
                 tracing::warn!(meeting = %req.meeting, error = %e, "meeting wants an MCU");
             }
         }
@@ -346,24 +463,67 @@ impl Hub {
             if let Some(m) = g.meetings.get_mut(&number) {
                 m.members.remove(&pid);
                 if m.host == Some(pid) {
-                    m.host = m.first_person();
+                    m.host = m.next_host();
                 }
             }
         }
+    }
+
+    /// Signs the participant in to the open sign-in of its meeting (roll call). Only
+    /// meetings from the directory have sign-ins; repeating it changes nothing.
+    pub async fn sign_in(
+        &self,
+        pid: ParticipantId,
+        headcount: u32,
+    ) -> Result<SignInReceipt, SignalError> {
+        let Some(directory) = self.directory.get() else {
+            return Err(SignalError::NoOpenSignIn);
+        };
+        let (number, who) = {
+            let g = self.lock();
+            let number = g.seats.get(&pid).cloned().ok_or(SignalError::NotJoined)?;
+            let m = g.meetings.get(&number).ok_or(SignalError::NotJoined)?;
+            if !m.scheduled {
+                return Err(SignalError::NoOpenSignIn);
+            }
+            let mem = m.members.get(&pid).ok_or(SignalError::NotJoined)?;
+            let who = match &mem.identity {
+                Some(i) => SignInWho::User(i.user_id),
+                None => SignInWho::Guest {
+                    key: pid_wire(pid),
+                    name: mem.name.clone(),
+                },
+            };
+            (number, who)
+        };
+        directory
+            .sign_in(&number, who, headcount.clamp(1, 10_000))
+            .await
     }
 
     /// The participant left (or was removed, or its connection dropped).
     pub fn leave(&self, pid: ParticipantId, reason: &'static str) {
         self.sfu.leave(pid);
         let mut g = self.lock();
-        let Some(number) = g.seats.remove(&pid) else { return };
-        let Some(m) = g.meetings.get_mut(&number) else { return };
+        let Some(number) = g.seats.remove(&pid) else {
+            return;
+        };
+        let Some(m) = g.meetings.get_mut(&number) else {
+            return;
+        };
         m.members.remove(&pid);
         m.tracks.retain(|_, t| t.participant != pid_wire(pid));
-        m.broadcast(&ServerMsg::ParticipantLeft { participant: pid_wire(pid), reason }, None);
+        m.broadcast(
+            &ServerMsg::ParticipantLeft {
+                participant: pid_wire(pid),
+                reason,
+            },
+            None,
+        );
         if m.host == Some(pid) {
-            // The longest-present person takes over, so a meeting is never without host.
-            m.host = m.first_person();
+            // The longest-present participant who may host takes over, so an ad-hoc
+            // meeting is never without host; a scheduled one waits for a (co-)host.
+            m.host = m.next_host();
             if let Some(h) = m.host.and_then(|h| m.participant(h)) {
                 m.broadcast(&ServerMsg::ParticipantUpdated { participant: h }, None);
             }
@@ -375,29 +535,53 @@ impl Hub {
         }
         drop(g);
         if stop_mcu {
-            let _ = self.request_mcu(McuRequest::Stop { meeting: number.clone() });
+            let _ = self.request_mcu(McuRequest::Stop {
+                meeting: number.clone(),
+            });
         }
         tracing::info!(meeting = %number, participant = pid.0, reason, "left");
     }
 
-    pub async fn publish(&self, pid: ParticipantId, sdp: String, tracks: Vec<crate::protocol::TrackDecl>) -> Result<String, SignalError> {
+    pub async fn publish(
+        &self,
+        pid: ParticipantId,
+        sdp: String,
+        tracks: Vec<crate::protocol::TrackDecl>,
+    ) -> Result<String, SignalError> {
         let decls = tracks
             .into_iter()
             .map(|t| TrackDecl {
                 mid: t.mid,
-                kind: if t.kind == Kind::Audio { sfu::MediaKind::Audio } else { sfu::MediaKind::Video },
+                kind: if t.kind == Kind::Audio {
+                    sfu::MediaKind::Audio
+                } else {
+                    sfu::MediaKind::Video
+                },
                 source: source_sfu(t.source),
             })
             .collect();
         Ok(self.sfu.publish(pid, sdp, decls).await?)
     }
 
-    pub async fn subscriber_answer(&self, pid: ParticipantId, sdp: String) -> Result<(), SignalError> {
+    pub async fn subscriber_answer(
+        &self,
+        pid: ParticipantId,
+        sdp: String,
+    ) -> Result<(), SignalError> {
         Ok(self.sfu.subscriber_answer(pid, sdp).await?)
     }
 
-    pub async fn candidate(&self, pid: ParticipantId, pc: Pc, cand: String) -> Result<(), SignalError> {
-        let role = if pc == Pc::Pub { PcRole::Publish } else { PcRole::Subscribe };
+    pub async fn candidate(
+        &self,
+        pid: ParticipantId,
+        pc: Pc,
+        cand: String,
+    ) -> Result<(), SignalError> {
+        let role = if pc == Pc::Pub {
+            PcRole::Publish
+        } else {
+            PcRole::Subscribe
+        };
         Ok(self.sfu.add_candidate(pid, role, cand).await?)
     }
 
@@ -417,7 +601,15 @@ impl Hub {
             QualityWire::High => QualityPref::High,
         };
         self.sfu
-            .set_preference(pid, tid, Preference { quality, max_width, max_height })
+            .set_preference(
+                pid,
+                tid,
+                Preference {
+                    quality,
+                    max_width,
+                    max_height,
+                },
+            )
             .await
             .map_err(|e| match e {
                 sfu::SfuError::UnknownTrack => SignalError::UnknownTrack(track.into()),
@@ -426,17 +618,24 @@ impl Hub {
     }
 
     pub async fn unpublish(&self, pid: ParticipantId, mid: String) -> Result<(), SignalError> {
-        self.sfu.unpublish(pid, mid.clone()).await.map_err(|e| match e {
-            sfu::SfuError::UnknownTrack => SignalError::UnknownTrack(mid),
-            e => e.into(),
-        })
+        self.sfu
+            .unpublish(pid, mid.clone())
+            .await
+            .map_err(|e| match e {
+                sfu::SfuError::UnknownTrack => SignalError::UnknownTrack(mid),
+                e => e.into(),
+            })
     }
 
     pub fn mute(&self, pid: ParticipantId, source: Source, muted: bool) {
         self.sfu.set_muted(pid, source_sfu(source), muted);
         let mut g = self.lock();
-        let Some(number) = g.seats.get(&pid).cloned() else { return };
-        let Some(m) = g.meetings.get_mut(&number) else { return };
+        let Some(number) = g.seats.get(&pid).cloned() else {
+            return;
+        };
+        let Some(m) = g.meetings.get_mut(&number) else {
+            return;
+        };
         if let Some(me) = m.members.get_mut(&pid) {
             match source {
                 Source::Mic => me.mic_muted = muted,
@@ -463,8 +662,11 @@ impl Hub {
             return Err(SignalError::NotHost);
         }
         let target_pid = || -> Result<ParticipantId, SignalError> {
-            let t = target.ok_or_else(|| SignalError::BadRequest("`participant` is required".into()))?;
-            parse_pid(t).filter(|p| m.members.contains_key(p)).ok_or_else(|| SignalError::UnknownParticipant(t.into()))
+            let t = target
+                .ok_or_else(|| SignalError::BadRequest("`participant` is required".into()))?;
+            parse_pid(t)
+                .filter(|p| m.members.contains_key(p))
+                .ok_or_else(|| SignalError::UnknownParticipant(t.into()))
         };
         match action {
             HostAction::Mute | HostAction::MuteAll => {
@@ -478,7 +680,12 @@ impl Hub {
                     if let Some(mem) = m.members.get_mut(&v) {
                         mem.mic_muted = true;
                     }
-                    m.send(v, ServerMsg::MutedByHost { source: Source::Mic });
+                    m.send(
+                        v,
+                        ServerMsg::MutedByHost {
+                            source: Source::Mic,
+                        },
+                    );
                     if let Some(p) = m.participant(v) {
                         m.broadcast(&ServerMsg::ParticipantUpdated { participant: p }, None);
                     }
@@ -487,7 +694,9 @@ impl Hub {
             HostAction::Remove => {
                 let v = target_pid()?;
                 if let Some(mem) = m.members.get(&v) {
-                    let _ = mem.tx.send(Outgoing::Msg(ServerMsg::Removed { reason: "removed by the host".into() }));
+                    let _ = mem.tx.send(Outgoing::Msg(ServerMsg::Removed {
+                        reason: "removed by the host".into(),
+                    }));
                     let _ = mem.tx.send(Outgoing::Close);
                 }
                 drop(g);
@@ -496,16 +705,32 @@ impl Hub {
             }
             HostAction::Lock | HostAction::Unlock => {
                 m.locked = action == HostAction::Lock;
-                m.broadcast(&ServerMsg::MeetingUpdated { meeting: m.wire(&number) }, None);
+                m.broadcast(
+                    &ServerMsg::MeetingUpdated {
+                        meeting: m.wire(&number),
+                    },
+                    None,
+                );
             }
             HostAction::Mcu => {
                 let options = mcu.unwrap_or_default();
-                if options.layout.as_ref().is_some_and(|l| l.is_empty() || l.len() > 64) {
-                    return Err(SignalError::BadRequest("`mcu.layout` is a layout name of 1–64 bytes".into()));
+                if options
+                    .layout
+                    .as_ref()
+                    .is_some_and(|l| l.is_empty() || l.len() > 64)
+                {
+                    return Err(SignalError::BadRequest(
+                        "`mcu.layout` is a layout name of 1–64 bytes".into(),
+                    ));
                 }
                 let before = m.mcu.replace(options.clone());
                 drop(g);
-                return self.request_mcu(McuRequest::Start { meeting: number.clone(), options }).inspect_err(|_| {
+                let start = McuRequest::Start {
+                    meeting: number.clone(),
+                    options,
+                };
+                // Undo the bookkeeping when nobody runs MCUs here.
+                return self.request_mcu(start).inspect_err(|_| {
                     let mut g = self.lock();
                     if let Some(m) = g.meetings.get_mut(&number) {
                         m.mcu = before;
@@ -525,9 +750,17 @@ impl Hub {
     fn on_sfu_event(&self, ev: SfuEvent) {
         let mut g = self.lock();
         match ev {
-            SfuEvent::SubscriberOffer { participant, sdp, tracks } => {
-                let Some(number) = g.seats.get(&participant).cloned() else { return };
-                let Some(m) = g.meetings.get_mut(&number) else { return };
+            SfuEvent::SubscriberOffer {
+                participant,
+                sdp,
+                tracks,
+            } => {
+                let Some(number) = g.seats.get(&participant).cloned() else {
+                    return;
+                };
+                let Some(m) = g.meetings.get_mut(&number) else {
+                    return;
+                };
                 let tracks = tracks
                     .into_iter()
                     .map(|t| TrackWire {
@@ -538,10 +771,19 @@ impl Hub {
                         mid: Some(t.mid),
                     })
                     .collect();
-                m.send(participant, ServerMsg::Offer { pc: Pc::Sub, sdp, tracks });
+                m.send(
+                    participant,
+                    ServerMsg::Offer {
+                        pc: Pc::Sub,
+                        sdp,
+                        tracks,
+                    },
+                );
             }
             SfuEvent::TrackPublished { room, track } => {
-                let Some(m) = g.meetings.get_mut(&room) else { return };
+                let Some(m) = g.meetings.get_mut(&room) else {
+                    return;
+                };
                 let w = TrackWire {
                     id: track.id.to_string(),
                     participant: pid_wire(track.owner),
@@ -558,7 +800,9 @@ impl Hub {
                 }
             }
             SfuEvent::TrackUnpublished { room, track, owner } => {
-                let Some(m) = g.meetings.get_mut(&room) else { return };
+                let Some(m) = g.meetings.get_mut(&room) else {
+                    return;
+                };
                 if let Some(t) = m.tracks.remove(&track) {
                     m.broadcast(&ServerMsg::TrackUnpublished { track: t.id }, None);
                     if t.source == Source::Screen {
@@ -570,7 +814,12 @@ impl Hub {
             }
             SfuEvent::ActiveSpeaker { room, participant } => {
                 if let Some(m) = g.meetings.get_mut(&room) {
-                    m.broadcast(&ServerMsg::Speaking { participant: participant.map(pid_wire) }, None);
+                    m.broadcast(
+                        &ServerMsg::Speaking {
+                            participant: participant.map(pid_wire),
+                        },
+                        None,
+                    );
                 }
             }
             SfuEvent::Quality { room, stats } => {
@@ -591,6 +840,30 @@ impl Hub {
             }
             SfuEvent::MediaConnected { participant, pc } => {
                 tracing::debug!(participant = participant.0, ?pc, "media connected");
+            }
+            SfuEvent::CodecUnsupported {
+                publisher,
+                track,
+                codec,
+            } => {
+                let Some(number) = g.seats.get(&publisher).cloned() else {
+                    return;
+                };
+                let Some(m) = g.meetings.get_mut(&number) else {
+                    return;
+                };
+                let Some(source) = m.tracks.get(&track).map(|t| t.source) else {
+                    return;
+                };
+                tracing::info!(participant = publisher.0, %codec, "a subscriber cannot decode the codec; asking for VP8");
+                m.send(
+                    publisher,
+                    ServerMsg::CodecRequest {
+                        track: track.to_string(),
+                        source,
+                        codec: "vp8",
+                    },
+                );
             }
             SfuEvent::MediaDisconnected { participant, pc } => {
                 tracing::info!(participant = participant.0, ?pc, "media connection lost");

@@ -2,12 +2,15 @@
 //! participants, host controls. Media decisions belong to the SFU; this crate only asks
 //! it (through [`sfu::SfuHandle`]) and relays its events to the right clients.
 
+pub mod directory;
 pub mod hub;
+pub mod local;
 pub mod protocol;
 pub mod ws;
 
-pub mod local;
-
+pub use directory::{
+    DirectoryRole, Identity, JoinVerdict, MeetingDirectory, SignInReceipt, SignInWho,
+};
 pub use hub::{Hub, HubConfig, McuRequest, MeetingSeed};
 pub use protocol::{McuOptions, MemberKind};
 pub use ws::router;
@@ -31,6 +34,12 @@ pub enum SignalError {
     WrongPasscode,
     #[error("the meeting is locked")]
     MeetingLocked,
+    #[error("the meeting was cancelled")]
+    MeetingCancelled,
+    #[error("this meeting admits directory members only; sign in and join with your token")]
+    DirectoryOnly,
+    #[error("no sign-in is open in this meeting")]
+    NoOpenSignIn,
     #[error("this node cannot take more participants")]
     MeetingFull,
     #[error("only the host can do that")]
@@ -60,6 +69,9 @@ impl SignalError {
             SignalError::UnknownMeeting(_) => "unknown_meeting",
             SignalError::WrongPasscode => "wrong_passcode",
             SignalError::MeetingLocked => "meeting_locked",
+            SignalError::MeetingCancelled => "meeting_cancelled",
+            SignalError::DirectoryOnly => "directory_only",
+            SignalError::NoOpenSignIn => "no_open_signin",
             SignalError::MeetingFull => "meeting_full",
             SignalError::NotHost => "not_host",
             SignalError::UnknownParticipant(_) => "unknown_participant",
@@ -79,7 +91,9 @@ impl From<sfu::SfuError> for SignalError {
             E::Sdp(m) => SignalError::SdpRejected(m),
             E::Full => SignalError::MeetingFull,
             E::UnknownTrack => SignalError::UnknownTrack(String::new()),
-            E::NoPendingOffer => SignalError::BadRequest("no subscribe offer is outstanding".into()),
+            E::NoPendingOffer => {
+                SignalError::BadRequest("no subscribe offer is outstanding".into())
+            }
             other => SignalError::Internal(other.to_string()),
         }
     }

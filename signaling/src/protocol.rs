@@ -134,6 +134,12 @@ pub enum ClientMsg {
         #[serde(default)]
         mcu: Option<McuOptions>,
     },
+    /// Sign in to the meeting's open sign-in (roll call); a room system gives the
+    /// number of people in the room.
+    SignIn {
+        #[serde(default)]
+        headcount: Option<u32>,
+    },
     Ping,
     Leave,
 }
@@ -150,21 +156,36 @@ pub fn parse(text: &str) -> Result<Request, (Option<Value>, SignalError)> {
     if text.len() > MAX_MESSAGE_BYTES {
         return Err((None, SignalError::TooLarge));
     }
-    let v: Value = serde_json::from_str(text).map_err(|e| (None, SignalError::BadRequest(format!("not JSON: {e}"))))?;
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| (None, SignalError::BadRequest(format!("not JSON: {e}"))))?;
     let Value::Object(ref obj) = v else {
-        return Err((None, SignalError::BadRequest("a message is a JSON object".into())));
+        return Err((
+            None,
+            SignalError::BadRequest("a message is a JSON object".into()),
+        ));
     };
     let id = match obj.get("id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.len() <= 64 => Some(Value::String(s.clone())),
         Some(Value::Number(n)) => Some(Value::Number(n.clone())),
-        Some(_) => return Err((None, SignalError::BadRequest("id must be a string of ≤ 64 chars or a number".into()))),
+        Some(_) => {
+            return Err((
+                None,
+                SignalError::BadRequest("id must be a string of ≤ 64 chars or a number".into()),
+            ));
+        }
     };
     match obj.get("type") {
         Some(Value::String(_)) => {}
-        _ => return Err((id, SignalError::BadRequest("missing string field `type`".into()))),
+        _ => {
+            return Err((
+                id,
+                SignalError::BadRequest("missing string field `type`".into()),
+            ));
+        }
     }
-    let msg: ClientMsg = serde_json::from_value(v).map_err(|e| (id.clone(), SignalError::BadRequest(e.to_string())))?;
+    let msg: ClientMsg = serde_json::from_value(v)
+        .map_err(|e| (id.clone(), SignalError::BadRequest(e.to_string())))?;
     Ok(Request { id, msg })
 }
 
@@ -274,6 +295,19 @@ pub enum ServerMsg {
         #[serde(skip_serializing_if = "Option::is_none")]
         re: Option<Value>,
     },
+    /// Send this track in `codec` from now on: a subscriber cannot decode what it
+    /// sends now.
+    CodecRequest {
+        track: String,
+        source: Source,
+        codec: &'static str,
+    },
+    SignedIn {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        re: Option<Value>,
+        late: bool,
+        already: bool,
+    },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
         re: Option<Value>,
@@ -284,12 +318,18 @@ pub enum ServerMsg {
 
 impl ServerMsg {
     pub fn error(re: Option<Value>, e: &SignalError) -> Self {
-        ServerMsg::Error { re, code: e.code(), message: e.to_string() }
+        ServerMsg::Error {
+            re,
+            code: e.code(),
+            message: e.to_string(),
+        }
     }
 
     pub fn to_json(&self) -> String {
         // Serialising these plain structs cannot fail.
-        serde_json::to_string(self).unwrap_or_else(|_| r#"{"type":"error","code":"internal","message":"serialisation"}"#.into())
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"internal","message":"serialisation"}"#.into()
+        })
     }
 }
 
@@ -299,7 +339,8 @@ mod tests {
 
     #[test]
     fn parses_join_and_keeps_id() {
-        let r = parse(r#"{"type":"join","id":7,"v":1,"meeting":"123","name":"张三","extra":1}"#).unwrap();
+        let r = parse(r#"{"type":"join","id":7,"v":1,"meeting":"123","name":"张三","extra":1}"#)
+            .unwrap();
         assert_eq!(r.id, Some(Value::from(7)));
         assert!(matches!(r.msg, ClientMsg::Join { v: 1, .. }));
     }
@@ -321,7 +362,10 @@ mod tests {
             let (_, e) = parse(text).expect_err(text);
             assert_eq!(e.code(), code, "{text}");
         }
-        let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(MAX_MESSAGE_BYTES));
+        let big = format!(
+            r#"{{"type":"ping","pad":"{}"}}"#,
+            "x".repeat(MAX_MESSAGE_BYTES)
+        );
         assert_eq!(parse(&big).unwrap_err().1.code(), "message_too_large");
         let (id, _) = parse(r#"{"type":"fly","id":"abc"}"#).unwrap_err();
         assert_eq!(id, Some(Value::from("abc")));
@@ -329,7 +373,9 @@ mod tests {
 
     #[test]
     fn server_messages_serialise_with_type_tags() {
-        let m = ServerMsg::Speaking { participant: Some("p1".into()) };
+        let m = ServerMsg::Speaking {
+            participant: Some("p1".into()),
+        };
         assert_eq!(m.to_json(), r#"{"type":"speaking","participant":"p1"}"#);
         let e = ServerMsg::error(Some(Value::from(3)), &SignalError::NotJoined);
         assert!(e.to_json().contains(r#""code":"not_joined""#));

@@ -14,9 +14,9 @@ use sfu::ParticipantId;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
+use crate::SignalError;
 use crate::hub::{Hub, JoinRequest, Outgoing};
 use crate::protocol::{self, ClientMsg, MemberKind, PROTOCOL_VERSION, Pc, ServerMsg};
-use crate::SignalError;
 
 /// Frames above this are refused by the WebSocket layer itself (connection closed with
 /// 1009); between [`protocol::MAX_MESSAGE_BYTES`] and this, the client gets an error
@@ -28,7 +28,9 @@ const RATE_BURST: f64 = 200.0;
 
 /// Routes of the signalling plane, mounted by the server.
 pub fn router(hub: Arc<Hub>) -> Router {
-    Router::new().route("/api/v1/signal", get(upgrade)).with_state(hub)
+    Router::new()
+        .route("/api/v1/signal", get(upgrade))
+        .with_state(hub)
 }
 
 async fn upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Response {
@@ -46,7 +48,8 @@ impl Bucket {
     #[allow(clippy::disallowed_methods)] // the session is an async shell
     fn take(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * RATE_PER_SEC).min(RATE_BURST);
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * RATE_PER_SEC)
+            .min(RATE_BURST);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -63,7 +66,10 @@ async fn session(hub: Arc<Hub>, socket: WebSocket) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
     let mut me: Option<ParticipantId> = None;
     let mut deadline = Instant::now() + IDLE_TIMEOUT;
-    let mut bucket = Bucket { tokens: RATE_BURST, at: Instant::now() };
+    let mut bucket = Bucket {
+        tokens: RATE_BURST,
+        at: Instant::now(),
+    };
     let reason = loop {
         tokio::select! {
             frame = stream.next() => {
@@ -118,9 +124,21 @@ async fn session(hub: Arc<Hub>, socket: WebSocket) {
     while let Ok(Outgoing::Msg(m)) = rx.try_recv() {
         let _ = sink.send(Message::Text(Utf8Bytes::from(m.to_json()))).await;
     }
-    let _ = sink.send(Message::Close(Some(CloseFrame { code: 1000, reason: Utf8Bytes::from(reason) }))).await;
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code: 1000,
+            reason: Utf8Bytes::from(reason),
+        })))
+        .await;
     if let Some(pid) = me {
-        hub.leave(pid, if reason == "left" { "left" } else { "disconnected" });
+        hub.leave(
+            pid,
+            if reason == "left" {
+                "left"
+            } else {
+                "disconnected"
+            },
+        );
     }
 }
 
@@ -140,7 +158,16 @@ pub(crate) async fn handle(
     let reply = |m: ServerMsg| {
         let _ = tx.send(Outgoing::Msg(m));
     };
-    if let ClientMsg::Join { v, meeting, passcode, token, name, create, kind } = msg {
+    if let ClientMsg::Join {
+        v,
+        meeting,
+        passcode,
+        token,
+        name,
+        create,
+        kind,
+    } = msg
+    {
         if me.is_some() {
             return Err(fail(SignalError::AlreadyJoined));
         }
@@ -149,23 +176,43 @@ pub(crate) async fn handle(
         }
         let name = name.trim().to_string();
         if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
-            return Err(fail(SignalError::BadRequest("name must be 1–64 printable characters".into())));
+            return Err(fail(SignalError::BadRequest(
+                "name must be 1–64 printable characters".into(),
+            )));
         }
         if meeting.len() < 3 || meeting.len() > 20 || !meeting.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(fail(SignalError::BadRequest("meeting is a number of 3–20 digits".into())));
+            return Err(fail(SignalError::BadRequest(
+                "meeting is a number of 3–20 digits".into(),
+            )));
         }
         if passcode.as_ref().is_some_and(|p| p.len() > 64) {
-            return Err(fail(SignalError::BadRequest("passcode longer than 64 characters".into())));
+            return Err(fail(SignalError::BadRequest(
+                "passcode longer than 64 characters".into(),
+            )));
         }
         if kind != MemberKind::User && !trusted {
-            return Err(fail(SignalError::BadRequest("only service connections join as a service member".into())));
+            return Err(fail(SignalError::BadRequest(
+                "only service connections join as a service member".into(),
+            )));
         }
-        if token.is_some() {
-            // Tokens are issued by the admin plane, which is not wired to signalling yet.
-            return Err(fail(SignalError::BadRequest("token join needs the admin plane; use the passcode".into())));
+        if token.as_ref().is_some_and(|t| t.len() > 4096) {
+            return Err(fail(SignalError::BadRequest(
+                "token longer than 4096 bytes".into(),
+            )));
         }
         let pid = hub
-            .join(JoinRequest { meeting, passcode, name, create, kind }, tx.clone(), re.clone())
+            .join(
+                JoinRequest {
+                    meeting,
+                    passcode,
+                    token,
+                    name,
+                    create,
+                    kind,
+                },
+                tx.clone(),
+                re.clone(),
+            )
             .await
             .map_err(fail)?;
         *me = Some(pid);
@@ -178,14 +225,22 @@ pub(crate) async fn handle(
         ClientMsg::Join { .. } => unreachable_join(),
         ClientMsg::Offer { pc, sdp, tracks } => {
             if pc != Pc::Pub {
-                return Err(fail(SignalError::BadRequest("clients offer only on the publish pc".into())));
+                return Err(fail(SignalError::BadRequest(
+                    "clients offer only on the publish pc".into(),
+                )));
             }
             let answer = hub.publish(pid, sdp, tracks).await.map_err(fail)?;
-            reply(ServerMsg::Answer { re: re.clone(), pc: Pc::Pub, sdp: answer });
+            reply(ServerMsg::Answer {
+                re: re.clone(),
+                pc: Pc::Pub,
+                sdp: answer,
+            });
         }
         ClientMsg::Answer { pc, sdp } => {
             if pc != Pc::Sub {
-                return Err(fail(SignalError::BadRequest("clients answer only on the subscribe pc".into())));
+                return Err(fail(SignalError::BadRequest(
+                    "clients answer only on the subscribe pc".into(),
+                )));
             }
             hub.subscriber_answer(pid, sdp).await.map_err(fail)?;
         }
@@ -196,14 +251,37 @@ pub(crate) async fn handle(
                 hub.candidate(pid, pc, candidate).await.map_err(fail)?;
             }
         }
-        ClientMsg::Subscribe { track, quality, max_width, max_height } => {
-            hub.subscribe(pid, &track, quality, max_width, max_height).await.map_err(fail)?;
+        ClientMsg::Subscribe {
+            track,
+            quality,
+            max_width,
+            max_height,
+        } => {
+            hub.subscribe(pid, &track, quality, max_width, max_height)
+                .await
+                .map_err(fail)?;
         }
         ClientMsg::Unpublish { mid } => hub.unpublish(pid, mid).await.map_err(fail)?,
         ClientMsg::Mute { source, muted } => hub.mute(pid, source, muted),
-        ClientMsg::Host { action, participant, mcu } => {
-            hub.host_action(pid, action, participant.as_deref(), mcu).map_err(fail)?;
+        ClientMsg::Host {
+            action,
+            participant,
+            mcu,
+        } => {
+            hub.host_action(pid, action, participant.as_deref(), mcu)
+                .map_err(fail)?;
             reply(ServerMsg::Ok { re: re.clone() });
+        }
+        ClientMsg::SignIn { headcount } => {
+            let r = hub
+                .sign_in(pid, headcount.unwrap_or(1))
+                .await
+                .map_err(fail)?;
+            reply(ServerMsg::SignedIn {
+                re: re.clone(),
+                late: r.late,
+                already: r.already,
+            });
         }
         ClientMsg::Ping => reply(ServerMsg::Pong { re: re.clone() }),
         ClientMsg::Leave => {}

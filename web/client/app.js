@@ -30,6 +30,9 @@ const ERROR_TEXT = {
   unknown_meeting: '会议不存在 Meeting not found',
   wrong_passcode: '会议密码错误 Wrong or missing passcode',
   meeting_locked: '会议已锁定 The meeting is locked',
+  meeting_cancelled: '会议已取消 The meeting was cancelled',
+  directory_only: '仅限通讯录成员，请先登录 Directory members only: log in first',
+  no_open_signin: '当前没有进行中的签到 No sign-in is open',
   meeting_full: '会议人数已满 The meeting is full',
   not_host: '仅主持人可操作 Only the host can do this',
   unknown_participant: '参会人不存在 Unknown participant',
@@ -203,6 +206,7 @@ function onMessage(data) {
     case 'quality': onQuality(msg.stats || []); break;
     case 'muted_by_host': onMutedByHost(msg); break;
     case 'removed': onRemoved(msg); break;
+    case 'codec_request': onCodecRequest(msg); break;
     case 'meeting_updated': state.meeting = msg.meeting; render(); break;
     case 'error':
       if (!settle(msg)) banner(errorText(new SignalError(msg.code, msg.message)));
@@ -264,6 +268,8 @@ async function onJoinSubmit(ev) {
     await openSocket();
     const msg = { type: 'join', v: 1, meeting, name, create };
     if (passcode) msg.passcode = passcode;
+    const token = joinToken();
+    if (token) msg.token = token;
     await request(msg);
     timings.joinedAt = performance.now();
     localStorage.setItem('huitong.name', name);
@@ -322,6 +328,7 @@ function onRemoved(msg) {
 }
 
 function teardown() {
+  sendCodec = 'h264';
   sessionGen += 1;
   clearInterval(pingTimer);
   pingTimer = null;
@@ -389,20 +396,27 @@ function onMutedByHost(msg) {
 
 // ---------------------------------------------------------------- publish pc
 
+// The video codec we publish in: H.264 unless the server asked for VP8 because some
+// subscriber cannot decode H.264 (Firefox without the OpenH264 plug-in). Sticky for
+// the session, so a later screen share starts in VP8 too.
+let sendCodec = 'h264';
+
 function preferCodecs(transceiver) {
   if (!transceiver || typeof transceiver.setCodecPreferences !== 'function') return;
-  const caps = window.RTCRtpReceiver?.getCapabilities?.('video');
+  const caps = window.RTCRtpSender?.getCapabilities?.('video') || window.RTCRtpReceiver?.getCapabilities?.('video');
   if (!caps) return;
   // H.264 constrained baseline with packetization-mode=1 first, then other H.264
-  // (mode 1), then VP8; RTX stays so that retransmissions keep working.
+  // (mode 1), then VP8 (or VP8 first after the fallback); RTX stays so that
+  // retransmissions keep working.
+  const vp8First = sendCodec === 'vp8';
   const rank = (c) => {
     const mime = c.mimeType.toLowerCase();
     const fmtp = (c.sdpFmtpLine || '').toLowerCase();
     if (mime === 'video/h264') {
       if (!fmtp.includes('packetization-mode=1')) return 3;
-      return /profile-level-id=42e0/.test(fmtp) ? 0 : 1;
+      return (/profile-level-id=42e0/.test(fmtp) ? 0 : 1) + (vp8First ? 1 : 0);
     }
-    if (mime === 'video/vp8') return 2;
+    if (mime === 'video/vp8') return vp8First ? 0 : 2;
     if (mime === 'video/rtx') return 4;
     return -1;
   };
@@ -434,6 +448,35 @@ async function publish() {
   if (!micTrack) send({ type: 'mute', source: 'mic', muted: true });
   if (!cameraTrack) send({ type: 'mute', source: 'camera', muted: true });
   render();
+}
+
+async function onCodecRequest(msg) {
+  if (msg.codec !== 'vp8' || sendCodec === 'vp8') return;
+  sendCodec = 'vp8';
+  console.info('a subscriber cannot decode our video; publishing VP8');
+  preferCodecs(pub.camera);
+  if (pub.screen) preferCodecs(pub.screen);
+  try {
+    await negotiatePub();
+    // The answer may still list H.264 first for an m-line that was negotiated before;
+    // pinning the encodings' codec switches the encoder now (Chromium supports it).
+    for (const t of [pub.camera, pub.screen]) await pinCodec(t?.sender, 'video/vp8');
+  } catch (err) {
+    console.warn('codec fallback failed', err);
+  }
+}
+
+async function pinCodec(sender, mime) {
+  if (!sender) return;
+  const params = sender.getParameters();
+  const codec = (params.codecs || []).find((c) => c.mimeType.toLowerCase() === mime);
+  if (!codec || !params.encodings?.length) return;
+  for (const e of params.encodings) e.codec = { mimeType: codec.mimeType, clockRate: codec.clockRate };
+  try {
+    await sender.setParameters(params);
+  } catch (err) {
+    console.warn('cannot pin the send codec', err);
+  }
 }
 
 function publishedTracks() {
@@ -987,6 +1030,23 @@ function snapshot() {
   };
 }
 
+// A directory access token identifies the joiner in scheduled meetings. It comes in
+// the URL fragment (never sent to any server in a request line or Referer) or from the
+// admin console's session in this tab.
+function joinToken() {
+  const fromHash = new URLSearchParams(location.hash.slice(1)).get('token');
+  return fromHash || sessionStorage.getItem('ht_access') || '';
+}
+
+async function signIn() {
+  try {
+    const r = await request({ type: 'sign_in' });
+    banner(r.already ? '已签到 Already signed in' : (r.late ? '已签到（迟到）Signed in (late)' : '签到成功 Signed in'));
+  } catch (err) {
+    banner(errorText(err));
+  }
+}
+
 // ---------------------------------------------------------------- wiring
 
 function init() {
@@ -1006,6 +1066,7 @@ function init() {
   $('#people-toggle').addEventListener('click', () => { $('#people-panel').hidden = !$('#people-panel').hidden; });
   $('#mute-all').addEventListener('click', () => hostAction('mute_all'));
   $('#lock').addEventListener('click', () => hostAction(state.meeting?.locked ? 'unlock' : 'lock'));
+  $('#sign-in').addEventListener('click', () => signIn());
   $('#leave').addEventListener('click', () => leave());
   window.addEventListener('pagehide', () => { if (state.joined) send({ type: 'leave' }); });
 }
@@ -1021,6 +1082,9 @@ window.huitong = {
   leave,
   setMicMuted,
   setCameraMuted,
+  signIn,
+  // For diagnostics (tests, the console): the two peer connections.
+  pcs: () => ({ pub: pubPc, sub: subPc }),
 };
 
 init();

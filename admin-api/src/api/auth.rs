@@ -15,24 +15,30 @@ use serde::Deserialize;
 pub(crate) struct LoginBody {
     username: String,
     password: String,
+    /// The current 6-digit code, for accounts with a second factor.
+    #[serde(default)]
+    totp_code: Option<String>,
 }
 
 /// Log in with user name and password.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", security(()), request_body = LoginBody,
-    responses((status = 200, body = TokenPair), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+    responses((status = 200, body = TokenPair), (status = 401, body = ApiError, description = "`invalid_credentials`, or `totp_required`: repeat with `totp_code`"), (status = 403, body = ApiError)))]
 pub(crate) async fn login(
     State(state): State<AdminState>,
     ClientIp(ip): ClientIp,
     Json(b): Json<LoginBody>,
 ) -> ApiResult<axum::Json<TokenPair>> {
-    if b.username.len() > 128 || b.password.len() > 1024 {
+    if b.username.len() > 128
+        || b.password.len() > 1024
+        || b.totp_code.as_ref().is_some_and(|c| c.len() > 16)
+    {
         return Err(ApiError::new(
             ErrorCode::InvalidCredentials,
             "wrong user name or password",
         ));
     }
     state
-        .login(&b.username, &b.password, &ip)
+        .login_with_totp(&b.username, &b.password, b.totp_code.as_deref(), &ip)
         .await
         .map(axum::Json)
 }

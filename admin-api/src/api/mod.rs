@@ -5,12 +5,15 @@
 mod audit;
 mod auth;
 mod directory;
+mod export;
 mod meetings;
+mod openapi_errors;
 mod orgs;
 mod recordings;
 mod security;
 mod signins;
 mod terminals;
+mod totp;
 mod users;
 
 use crate::AdminState;
@@ -64,6 +67,7 @@ fn api_router() -> OpenApiRouter<AdminState> {
         .routes(routes!(users::list_users, users::create_user))
         .routes(routes!(users::get_user, users::update_user))
         .routes(routes!(users::import_users))
+        .routes(routes!(export::export_users))
         .routes(routes!(
             terminals::list_terminals,
             terminals::create_terminal
@@ -90,6 +94,11 @@ fn api_router() -> OpenApiRouter<AdminState> {
         .routes(routes!(signins::end_signin))
         .routes(routes!(signins::submit_signin))
         .routes(routes!(signins::export_signin))
+        .routes(routes!(export::export_signin_xlsx))
+        .routes(routes!(totp::totp_status, totp::totp_enrol))
+        .routes(routes!(totp::totp_confirm))
+        .routes(routes!(totp::totp_disable))
+        .routes(routes!(totp::account_totp_disable))
         .routes(routes!(recordings::list_recordings))
         .routes(routes!(
             recordings::get_recording,
@@ -100,13 +109,17 @@ fn api_router() -> OpenApiRouter<AdminState> {
 
 /// The OpenAPI 3 document of every route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    let mut doc = api_router().split_for_parts().1;
+    // After the routes are in: modifiers on `ApiDoc` run before any path exists.
+    openapi_errors::CommonErrors.modify(&mut doc);
+    doc
 }
 
 /// Every admin route under `/api/v1/…` plus `/api/openapi.json`, with JSON errors for
 /// unknown paths, wrong methods, oversized bodies and panics.
 pub fn router(state: AdminState) -> axum::Router {
-    let (routes, doc) = api_router().split_for_parts();
+    let (routes, mut doc) = api_router().split_for_parts();
+    openapi_errors::CommonErrors.modify(&mut doc);
     let doc = std::sync::Arc::new(doc);
     let limit = state.config().max_body_bytes;
     routes

@@ -277,11 +277,12 @@ pub(crate) struct ImportQuery {
     create_orgs: Option<bool>,
 }
 
-/// Bulk import users from CSV (`Content-Type: text/csv`): columns `username`, `name`,
+/// Bulk import users from CSV (`Content-Type: text/csv`) or the first sheet of an XLSX
+/// workbook (its media type): columns `username`, `name`,
 /// `org` (path of names below `org_id`, `/`-separated), optional `title`, `phone`,
 /// `phone_hidden`, `email`, `tags` (`;`-separated). Bad rows are reported, not fatal.
 #[utoipa::path(post, path = "/api/v1/users/import", tag = "users", params(ImportQuery),
-    request_body(content = String, content_type = "text/csv"),
+    request_body(content((String = "text/csv"), (Vec<u8> = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"))),
     responses((status = 200, body = crate::import::ImportReport), (status = 400, body = ApiError),
         (status = 403, body = ApiError), (status = 413, body = ApiError), (status = 415, body = ApiError)))]
 pub(crate) async fn import_users(
@@ -302,10 +303,11 @@ pub(crate) async fn import_users(
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !ct.starts_with("text/csv") {
+    let xlsx = ct.starts_with(crate::xlsx::XLSX_MEDIA_TYPE);
+    if !ct.starts_with("text/csv") && !xlsx {
         return Err(ApiError::new(
             crate::ErrorCode::UnsupportedMediaType,
-            "expected Content-Type: text/csv",
+            "expected Content-Type: text/csv or application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
         ));
     }
     let data = axum::body::to_bytes(body, state.config().max_import_bytes)
@@ -315,7 +317,11 @@ pub(crate) async fn import_users(
         root_org_id: q.org_id,
         create_orgs: q.create_orgs.unwrap_or(false),
     };
-    let report = state.import_users_csv(&data, opts, &|_| {}).await?;
+    let report = if xlsx {
+        state.import_users_xlsx(&data, opts, &|_| {}).await?
+    } else {
+        state.import_users_csv(&data, opts, &|_| {}).await?
+    };
     state
         .audit_ok(
             &actor,

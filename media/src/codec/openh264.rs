@@ -167,6 +167,27 @@ pub struct H264EncoderConfig {
     pub allow_frame_skip: bool,
     /// Encoder threads (1 keeps one meeting on one core; the MCU schedules meetings).
     pub threads: u16,
+    /// Speed/quality trade-off of mode decision and motion search.
+    pub complexity: H264Complexity,
+    /// Pre-analysis that turns a scene cut into an IDR. Composed pictures change layout
+    /// on purpose and the receiver asks for IDRs itself, so the MCU turns it off.
+    pub scene_change_detect: bool,
+    /// Per-macroblock QP from a texture pre-analysis (costs a pass over every picture).
+    pub adaptive_quant: bool,
+    /// Pre-analysis that codes unchanged background blocks cheaply (skip).
+    pub background_detection: bool,
+}
+
+/// OpenH264 complexity mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum H264Complexity {
+    /// Fastest: smallest motion search, fewest mode candidates.
+    Low,
+    /// OpenH264's default.
+    #[default]
+    Medium,
+    /// Slowest, best compression.
+    High,
 }
 
 impl Default for H264EncoderConfig {
@@ -177,6 +198,10 @@ impl Default for H264EncoderConfig {
             intra_period: 0,
             allow_frame_skip: true,
             threads: 1,
+            complexity: H264Complexity::Medium,
+            scene_change_detect: true,
+            adaptive_quant: true,
+            background_detection: true,
         }
     }
 }
@@ -219,7 +244,14 @@ impl H264Encoder {
             .usage_type(UsageType::CameraVideoRealTime)
             .rate_control_mode(RateControlMode::Bitrate)
             .skip_frames(cfg.allow_frame_skip)
-            .complexity(Complexity::Medium)
+            .complexity(match cfg.complexity {
+                H264Complexity::Low => Complexity::Low,
+                H264Complexity::Medium => Complexity::Medium,
+                H264Complexity::High => Complexity::High,
+            })
+            .scene_change_detect(cfg.scene_change_detect)
+            .adaptive_quantization(cfg.adaptive_quant)
+            .background_detection(cfg.background_detection)
             .intra_frame_period(IntraFramePeriod::from_num_frames(cfg.intra_period))
             .num_threads(cfg.threads);
         let inner =

@@ -73,7 +73,7 @@ impl ReceiverConfig {
             max_nacks: 6,
             nack_margin: Duration::from_millis(10),
             repair_guard: Duration::from_millis(8),
-            unknown_wait: Duration::from_millis(100),
+            unknown_wait: Duration::from_millis(130),
             feedback_copies: 3,
             report_interval: Duration::from_millis(250),
             keyframe_retry: Duration::from_millis(150),
@@ -278,6 +278,7 @@ pub struct ProtectedReceiver {
     loss_est: f64,
     burst_est: f64,
     loss_vif: f64,
+    reports: u64,
     media_loss: LossCounter,
     fec_loss: LossCounter,
     next_report: Option<Instant>,
@@ -314,8 +315,12 @@ impl ProtectedReceiver {
             lower_ok: [true; 8],
             anchor: None,
             rtt: cfg.initial_rtt,
-            loss_est: 0.0,
+            // Until the first report, size requests as the sender sizes its first
+            // protection (`SenderConfig::initial_loss`): assuming a clean link makes the
+            // first blocks' requests too few, and a lost first base layer costs a keyframe.
+            loss_est: INITIAL_LOSS_ESTIMATE,
             burst_est: 1.0,
+            reports: 0,
             loss_vif: 1.0,
             media_loss: LossCounter::default(),
             fec_loss: LossCounter::default(),
@@ -331,6 +336,13 @@ impl ProtectedReceiver {
     /// Counters.
     pub fn stats(&self) -> ReceiverStats {
         self.stats
+    }
+
+    /// Asks the sender for a keyframe on behalf of the owner (an SFU whose subscriber
+    /// needs one), through this loop's feedback: in as many copies as a NACK, where a
+    /// single RTCP PLI on a lossy link is lost as often as the link loses packets.
+    pub fn request_keyframe(&mut self, now: Instant) {
+        self.send_pli(now);
     }
 
     /// Current RTT estimate.
@@ -433,7 +445,7 @@ impl ProtectedReceiver {
     /// (feedback is tiny; a lost NACK costs a round trip), at least the configured.
     fn copies(&self) -> u32 {
         let mut c = self.cfg.feedback_copies.max(1);
-        while c < 8 && self.all_copies_lost(c) > 0.05 {
+        while c < MAX_FEEDBACK_COPIES && self.all_copies_lost(c) > FEEDBACK_FAILURE {
             c += 1;
         }
         c
@@ -465,7 +477,13 @@ impl ProtectedReceiver {
             lost as f64 / runs as f64
         };
         // The receiver's own estimate sizes NACK requests; weight by sample size.
-        let w = (expected as f64 / 500.0).min(0.5);
+        // The first report replaces the prior.
+        self.reports += 1;
+        let w = if self.reports == 1 {
+            1.0
+        } else {
+            (expected as f64 / 500.0).min(0.5)
+        };
         self.loss_est = (1.0 - w) * self.loss_est + w * fraction;
         self.burst_est = (1.0 - w) * self.burst_est + w * burst;
         self.loss_vif = crate::fec::redundancy_for(self.loss_est, self.burst_est, 0)
@@ -797,12 +815,34 @@ impl ProtectedReceiver {
         self.blocks.retain(|base, b| base + b.k > next);
     }
 
-    fn block_has_base_layer(&self, base: u64, k: u64) -> bool {
-        self.frames.values().any(|f| {
-            (f.tid == 0 || f.keyframe)
-                && f.max_seq >= base
-                && f.start.map_or(f.max_seq, |s| s) < base + k
-        })
+    /// What is lost, in packet-equivalents, if block `[base, base + k)` is still
+    /// incomplete after request round `j` (entry `j`; round 0 is sent now, round `j`
+    /// at `now + j·retry`): the frames of the block whose deadline that round's
+    /// retransmissions are the last to meet. Frames that are complete or already out of
+    /// reach do not count.
+    fn round_stakes(&self, base: u64, k: u64, now: Instant, retry: Duration) -> Vec<f64> {
+        let arrival = self.rtt + ARRIVAL_MARGIN;
+        let mut stakes: Vec<f64> = Vec::new();
+        for f in self.frames.values() {
+            let overlaps = f.max_seq >= base && f.start.map_or(f.max_seq, |s| s) < base + k;
+            if !overlaps || f.complete() || f.deadline < now + arrival {
+                continue;
+            }
+            let slack = f.deadline - (now + arrival);
+            let j = (slack.as_nanos() / retry.as_nanos().max(1)).min(MAX_PLANNED_ROUNDS as u128);
+            let j = j as usize;
+            if stakes.len() <= j {
+                stakes.resize(j + 1, 0.0);
+            }
+            stakes[j] += if f.keyframe || f.tid == 0 {
+                BASE_FRAME_COST
+            } else if f.tid == 1 {
+                2.0 * FRAME_COST
+            } else {
+                FRAME_COST
+            };
+        }
+        stakes
     }
 
     /// Deadline of the frame a missing packet belongs to (or of an earlier one).
@@ -860,21 +900,22 @@ impl ProtectedReceiver {
                 continue;
             }
             cands.sort_unstable();
-            // Enough that the expected arrivals cover the deficit with about one
-            // standard deviation to spare.
-            // Bursty loss makes the arrivals of back-to-back retransmissions correlated:
-            // widen the spare by the variance inflation of the measured channel.
-            let d = deficit as f64;
-            let spare = (d * self.loss_vif).sqrt();
-            let mut want = (((d + spare) / q).ceil() as usize + 1).min(cands.len());
-            // A lost base-layer frame costs a keyframe and every frame until it: in
-            // what is likely its last round, ask for everything still missing.
-            let last_round = self
-                .deadline_of_seq(base + k - 1)
-                .is_some_and(|dl| now + self.rtt + retry >= dl);
-            if last_round && self.block_has_base_layer(base, k) {
-                want = cands.len();
+            let stakes = self.round_stakes(base, k, now, retry);
+            let want = if stakes.iter().any(|c| *c > 0.0) {
+                // Size this round against the rounds still possible before the frames'
+                // deadlines: few requests while later rounds can make up for a short
+                // one, many when the next failure costs frames.
+                let reach = 1.0 - self.all_copies_lost(copies);
+                let arrive = 1.0 - self.loss_est.clamp(0.0, 0.8);
+                plan_requests(deficit, reach, arrive, self.loss_vif, &stakes, cands.len())
+            } else {
+                // No incomplete frame of the block is known (whole frames lost): about
+                // one standard deviation to spare, widened by the burst variance.
+                let d = deficit as f64;
+                let spare = (d * self.loss_vif).sqrt();
+                ((d + spare) / q).ceil() as usize + 1
             }
+            .min(cands.len());
             ask.extend(cands[..want].iter().map(|(_, s)| *s));
             if let Some(b) = self.blocks.get_mut(&base) {
                 b.last_round = Some(now);
@@ -942,10 +983,147 @@ impl ProtectedReceiver {
     }
 }
 
+/// Copies of a NACK or PLI at most.
+const MAX_FEEDBACK_COPIES: u32 = 10;
+
+/// Chance that all copies of a NACK are lost that the copy count aims for: a lost
+/// round costs a round trip of a block's deadline whatever it asked for.
+const FEEDBACK_FAILURE: f64 = 0.02;
+
+/// Loss assumed for request sizing before the first report.
+const INITIAL_LOSS_ESTIMATE: f64 = 0.5;
+
+/// Price of a lost frame that nothing references, in packets sent: the exchange rate
+/// between frame rate and retransmission bytes the request planner works with.
+const FRAME_COST: f64 = 40.0;
+
+/// Price of a lost base-layer frame or keyframe: every later frame until a keyframe is
+/// lost (~10 frames: PLI round trip plus encoding) and the keyframe itself costs about
+/// 130 packets, more under protection.
+const BASE_FRAME_COST: f64 = 600.0;
+
+/// Retransmissions must arrive this long before a frame's deadline (jitter).
+const ARRIVAL_MARGIN: Duration = Duration::from_millis(5);
+
+/// Rounds looked ahead by the planner; later deadlines are folded into the last.
+const MAX_PLANNED_ROUNDS: usize = 6;
+
+/// Largest deficit, in request groups, the planner searches over.
+const MAX_PLANNED_UNITS: f64 = 32.0;
+
+/// How many packets to request now for a block short by `deficit` packets: the first
+/// decision of the policy minimising expected packets requested plus expected frame loss,
+/// `stakes[j]` being the cost incurred if the block is still short after round `j` (the
+/// last round is `stakes.len() − 1`). A round's request reaches the sender with
+/// probability `reach` (all its copies lost is a failure of the whole round, whatever it
+/// asked for), and each retransmission then arrives with probability `arrive`. Under
+/// bursty loss (variance inflation `vif`) requests are counted in groups of `vif`
+/// packets that arrive or are lost together, as the FEC sizing does. At most `max`.
+fn plan_requests(
+    deficit: u64,
+    reach: f64,
+    arrive: f64,
+    vif: f64,
+    stakes: &[f64],
+    max: usize,
+) -> usize {
+    let v = if vif.is_finite() {
+        vif.clamp(1.0, 10.0)
+    } else {
+        1.0
+    };
+    let unit = |x: f64| {
+        if x.is_finite() {
+            x.clamp(0.01, 1.0)
+        } else {
+            0.5
+        }
+    };
+    let (reach, q) = (unit(reach), unit(arrive));
+    if deficit == 0 || max == 0 || stakes.is_empty() {
+        return 0;
+    }
+    // The search is cubic in the deficit: count a large one in coarser groups (a whole
+    // block lost in a burst needs many requests whatever their exact number).
+    let v = v.max(deficit as f64 / MAX_PLANNED_UNITS);
+    let d = ((deficit as f64 / v).ceil() as usize).max(1);
+    let max_units = ((max as f64 / v).floor() as usize).max(1);
+    // value[e]: expected cost from the next round on with `e` units still missing.
+    let mut value = vec![0.0f64; d + 1];
+    let mut first = 0usize;
+    for j in (0..stakes.len()).rev() {
+        let mut cur = vec![0.0f64; d + 1];
+        for e in 1..=d {
+            // Asking far beyond the mean cannot pay: bound the search.
+            let ef = e as f64;
+            let cap = (((ef + 4.0 * ef.sqrt() + 4.0) / (q * reach)).ceil() as usize).min(max_units);
+            let mut best = (f64::INFINITY, 0usize);
+            for m in 0..=cap {
+                // The request is lost: nothing arrives.
+                let mut cost = m as f64 * v + (1.0 - reach) * (stakes[j] + value[e]);
+                // It arrives: X ~ Binomial(m, q) retransmissions do; x < e leaves the
+                // block short.
+                let mut pmf = (1.0 - q).powi(i32::try_from(m).unwrap_or(i32::MAX));
+                for x in 0..e.min(m + 1) {
+                    cost += reach * pmf * (stakes[j] + value[e - x]);
+                    if q < 1.0 {
+                        pmf *= (m - x) as f64 / (x + 1) as f64 * q / (1.0 - q);
+                    }
+                }
+                if cost < best.0 - 1e-9 {
+                    best = (cost, m);
+                }
+            }
+            cur[e] = best.0;
+            if j == 0 && e == d {
+                first = best.1;
+            }
+        }
+        value = cur;
+    }
+    ((first as f64 * v).ceil() as usize).min(max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::recovery::wire::{build_media_packet, rtx_wrap};
+
+    #[test]
+    fn planner_asks_little_early_and_much_at_the_end() {
+        // Short by 4 at 50 % arrival. With several rounds left and cheap frames, ask
+        // about the mean (8); with one round left and a base-layer frame at stake, ask
+        // well beyond it.
+        let early = plan_requests(4, 1.0, 0.5, 1.0, &[0.0, 0.0, 0.0, FRAME_COST], 100);
+        let last = plan_requests(4, 1.0, 0.5, 1.0, &[BASE_FRAME_COST], 100);
+        assert!((6..=10).contains(&early), "{early}");
+        assert!(last >= 16, "{last}");
+        // The figures quoted in docs/recovery.md.
+        assert_eq!(
+            plan_requests(4, 0.98, 0.5, 1.0, &[BASE_FRAME_COST], 100),
+            18
+        );
+        let l1t3 = [0.0, FRAME_COST, 2.0 * FRAME_COST, BASE_FRAME_COST];
+        assert_eq!(plan_requests(4, 0.98, 0.5, 1.0, &l1t3, 100), 9);
+        // A round whose NACK may be lost is worth less: ask more before the last one.
+        assert!(plan_requests(4, 0.7, 0.5, 1.0, &l1t3, 100) >= 9);
+        // Nothing at stake: nothing asked; never more than available.
+        assert_eq!(plan_requests(4, 1.0, 0.5, 1.0, &[0.0], 100), 0);
+        assert!(plan_requests(40, 0.9, 0.3, 1.0, &[BASE_FRAME_COST], 25) <= 25);
+        // Bursty channels ask more for the same stakes.
+        let bursty = plan_requests(4, 1.0, 0.5, 3.0, &[BASE_FRAME_COST], 100);
+        assert!(bursty > last, "{bursty} vs {last}");
+        // Most of a block lost in a burst (bounded work): with rounds to go, everything
+        // that can be asked is; when even that cannot complete it in time, nothing is.
+        let stakes = [0.0, 0.0, 0.0, BASE_FRAME_COST];
+        assert_eq!(plan_requests(100, 0.98, 0.5, 1.0, &stakes, 150), 150);
+        assert_eq!(
+            plan_requests(100, 0.98, 0.5, 1.0, &[BASE_FRAME_COST], 150),
+            0
+        );
+        // Nonsense inputs stay bounded.
+        assert!(plan_requests(3, f64::NAN, -1.0, f64::INFINITY, &[1.0], 7) <= 7);
+    }
 
     const SSRC: u32 = 10;
     const RTX: u32 = 11;
@@ -1063,6 +1241,22 @@ mod tests {
         assert!(ev.iter().any(|e| matches!(e, ReceiverEvent::Skipped(s)
             if s.rtp_timestamp == 7 * 3000 && s.reason == SkipReason::MissingReference)));
         assert!(!ev.contains(&ReceiverEvent::KeyframeRequested));
+    }
+
+    #[test]
+    fn an_owner_keyframe_request_leaves_as_several_plis() {
+        let mut r = receiver();
+        // Before any report the loss prior (50 %) sizes the copies.
+        r.request_keyframe(t0());
+        let mut plis = 0;
+        while let Some(f) = r.poll_feedback() {
+            for fb in Feedback::parse_compound(&f) {
+                assert_eq!(fb, Feedback::Pli { media_ssrc: SSRC });
+                plis += 1;
+            }
+        }
+        assert!(plis >= 3, "{plis} copies");
+        assert_eq!(r.stats().keyframe_requests, 1);
     }
 
     #[test]

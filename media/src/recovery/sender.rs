@@ -196,9 +196,10 @@ impl ProtectedSender {
     /// Send one frame: its RTP packets in order and its temporal layer. The packets
     /// (and FEC repair of any block this closes) come out of `poll_transmit`.
     ///
-    /// A keyframe is protected as if NACK did not exist ([`FecSizing::Full`]) in blocks
-    /// of its own: losing it costs every frame until the next one, and its size makes
-    /// its blocks long, so full protection costs little per source.
+    /// With [`FecSizing::Hybrid`] a keyframe goes in blocks of its own, sized with a
+    /// higher price on NACK rounds than other blocks: losing it costs every frame until
+    /// the next one, but its blocks close at once and so have the whole playout delay
+    /// for retransmission rounds.
     pub fn push_frame(
         &mut self,
         now: Instant,
@@ -209,7 +210,13 @@ impl ProtectedSender {
         let own_blocks = keyframe && self.cfg.sizing == FecSizing::Hybrid;
         if own_blocks && let Some(fec) = &mut self.fec {
             let repairs = fec.flush();
-            fec.set_channel(self.loss, self.burstiness);
+            let design = design_loss(
+                self.loss,
+                self.burstiness,
+                KEYFRAME_BLOCK,
+                KEYFRAME_ROUND_PENALTY_SCALE,
+            );
+            fec.set_channel(design, self.burstiness);
             self.queue_repairs(repairs);
         }
         for p in packets {
@@ -398,15 +405,29 @@ impl ProtectedSender {
 /// little repair to make that rarer.
 const NACK_ROUND_PENALTY: f64 = 0.15;
 
+/// Keyframes are split into blocks of about this many sources at 50 % loss.
+const KEYFRAME_BLOCK: usize = 64;
+
+/// Keyframe blocks weigh a NACK round this many times more than other blocks: a lost
+/// keyframe costs every frame until the next one, but its block closes right after it,
+/// so it has the whole playout delay (about four rounds) to be repaired.
+const KEYFRAME_ROUND_PENALTY_SCALE: f64 = 3.0;
+
 /// The loss to size FEC for when NACK/RTX repairs the rest: the design loss `p_d ≤ p`
 /// minimising, for a base-layer block of `k` sources, the expected packets sent per
 /// source — `(k + r(p_d))/k` for repair, plus the expected shortfall
 /// `E[max(0, k − X)]` (`X` the arrivals of the `k + r` packets at the true loss `p`)
-/// retransmitted at `1/(1−p)` copies each, plus [`NACK_ROUND_PENALTY`] × `v^0.75` times
-/// the probability a NACK round is needed at all, `v` the variance inflation of the
-/// channel. Burstiness is handled as in `media::fec::adapt` (fewer effective
+/// retransmitted at `1/(1−p)` copies each, plus [`NACK_ROUND_PENALTY`] ×
+/// `v^0.75 · max(1, 0.5/(1−p))` times the probability a NACK round is needed at all,
+/// `v` the variance inflation of the channel (above 50 % loss a round delivers less, so
+/// blocks need more of them). Burstiness is handled as in `media::fec::adapt` (fewer effective
 /// independent trials).
 pub fn hybrid_design_loss(p: f64, burstiness: f64, k: usize) -> f64 {
+    design_loss(p, burstiness, k, 1.0)
+}
+
+/// [`hybrid_design_loss`] with the round penalty scaled by `penalty_scale`.
+fn design_loss(p: f64, burstiness: f64, k: usize, penalty_scale: f64) -> f64 {
     let p = if p.is_finite() {
         p.clamp(0.0, 0.8)
     } else {
@@ -419,7 +440,9 @@ pub fn hybrid_design_loss(p: f64, burstiness: f64, k: usize) -> f64 {
     let vif = truth.variance_inflation.max(1.0);
     // Under bursty loss back-to-back retransmissions are lost together, so a block that
     // needs NACK needs more rounds: weigh a round by the channel's variance inflation.
-    let penalty = NACK_ROUND_PENALTY * vif.powf(0.75);
+    // Above 50 % loss a request round delivers less and more blocks need a second one
+    // before their deadline: the price of needing rounds grows like the rounds needed.
+    let penalty = penalty_scale * NACK_ROUND_PENALTY * vif.powf(0.75) * (0.5 / (1.0 - p)).max(1.0);
     let mut best = (f64::INFINITY, p);
     let steps = 80;
     for i in 0..=steps {

@@ -1,0 +1,433 @@
+//! Hop-by-hop loss protection through the SFU, on a virtual clock: a protected publisher
+//! and a protected subscriber, each behind its own emulated link to the SFU with 50 %
+//! loss in both directions (media, repair, retransmissions and feedback alike) and
+//! 20 ms each way. 60 s of 30 fps synthetic video must arrive intact or be reported
+//! skipped, never corrupt, at ≥ 29 fps: two 50 % hops do not compound.
+// Tests need an arbitrary origin for virtual time; only offsets from it matter.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use endpoints_sim::protected::{
+    FRAME_INTERVAL, FecPublisher, FecSubscriber, FrameFate, SyntheticVideo,
+};
+use media::netem::{GilbertElliott, LossModel, Netem, NetemConfig};
+use sfu::{Input, Output, ParticipantId, Sfu, SfuConfig, SfuEvent, TrackDecl, TrackSource};
+use str0m::media::MediaKind;
+use str0m::net::{Protocol, Receive};
+
+const SFU_ADDR: &str = "10.0.0.1:5000";
+const PUB_ADDR: &str = "10.0.1.1:4000";
+const SUB_ADDR: &str = "10.0.1.2:4000";
+
+#[derive(Clone)]
+struct Dgram {
+    src: SocketAddr,
+    dst: SocketAddr,
+    data: Vec<u8>,
+}
+
+impl AsRef<[u8]> for Dgram {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+fn link(seed: u64, loss: LossModel) -> NetemConfig {
+    NetemConfig::new()
+        .latency(Duration::from_millis(20))
+        .jitter(Duration::from_millis(3))
+        .loss(loss)
+        .seed(seed)
+}
+
+fn recv(d: &Dgram) -> Receive<'_> {
+    Receive {
+        proto: Protocol::Udp,
+        source: d.src,
+        destination: d.dst,
+        contents: d.data.as_slice().try_into().unwrap(),
+    }
+}
+
+struct World {
+    now: Instant,
+    sfu: Sfu,
+    publisher: FecPublisher,
+    subscriber: FecSubscriber,
+    /// publisher→SFU, SFU→publisher, subscriber→SFU, SFU→subscriber.
+    links: [Netem<Dgram>; 4],
+    sfu_addr: SocketAddr,
+}
+
+impl World {
+    fn new(seed: u64) -> Self {
+        let now = Instant::now();
+        let sfu_addr: SocketAddr = SFU_ADDR.parse().unwrap();
+        let cfg = SfuConfig {
+            candidates: vec![sfu_addr],
+            ..Default::default()
+        };
+        let links = [0, 1, 2, 3].map(|i| Netem::new(link(seed * 10 + i, LossModel::None)));
+        World {
+            now,
+            sfu: Sfu::new(cfg, now),
+            publisher: FecPublisher::new(now, PUB_ADDR.parse().unwrap(), SyntheticVideo::default())
+                .unwrap(),
+            subscriber: FecSubscriber::new(now, SUB_ADDR.parse().unwrap()).unwrap(),
+            links,
+            sfu_addr,
+        }
+    }
+
+    fn set_loss(&mut self, seed: u64, loss: LossModel) {
+        for (i, l) in self.links.iter_mut().enumerate() {
+            l.set_config(link(seed * 10 + i as u64 + 100, loss));
+        }
+    }
+
+    fn sfu_out(&mut self) -> Vec<SfuEvent> {
+        let mut events = vec![];
+        loop {
+            match self.sfu.poll_output() {
+                Output::Transmit(t) => {
+                    let d = Dgram {
+                        src: t.source,
+                        dst: t.destination,
+                        data: t.contents,
+                    };
+                    if d.dst == self.publisher.addr {
+                        self.links[1].send(self.now, d);
+                    } else if d.dst == self.subscriber.addr {
+                        self.links[3].send(self.now, d);
+                    }
+                }
+                Output::Event(e) => events.push(e),
+                Output::Timeout(_) => break,
+            }
+        }
+        events
+    }
+
+    fn pub_out(&mut self) {
+        loop {
+            match self.publisher.rtc.poll_output().unwrap() {
+                str0m::Output::Transmit(t) => {
+                    let d = Dgram {
+                        src: t.source,
+                        dst: t.destination,
+                        data: t.contents.into(),
+                    };
+                    self.links[0].send(self.now, d);
+                }
+                str0m::Output::Event(e) => self.publisher.handle_event(self.now, &e),
+                str0m::Output::Timeout(_) => break,
+            }
+        }
+    }
+
+    fn sub_out(&mut self) {
+        // Feedback leaves one message per datagram: queue the next after each drain.
+        loop {
+            match self.subscriber.rtc.poll_output().unwrap() {
+                str0m::Output::Transmit(t) => {
+                    let d = Dgram {
+                        src: t.source,
+                        dst: t.destination,
+                        data: t.contents.into(),
+                    };
+                    self.links[2].send(self.now, d);
+                }
+                str0m::Output::Event(e) => self.subscriber.handle_event(self.now, &e),
+                str0m::Output::Timeout(_) => {
+                    if !self.subscriber.queue_feedback() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One millisecond of virtual time.
+    fn step(&mut self) {
+        self.now += Duration::from_millis(1);
+        let now = self.now;
+        for i in 0..4 {
+            while let Some(d) = self.links[i].poll_receive(now) {
+                if d.dst == self.sfu_addr {
+                    self.sfu.handle_input(Input::Datagram {
+                        now,
+                        source: d.src,
+                        destination: d.dst,
+                        contents: &d.data,
+                    });
+                    self.sfu_out();
+                } else if d.dst == self.publisher.addr {
+                    let _ = self
+                        .publisher
+                        .rtc
+                        .handle_input(str0m::Input::Receive(now, recv(&d)));
+                    self.pub_out();
+                } else if d.dst == self.subscriber.addr {
+                    let _ = self
+                        .subscriber
+                        .rtc
+                        .handle_input(str0m::Input::Receive(now, recv(&d)));
+                    self.sub_out();
+                }
+            }
+        }
+        self.sfu.handle_input(Input::Timeout(now));
+        self.sfu_out();
+        let _ = self.publisher.rtc.handle_input(str0m::Input::Timeout(now));
+        self.publisher.handle_timeout(now);
+        self.pub_out();
+        let _ = self.subscriber.rtc.handle_input(str0m::Input::Timeout(now));
+        self.subscriber.handle_timeout(now);
+        self.sub_out();
+    }
+
+    /// Joins both, publishes, answers the subscribe offer and waits for both connections.
+    fn connect(&mut self) {
+        let room = "room".to_string();
+        self.sfu
+            .join(self.now, room.clone(), ParticipantId(2))
+            .unwrap();
+        self.sfu.join(self.now, room, ParticipantId(1)).unwrap();
+        self.sfu_out();
+        let (offer, pending, mid) = self.publisher.offer().unwrap();
+        let decls = vec![TrackDecl {
+            mid: mid.to_string(),
+            kind: MediaKind::Video,
+            source: TrackSource::Camera,
+        }];
+        let answer = self
+            .sfu
+            .publish(self.now, ParticipantId(1), &offer, &decls)
+            .unwrap();
+        self.publisher.accept_answer(pending, &answer).unwrap();
+        let mut answered = false;
+        for _ in 0..5_000 {
+            for e in self.sfu_out() {
+                if let SfuEvent::SubscriberOffer {
+                    participant, sdp, ..
+                } = e
+                {
+                    assert_eq!(participant, ParticipantId(2));
+                    let a = self.subscriber.accept_offer(&sdp).unwrap();
+                    self.sfu
+                        .subscriber_answer(self.now, participant, &a)
+                        .unwrap();
+                    answered = true;
+                }
+            }
+            self.pub_out();
+            self.sub_out();
+            if answered && self.publisher.rtc.is_connected() && self.subscriber.rtc.is_connected() {
+                return;
+            }
+            self.step();
+        }
+        panic!("peers did not connect");
+    }
+}
+
+struct Outcome {
+    sent: u64,
+    intact: u64,
+    corrupt: u64,
+    skipped_down: u64,
+    skipped_up: u64,
+    unaccounted: u64,
+    fps_avg: f64,
+    worst_1s: u64,
+    up_overhead: f64,
+    p95_latency: Duration,
+}
+
+fn run(seed: u64, loss: LossModel, seconds: u64) -> Outcome {
+    let mut w = World::new(seed);
+    w.connect();
+    // Loss starts once ICE and DTLS are up. The first second is not measured: the SFU
+    // learns the stream's rate and allocates it, the subscriber's first keyframe arrives.
+    w.set_loss(seed, loss);
+    let mut sent_at: HashMap<u64, Instant> = HashMap::new();
+    let mut next_frame = w.now;
+    let warm = w.now + Duration::from_secs(1);
+    while w.now < warm {
+        if w.now >= next_frame {
+            sent_at.insert(w.publisher.frames_sent, w.now);
+            w.publisher.send_frame(w.now).unwrap();
+            w.pub_out();
+            next_frame += FRAME_INTERVAL;
+        }
+        w.step();
+    }
+    let first = w.publisher.frames_sent;
+    let skipped_before = w.sfu.counters().protected_skipped_up;
+    let start = w.now;
+    let end = start + Duration::from_secs(seconds);
+    while w.now < end {
+        if w.now >= next_frame {
+            sent_at.insert(w.publisher.frames_sent, w.now);
+            w.publisher.send_frame(w.now).unwrap();
+            w.pub_out();
+            next_frame += FRAME_INTERVAL;
+        }
+        w.step();
+    }
+    // Let the last frames resolve (playout deadlines are a few hundred ms).
+    for _ in 0..1_000 {
+        w.step();
+    }
+    let sent = w.publisher.frames_sent - first;
+    let mut fate: HashMap<u64, FrameFate> = HashMap::new();
+    let mut corrupt = 0;
+    for (n, f) in &w.subscriber.frames {
+        if *n < first {
+            continue;
+        }
+        if matches!(f, FrameFate::Corrupt) {
+            corrupt += 1;
+        }
+        let again = fate.insert(*n, *f);
+        assert!(
+            again.is_none(),
+            "frame {n} resolved twice: {again:?} then {f:?}"
+        );
+    }
+    let intact: Vec<Instant> = fate
+        .values()
+        .filter_map(|f| match f {
+            FrameFate::Intact { at } => Some(*at),
+            _ => None,
+        })
+        .collect();
+    let mut latency: Vec<Duration> = fate
+        .iter()
+        .filter_map(|(n, f)| match f {
+            FrameFate::Intact { at } => Some(at.saturating_duration_since(*sent_at.get(n)?)),
+            _ => None,
+        })
+        .collect();
+    latency.sort();
+    let p95_latency = latency
+        .get(latency.len() * 95 / 100)
+        .copied()
+        .unwrap_or_default();
+    let skipped_down = fate
+        .values()
+        .filter(|f| matches!(f, FrameFate::Skipped(_)))
+        .count() as u64;
+    let counters = w.sfu.counters().clone();
+    let skipped_up = counters.protected_skipped_up - skipped_before;
+    let resolved = fate.len() as u64 + skipped_up + w.subscriber.skipped_unknown;
+    let mut per_s = vec![0u64; seconds as usize + 2];
+    for at in &intact {
+        let s = at.saturating_duration_since(start).as_secs() as usize;
+        if let Some(c) = per_s.get_mut(s) {
+            *c += 1;
+        }
+    }
+    // The first second includes connection warm-up of the loss estimate; the last is
+    // partly after the end of sending.
+    eprintln!("intact frames per second: {per_s:?}");
+    let worst_1s = per_s[1..seconds as usize]
+        .iter()
+        .copied()
+        .min()
+        .unwrap_or(0);
+    let o = Outcome {
+        sent,
+        intact: intact.len() as u64,
+        corrupt,
+        skipped_down,
+        skipped_up,
+        unaccounted: sent.saturating_sub(resolved),
+        fps_avg: intact.len() as f64 / seconds as f64,
+        worst_1s,
+        up_overhead: w.publisher.overhead(),
+        p95_latency,
+    };
+    eprintln!(
+        "seed {seed} {loss:?}: sent {} intact {} corrupt {} skipped down {} up {} (unknown {}) gaps {} unaccounted {} fps {:.2} worst 1 s {} p95 latency {:?} uplink overhead {:.3} sfu frames up {} sub stats {:?}",
+        o.sent,
+        o.intact,
+        o.corrupt,
+        o.skipped_down,
+        o.skipped_up,
+        w.subscriber.skipped_unknown,
+        w.subscriber.gaps,
+        o.unaccounted,
+        o.fps_avg,
+        o.worst_1s,
+        o.p95_latency,
+        o.up_overhead,
+        counters.protected_frames_up,
+        w.subscriber.stats(),
+    );
+    eprintln!(
+        "sfu {counters:?} publisher kf sent {} requests {}",
+        w.publisher.keyframes_sent, w.publisher.keyframe_requests
+    );
+    assert_eq!(
+        w.subscriber.unprotected_packets, 0,
+        "video bypassed the protection"
+    );
+    o
+}
+
+#[test]
+fn half_loss_on_uplink_and_downlink_does_not_compound() {
+    let o = run(1, LossModel::Bernoulli(0.5), 60);
+    assert_eq!(o.corrupt, 0, "a corrupt frame was handed out");
+    assert!(o.fps_avg >= 29.0, "fps {:.2} below 29", o.fps_avg);
+    assert!(o.worst_1s >= 20, "worst second {}", o.worst_1s);
+    // Every frame is delivered, reported skipped (here or at the SFU), or still in
+    // flight at the end.
+    assert!(
+        o.unaccounted <= 10,
+        "{} frames neither delivered nor reported",
+        o.unaccounted
+    );
+    assert!(o.intact + o.skipped_down + o.skipped_up <= o.sent);
+    // Two hops' recovery budgets (capture to display, 20 ms each way per hop).
+    assert!(
+        o.p95_latency <= Duration::from_millis(500),
+        "p95 latency {:?}",
+        o.p95_latency
+    );
+}
+
+#[test]
+fn bursty_half_loss_on_both_hops() {
+    let o = run(
+        3,
+        LossModel::GilbertElliott(GilbertElliott::from_average(0.5, 3.0)),
+        60,
+    );
+    assert_eq!(o.corrupt, 0, "a corrupt frame was handed out");
+    // Measured 28.70: the uplink skips 4 % of frames under bursts (72 of 1800, against
+    // 9 of 1801 for one hop in media's recovery_loss); see docs/recovery.md.
+    assert!(o.fps_avg >= 28.5, "fps {:.2} below 28.5", o.fps_avg);
+    assert!(
+        o.unaccounted <= 10,
+        "{} frames neither delivered nor reported",
+        o.unaccounted
+    );
+}
+
+#[test]
+fn clean_links_deliver_every_frame() {
+    let o = run(2, LossModel::None, 5);
+    assert_eq!(o.corrupt, 0);
+    assert_eq!(o.skipped_down + o.skipped_up, 0);
+    assert!(
+        o.intact + 10 >= o.sent,
+        "{} of {} delivered",
+        o.intact,
+        o.sent
+    );
+}

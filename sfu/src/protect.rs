@@ -1,0 +1,394 @@
+//! Hop-by-hop loss protection (issue 4) for peers that negotiate it: the SFU runs a
+//! [`ProtectedRx`] per protected published video stream (it repairs the uplink and hands
+//! only complete frames to forwarding) and a [`ProtectedTx`] per protected subscription
+//! (it protects the downlink with its own FEC adaptation from that subscriber's
+//! feedback), so loss on the uplink and on a downlink does not compound. The simulated
+//! terminals use the same two types for their end of each hop.
+//!
+//! How it travels through str0m 0.25 in RTP mode (see `docs/fec.md`, *Carriage in
+//! WebRTC sessions*): str0m drops RTP whose payload type is not in its codec
+//! configuration and cannot negotiate an unknown encoding name, and it has no way to send
+//! raw RTCP. So
+//! - the capability is a payload type declared as `H266/90000` with a fixed, otherwise
+//!   unused profile/tier/level ([`add_tunnel_codec`]); no browser offers H.266, so
+//!   browsers keep plain NACK/RTX;
+//! - on a protected m-line every packet the recovery loop produces (media with frame
+//!   marking, `x-huitong-rs-fec` repair, RTX) is carried whole, byte for byte, as the
+//!   payload of one SRTP packet of that payload type on the m-line's own SSRC (the
+//!   *carrier*); nothing else is sent on that SSRC;
+//! - the receiver's feedback (NACK, PLI, `HTLR` loss reports, `docs/recovery.md`) travels
+//!   as the payload of an RTCP application-layer feedback message (PSFB FMT 15), one per
+//!   SRTCP datagram.
+//!
+//! Sans-IO like the rest of the engine: `now` comes in, nothing reads a clock.
+
+use std::time::{Duration, Instant};
+
+use media::fec::RtpView;
+use media::recovery::{
+    FecSizing, FrameMarking, ProtectedReceiver, ProtectedSender, ReceiverConfig, ReceiverEvent,
+    ReceiverStats, SenderConfig, SenderEvent, SenderStats, build_media_packet,
+};
+use str0m::Rtc;
+use str0m::format::{Codec, CodecConfig, PayloadParams};
+use str0m::media::{Mid, Pt};
+use str0m::rtp::{RtpWrite, Ssrc};
+
+/// Payload type offered for the carrier (str0m's H.264 defaults take 115; the answer may keep another number; peers look
+/// the carrier up by [`is_carrier`]).
+pub const CARRIER_PT: u8 = 117;
+/// Header-extension id of frame marking inside carried packets.
+pub const FRAME_MARKING_ID: u8 = 1;
+/// The carrier's H.266 profile/tier/level: Main 10, Main tier, level 1.0, which no real
+/// conferencing encoder offers.
+const CARRIER_PROFILE: u8 = 1;
+const CARRIER_TIER: u8 = 0;
+const CARRIER_LEVEL: u8 = 16;
+/// Recovery budget of one hop (the recovery loop's default).
+pub const HOP_PLAYOUT_DELAY: Duration = Duration::from_millis(225);
+/// Largest feedback payload put in one RTCP message (stays well under the MTU).
+const MAX_FEEDBACK: usize = 1_000;
+
+/// Declares the carrier payload type in a codec configuration.
+pub fn add_tunnel_codec(c: &mut CodecConfig) {
+    c.add_h266(
+        Pt::new_with_value(CARRIER_PT),
+        None,
+        CARRIER_PROFILE,
+        CARRIER_TIER,
+        CARRIER_LEVEL,
+    );
+}
+
+/// Whether negotiated payload parameters are the carrier.
+pub fn is_carrier(p: &PayloadParams) -> bool {
+    p.spec().codec == Codec::H266
+}
+
+/// The carrier payload type among negotiated parameters, if any.
+pub fn carrier_pt(params: &[PayloadParams], remote: &[Pt]) -> Option<Pt> {
+    params
+        .iter()
+        .find(|p| is_carrier(p) && remote.contains(&p.pt()))
+        .map(|p| p.pt())
+}
+
+/// SSRC of the RTX packets inside a carrier whose own SSRC is `media`.
+pub fn inner_rtx_ssrc(media: u32) -> u32 {
+    media.wrapping_add(1)
+}
+
+/// SSRC of the repair packets inside a carrier whose own SSRC is `media`.
+pub fn inner_fec_ssrc(media: u32) -> u32 {
+    media.wrapping_add(2)
+}
+
+/// The RTX payload type negotiated for a media payload type (`apt`), or one derived
+/// from it when the codec has none (only the two ends of the carrier read it).
+pub fn rtx_pt_for(params: &[PayloadParams], media_pt: u8) -> u8 {
+    params
+        .iter()
+        .find(|p| *p.pt() == media_pt)
+        .and_then(|p| p.resend())
+        .map_or(media_pt ^ 0x40, |r| *r)
+}
+
+/// Puts one carried packet on the wire of `mid`'s send stream.
+pub fn write_carrier(
+    rtc: &mut Rtc,
+    mid: Mid,
+    pt: Pt,
+    now: Instant,
+    seq: u64,
+    inner: Vec<u8>,
+) -> bool {
+    let ts = RtpView::parse(&inner).map_or(0, |v| v.timestamp);
+    let mut api = rtc.direct_api();
+    let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+        return false;
+    };
+    tx.write_rtp(RtpWrite::new(pt, seq.into(), ts, now, inner).nackable(false));
+    true
+}
+
+/// Sends one feedback payload to the sender of `media_ssrc`.
+pub fn send_feedback(rtc: &mut Rtc, sender_ssrc: u32, media_ssrc: u32, payload: Vec<u8>) {
+    rtc.direct_api().send_app_specific_feedback(
+        Ssrc::from(sender_ssrc),
+        Ssrc::from(media_ssrc),
+        payload,
+    );
+}
+
+/// Extends 16-bit sequence numbers to 64 bits for forwarding.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SeqExtender {
+    last: Option<u64>,
+}
+
+impl SeqExtender {
+    pub fn extend(&mut self, seq: u16) -> u64 {
+        let v = match self.last {
+            None => (1 << 20) | u64::from(seq),
+            Some(l) => {
+                let cand = (l & !0xffff) | u64::from(seq);
+                if cand + 0x8000 <= l {
+                    cand + 0x1_0000
+                } else if cand > l + 0x8000 && cand >= 0x1_0000 {
+                    cand - 0x1_0000
+                } else {
+                    cand
+                }
+            }
+        };
+        if self.last.is_none_or(|l| v > l) {
+            self.last = Some(v);
+        }
+        v
+    }
+}
+
+/// The receiving end of one protected stream: carried packets in, complete frames,
+/// skip reports and feedback out.
+pub struct ProtectedRx {
+    /// SSRC of the carrier (= the media SSRC inside).
+    pub media_ssrc: u32,
+    receiver_ssrc: u32,
+    playout_delay: Duration,
+    rx: Option<ProtectedReceiver>,
+    /// Carried packets before the first media packet told the media payload type.
+    early: Vec<(Instant, Vec<u8>)>,
+}
+
+impl ProtectedRx {
+    /// The hop's recovery gives up on a frame `playout_delay` after the earliest it could
+    /// have arrived (see `docs/recovery.md`): [`HOP_PLAYOUT_DELAY`] for one hop, the sum
+    /// over the hops for a terminal behind an SFU, whose frames may have waited for the
+    /// uplink's repair before the downlink carried them.
+    pub fn new(media_ssrc: u32, receiver_ssrc: u32, playout_delay: Duration) -> Self {
+        ProtectedRx {
+            media_ssrc,
+            receiver_ssrc,
+            playout_delay,
+            rx: None,
+            early: vec![],
+        }
+    }
+
+    /// One carrier payload. `params` are the receiving side's negotiated codecs.
+    pub fn handle_carried(&mut self, now: Instant, inner: &[u8], params: &[PayloadParams]) {
+        if self.rx.is_none() {
+            let Ok(v) = RtpView::parse(inner) else { return };
+            if v.ssrc != self.media_ssrc || v.payload_type == CARRIER_PT {
+                // Repair or RTX before any media: keep a few until the stream is known.
+                if self.early.len() < 256 {
+                    self.early.push((now, inner.to_vec()));
+                }
+                return;
+            }
+            let mut cfg = ReceiverConfig::new(
+                self.media_ssrc,
+                self.receiver_ssrc,
+                inner_rtx_ssrc(self.media_ssrc),
+            );
+            cfg.media_payload_type = v.payload_type;
+            cfg.rtx_payload_type = rtx_pt_for(params, v.payload_type);
+            cfg.fec_payload_type = CARRIER_PT;
+            cfg.fec_ssrc = Some(inner_fec_ssrc(self.media_ssrc));
+            cfg.frame_marking_id = FRAME_MARKING_ID;
+            cfg.playout_delay = self.playout_delay;
+            let mut rx = ProtectedReceiver::new(cfg);
+            for (at, p) in self.early.drain(..) {
+                rx.handle_packet(at, &p);
+            }
+            self.rx = Some(rx);
+        }
+        if let Some(rx) = &mut self.rx {
+            rx.handle_packet(now, inner);
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<ReceiverEvent> {
+        self.rx.as_mut()?.poll_event()
+    }
+
+    /// Next feedback message. Each goes in its own datagram: the receiver sends NACKs
+    /// and PLIs in several copies so that losing one datagram does not lose them all.
+    pub fn poll_feedback(&mut self) -> Option<Vec<u8>> {
+        let p = self.rx.as_mut()?.poll_feedback()?;
+        Some(p.into_iter().take(MAX_FEEDBACK).collect())
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.rx.as_ref()?.poll_timeout()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(rx) = &mut self.rx {
+            rx.handle_timeout(now);
+        }
+    }
+
+    /// Asks the publisher for a keyframe through the protected feedback; false if the
+    /// stream has not started (then only a plain PLI can ask).
+    pub fn request_keyframe(&mut self, now: Instant) -> bool {
+        match &mut self.rx {
+            Some(rx) => {
+                rx.request_keyframe(now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn stats(&self) -> ReceiverStats {
+        self.rx
+            .as_ref()
+            .map(ProtectedReceiver::stats)
+            .unwrap_or_default()
+    }
+
+    pub fn receiver_ssrc(&self) -> u32 {
+        self.receiver_ssrc
+    }
+}
+
+/// One packet of a frame to protect.
+#[derive(Debug, Clone)]
+pub struct FramePacket<'a> {
+    pub timestamp: u32,
+    pub marker: bool,
+    pub marking: FrameMarking,
+    pub payload: &'a [u8],
+}
+
+/// The sending end of one protected stream: frames in, carried packets out.
+pub struct ProtectedTx {
+    pub media_ssrc: u32,
+    tx: ProtectedSender,
+    media_pt: u8,
+    next_seq: u16,
+    carrier_seq: u64,
+    frame: Vec<Vec<u8>>,
+    frame_layer: u8,
+    frame_key: bool,
+}
+
+impl ProtectedTx {
+    /// `sizing` is [`FecSizing::Hybrid`] normally; `seed` picks the first sequence
+    /// numbers (random in production, fixed in tests).
+    pub fn new(
+        media_ssrc: u32,
+        media_pt: u8,
+        rtx_pt: u8,
+        sizing: FecSizing,
+        seed: u16,
+    ) -> Result<Self, media::Error> {
+        let mut cfg = SenderConfig::new(
+            media_ssrc,
+            inner_fec_ssrc(media_ssrc),
+            inner_rtx_ssrc(media_ssrc),
+        );
+        cfg.fec_payload_type = CARRIER_PT;
+        cfg.rtx_payload_type = rtx_pt;
+        cfg.sizing = sizing;
+        let tx = ProtectedSender::new(cfg, seed.wrapping_mul(7), seed.wrapping_mul(13))?;
+        Ok(ProtectedTx {
+            media_ssrc,
+            tx,
+            media_pt,
+            next_seq: seed,
+            carrier_seq: u64::from(seed / 2),
+            frame: vec![],
+            frame_layer: 0,
+            frame_key: false,
+        })
+    }
+
+    /// Adds one packet of the current frame; the frame is sent at its last packet
+    /// (frame-marking end bit or RTP marker).
+    pub fn push_packet(&mut self, now: Instant, p: &FramePacket<'_>) -> Result<(), media::Error> {
+        if p.marking.start && !self.frame.is_empty() {
+            // The previous frame's end never came: send what it has.
+            self.flush_frame(now)?;
+        }
+        if self.frame.is_empty() {
+            self.frame_layer = p.marking.tid;
+            self.frame_key = p.marking.independent;
+        }
+        let pkt = build_media_packet(
+            self.media_ssrc,
+            self.media_pt,
+            self.next_seq,
+            p.timestamp,
+            p.marker,
+            FRAME_MARKING_ID,
+            p.marking,
+            p.payload,
+        );
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.frame.push(pkt);
+        if p.marking.end || p.marker {
+            self.flush_frame(now)?;
+        }
+        Ok(())
+    }
+
+    fn flush_frame(&mut self, now: Instant) -> Result<(), media::Error> {
+        let frame = std::mem::take(&mut self.frame);
+        self.tx
+            .push_frame(now, &frame, self.frame_layer, self.frame_key)
+    }
+
+    /// Media payload type used inside the carrier.
+    pub fn media_pt(&self) -> u8 {
+        self.media_pt
+    }
+
+    /// Next packet for the carrier: (carrier sequence number, packet).
+    pub fn poll_carried(&mut self) -> Option<(u64, Vec<u8>)> {
+        let p = self.tx.poll_transmit()?;
+        self.carrier_seq += 1;
+        Some((self.carrier_seq, p))
+    }
+
+    pub fn handle_feedback(&mut self, now: Instant, payload: &[u8]) {
+        self.tx.handle_feedback(now, payload);
+    }
+
+    pub fn poll_event(&mut self) -> Option<SenderEvent> {
+        self.tx.poll_event()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.tx.poll_timeout()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tx.handle_timeout(now);
+    }
+
+    pub fn stats(&self) -> SenderStats {
+        self.tx.stats()
+    }
+
+    /// Writes everything pending into `rtc` on `mid` with the carrier payload type `pt`.
+    pub fn flush_into(&mut self, rtc: &mut Rtc, mid: Mid, pt: Pt, now: Instant) {
+        while let Some((seq, p)) = self.poll_carried() {
+            write_carrier(rtc, mid, pt, now, seq, p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_extension_wraps() {
+        let mut e = SeqExtender::default();
+        let a = e.extend(65_534);
+        assert_eq!(e.extend(1), a + 3);
+        assert_eq!(e.extend(65_535), a + 1);
+    }
+}
