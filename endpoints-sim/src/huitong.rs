@@ -1,6 +1,7 @@
 //! A simulated terminal speaking Huitong signalling v1 (`docs/signaling.md`) over a
 //! WebSocket: a publish pc it offers, a subscribe pc whose offers it answers.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +31,10 @@ struct Pcs {
     publisher: Option<PeerHandle>,
     subscriber: Option<PeerHandle>,
     last_error: Option<String>,
+    /// Track id per mid of the subscribe pc (from the latest `offer`).
+    sub_tracks: HashMap<String, String>,
+    /// The MCU track carrying our own picture (`mcu_track`).
+    mcu_track: Option<String>,
 }
 
 /// A joined participant. Dropping it does not leave: call [`HuitongTerminal::leave`].
@@ -37,6 +42,7 @@ pub struct HuitongTerminal {
     pub participant: String,
     pcs: Arc<Mutex<Pcs>>,
     leave: Option<oneshot::Sender<()>>,
+    signals: mpsc::UnboundedSender<Value>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -101,11 +107,17 @@ impl HuitongTerminal {
             }
         }
         let (leave_tx, leave_rx) = oneshot::channel();
-        let task = tokio::spawn(run(ws, early, pcs.clone(), local_ip, cfg, stats, leave_rx));
+        let (sig_tx, sig_rx) = mpsc::unbounded_channel();
+        let io = Io {
+            leave: leave_rx,
+            signals: sig_rx,
+        };
+        let task = tokio::spawn(run(ws, early, pcs.clone(), local_ip, cfg, stats, io));
         Ok(HuitongTerminal {
             participant,
             pcs,
             leave: Some(leave_tx),
+            signals: sig_tx,
             task,
         })
     }
@@ -116,6 +128,21 @@ impl HuitongTerminal {
 
     pub fn subscriber(&self) -> Option<PeerHandle> {
         self.pcs.lock().ok().and_then(|p| p.subscriber.clone())
+    }
+
+    /// Sends a signalling message as is (e.g. `mcu_view`).
+    pub fn send_signal(&self, v: Value) {
+        let _ = self.signals.send(v);
+    }
+
+    /// The track id carried by `mid` of the subscribe pc.
+    pub fn sub_track(&self, mid: &str) -> Option<String> {
+        self.pcs.lock().ok()?.sub_tracks.get(mid).cloned()
+    }
+
+    /// The MCU track the server named as our own picture.
+    pub fn mcu_track(&self) -> Option<String> {
+        self.pcs.lock().ok()?.mcu_track.clone()
     }
 
     /// The last error the server sent us, if any.
@@ -169,6 +196,12 @@ async fn recv(ws: &mut Ws) -> Result<Option<Value>, SimError> {
     Ok(None)
 }
 
+/// What the owner of a terminal tells its task.
+struct Io {
+    leave: oneshot::Receiver<()>,
+    signals: mpsc::UnboundedReceiver<Value>,
+}
+
 async fn run(
     mut ws: Ws,
     early: Vec<Value>,
@@ -176,7 +209,7 @@ async fn run(
     local_ip: IpAddr,
     cfg: PeerConfig,
     stats: Arc<Stats>,
-    mut leave: oneshot::Receiver<()>,
+    mut io: Io,
 ) {
     let mut ping = tokio::time::interval(Duration::from_secs(10));
     let (err_tx, mut err_rx) = mpsc::unbounded_channel::<String>();
@@ -187,7 +220,10 @@ async fn run(
     }
     loop {
         tokio::select! {
-            _ = &mut leave => {
+            Some(v) = io.signals.recv() => {
+                if send(&mut ws, &v).await.is_err() { return; }
+            }
+            _ = &mut io.leave => {
                 let _ = send(&mut ws, &json!({"type": "leave"})).await;
                 let _ = ws.close(None).await;
                 return;
@@ -230,7 +266,20 @@ async fn handle(
             peer.accept_answer(SdpAnswer::from_sdp_string(sdp())?)
                 .await?;
         }
+        (Some("mcu_track"), _) => {
+            if let Ok(mut p) = pcs.lock() {
+                p.mcu_track = m["track"].as_str().map(str::to_owned);
+            }
+        }
         (Some("offer"), Some("sub")) => {
+            if let Ok(mut p) = pcs.lock() {
+                p.sub_tracks = m["tracks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| Some((t["mid"].as_str()?.to_owned(), t["id"].as_str()?.to_owned())))
+                    .collect();
+            }
             let existing = pcs.lock().ok().and_then(|p| p.subscriber.clone());
             let peer = match existing {
                 Some(p) => p,

@@ -202,6 +202,7 @@ impl World {
             mid: mid.to_string(),
             kind: MediaKind::Video,
             source: TrackSource::Camera,
+            label: None,
         }];
         let answer = self
             .sfu

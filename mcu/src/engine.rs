@@ -279,6 +279,13 @@ impl MeetingMixer {
         }
     }
 
+    /// Adds a terminal that receives a mix but is never a venue in one (the MCU's own
+    /// published mix, a recorder, a streaming output).
+    pub fn add_viewer(&mut self, id: ParticipantId, name: &str) {
+        self.add_participant(id, name, false);
+        self.order.retain(|p| *p != id);
+    }
+
     /// Encoder settings for outputs created from now on (bitrate and frame rate are
     /// always those of the output key). For benchmarks and operators tuning CPU against
     /// quality; `default_output_encoder()` is what a mixer starts with.

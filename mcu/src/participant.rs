@@ -9,7 +9,7 @@
 //! Inputs: [`McuClient::handle_signal`], [`McuClient::handle_datagram`],
 //! [`McuClient::handle_timeout`]; outputs: [`McuClient::poll_output`]. Time is an argument.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Candidate, Event, Rtc};
 
 use crate::Error;
-use crate::engine::{EngineConfig, MeetingMixer, Output as MixOutput, TerminalSettings};
+use crate::engine::{EngineConfig, MeetingMixer, Output as MixOutput, OutputKey, TerminalSettings};
 use crate::layout::LayoutSet;
 use crate::mode::ParticipantId;
 use crate::text::TextRenderer;
@@ -36,6 +36,11 @@ pub const MCU_NAME: &str = "会议画面";
 const KEYFRAME_REQUEST_GAP: Duration = Duration::from_millis(500);
 /// How often the tile sizes are compared with what was asked of the SFU.
 const SIZE_CHECK_EVERY: Duration = Duration::from_millis(500);
+/// The `view` label of the meeting's own mix track.
+const MIX_VIEW: &str = "mix";
+/// Distinct pictures one MCU publishes besides its own mix; more requests share the
+/// closest existing one rather than grow the CPU bill without bound.
+const MAX_VIEWS: usize = 16;
 
 /// What one MCU publishes.
 #[derive(Debug, Clone)]
@@ -104,6 +109,15 @@ struct Person {
     camera_muted: bool,
 }
 
+/// A picture some participants asked for with `mcu_view`, published as its own track.
+#[derive(Debug)]
+struct View {
+    label: String,
+    mid: Option<Mid>,
+    /// Its track id, once the server has announced it.
+    track: Option<String>,
+}
+
 struct Content {
     track: String,
     decoder: Option<H264Decoder>,
@@ -150,6 +164,15 @@ pub struct McuClient {
     got_key: HashMap<Mid, bool>,
     last_kf_req: HashMap<Mid, Instant>,
     content: Option<Content>,
+    /// Pictures of their own that participants asked for, by output.
+    views: BTreeMap<OutputKey, View>,
+    /// m-lines of views nobody wants any more, inactive until reused.
+    free_view_mids: Vec<Mid>,
+    next_view: u64,
+    /// Track id of our own mix, once announced.
+    mix_track: Option<String>,
+    /// The track each participant was last told is its picture.
+    routed: HashMap<ParticipantId, Option<String>>,
     media_start: Instant,
     pub_timeout: Instant,
     sub_timeout: Instant,
@@ -221,6 +244,11 @@ impl McuClient {
             got_key: HashMap::new(),
             last_kf_req: HashMap::new(),
             content: None,
+            views: BTreeMap::new(),
+            free_view_mids: Vec::new(),
+            next_view: 1,
+            mix_track: None,
+            routed: HashMap::new(),
             media_start: now,
             pub_timeout: now,
             sub_timeout: now,
@@ -250,6 +278,7 @@ impl McuClient {
     pub fn set_layout(&mut self, layout: &str) {
         self.cfg.mix.layout = layout.to_string();
         self.apply_terminal();
+        self.sync_views();
     }
 
     /// Leaves the meeting.
@@ -274,8 +303,10 @@ impl McuClient {
 
     fn apply_terminal(&mut self) {
         let Some(me) = self.me else { return };
+        // The MCU is no venue, so "self view" hides nothing; on, its key equals that of
+        // a participant asking for the same picture, and they share the encode.
         let settings = TerminalSettings {
-            self_view: false,
+            self_view: true,
             ..self.cfg.mix.clone()
         };
         if let Err(e) = self.mixer.set_terminal(me, &settings) {
@@ -302,8 +333,8 @@ impl McuClient {
                     .and_then(parse_pid)
                     .ok_or("joined without an id")?;
                 self.me = Some(me);
-                // Our own entry is the output terminal; hidden from its own picture.
-                self.mixer.add_participant(me, &self.cfg.name, false);
+                // Our own entry is the output terminal of the shared mix, never a venue.
+                self.mixer.add_viewer(me, &self.cfg.name);
                 self.apply_terminal();
                 for p in m["participants"].as_array().into_iter().flatten() {
                     self.on_participant(p);
@@ -327,9 +358,11 @@ impl McuClient {
                         .as_ref()
                         .is_some_and(|c| self.tracks.get(&c.track).is_some_and(|t| t.owner == pid));
                     self.tracks.retain(|_, t| t.owner != pid);
+                    self.routed.remove(&pid);
                     if sharing {
                         self.stop_content(now);
                     }
+                    self.sync_views();
                     if !self.has_people() {
                         tracing::info!(meeting = %self.cfg.meeting, "MCU: nobody left to mix for");
                         self.stop();
@@ -337,8 +370,10 @@ impl McuClient {
                 }
             }
             "track_published" => self.on_track_published(&m["track"]),
+            "mcu_view" => self.on_view_request(m),
             "track_unpublished" => {
                 let id = m["track"].as_str().unwrap_or_default().to_string();
+                self.forget_own_track(&id);
                 if let Some(t) = self.tracks.remove(&id) {
                     self.asked_size.remove(&id);
                     if t.source == "camera" {
@@ -433,6 +468,7 @@ impl McuClient {
             return;
         };
         if Some(owner) == self.me {
+            self.on_own_track(id, t["view"].as_str());
             return;
         }
         let track = Track {
@@ -451,6 +487,150 @@ impl McuClient {
         } else if track.source == "screen" && self.people.contains_key(&owner) {
             self.start_content(id);
         }
+    }
+
+    /// The server announced one of our own tracks: learn its id so participants can be
+    /// told which track is their picture.
+    fn on_own_track(&mut self, id: &str, view: Option<&str>) {
+        match view {
+            Some(MIX_VIEW) => self.mix_track = Some(id.to_string()),
+            Some(label) => {
+                if let Some(v) = self.views.values_mut().find(|v| v.label == label) {
+                    v.track = Some(id.to_string());
+                }
+            }
+            None => return,
+        }
+        self.route();
+    }
+
+    fn forget_own_track(&mut self, id: &str) {
+        if self.mix_track.as_deref() == Some(id) {
+            self.mix_track = None;
+        }
+        for v in self.views.values_mut() {
+            if v.track.as_deref() == Some(id) {
+                v.track = None;
+            }
+        }
+    }
+
+    /// `mcu_view`: a participant wants its own layout/size/rate (or no longer does).
+    fn on_view_request(&mut self, m: &Value) {
+        let Some(pid) = m["participant"].as_str().and_then(parse_pid) else {
+            return;
+        };
+        if !self.people.contains_key(&pid) {
+            tracing::debug!(participant = pid, "MCU: view for someone not (yet) here");
+            return;
+        }
+        let v = &m["view"];
+        if v.is_null() {
+            self.mixer.clear_terminal(pid);
+        } else {
+            let num = |k: &str| v[k].as_u64().and_then(|n| u32::try_from(n).ok());
+            let d = &self.cfg.mix;
+            let settings = TerminalSettings {
+                layout: v["layout"].as_str().unwrap_or(&d.layout).to_string(),
+                width: num("width").map_or(d.width, |w| w as usize),
+                height: num("height").map_or(d.height, |h| h as usize),
+                fps: num("fps").unwrap_or(d.fps),
+                bitrate_bps: num("bitrate_bps").unwrap_or(d.bitrate_bps),
+                self_view: v["self_view"].as_bool().unwrap_or(true),
+            };
+            let want_new = self.mixer.terminal_key(pid).is_none();
+            if let Err(e) = self.mixer.set_terminal(pid, &settings) {
+                tracing::info!(participant = pid, error = %e, "MCU view: using the default layout");
+            }
+            // Over the cap, a new picture is refused: the participant keeps the shared mix.
+            let key = self.mixer.terminal_key(pid).cloned();
+            let default = self.me.and_then(|me| self.mixer.terminal_key(me)).cloned();
+            if key.as_ref().is_some_and(|k| {
+                Some(k) != default.as_ref() && !self.views.contains_key(k) && self.views.len() >= MAX_VIEWS
+            }) {
+                tracing::warn!(participant = pid, "MCU: too many distinct views; sending the shared mix");
+                if want_new {
+                    self.mixer.clear_terminal(pid);
+                }
+                self.routed.remove(&pid);
+                if let Some(track) = self.mix_track.clone() {
+                    self.send_route(pid, Some(track));
+                }
+                return;
+            }
+        }
+        self.sync_views();
+    }
+
+    /// Publishes a track per distinct requested picture and retires unused ones.
+    fn sync_views(&mut self) {
+        let default = self.me.and_then(|me| self.mixer.terminal_key(me)).cloned();
+        let wanted: BTreeSet<OutputKey> = self
+            .people
+            .keys()
+            .filter_map(|p| self.mixer.terminal_key(*p))
+            .filter(|k| Some(*k) != default.as_ref())
+            .cloned()
+            .collect();
+        let before = self.views.len();
+        let mut freed = vec![];
+        self.views.retain(|k, v| {
+            let keep = wanted.contains(k);
+            if !keep {
+                freed.extend(v.mid);
+            }
+            keep
+        });
+        let mut changed = before != self.views.len();
+        self.free_view_mids.extend(freed);
+        for key in wanted {
+            if self.views.contains_key(&key) {
+                continue;
+            }
+            let label = format!(
+                "{} {}x{}@{} #{}",
+                key.layout, key.width, key.height, key.fps, self.next_view
+            );
+            self.next_view += 1;
+            self.views.insert(
+                key,
+                View {
+                    label,
+                    mid: None,
+                    track: None,
+                },
+            );
+            changed = true;
+        }
+        if changed {
+            self.pub_dirty = true;
+            self.offer_if_needed();
+        }
+        self.route();
+    }
+
+    /// Tells each participant with a picture of its own which track carries it.
+    fn route(&mut self) {
+        let default = self.me.and_then(|me| self.mixer.terminal_key(me)).cloned();
+        let people: Vec<ParticipantId> = self.people.keys().copied().collect();
+        for pid in people {
+            let want = match self.mixer.terminal_key(pid) {
+                None => None,
+                Some(k) if Some(k) == default.as_ref() => self.mix_track.clone(),
+                Some(k) => self.views.get(k).and_then(|v| v.track.clone()),
+            };
+            let told = self.routed.get(&pid).cloned().flatten();
+            // Nothing to say until the track exists, unless an earlier answer is now void.
+            if want == told || (want.is_none() && !self.routed.contains_key(&pid)) {
+                continue;
+            }
+            self.send_route(pid, want);
+        }
+    }
+
+    fn send_route(&mut self, pid: ParticipantId, track: Option<String>) {
+        self.routed.insert(pid, track.clone());
+        self.signal(json!({"type": "mcu_route", "participant": format!("p{pid}"), "track": track}));
     }
 
     fn start_content(&mut self, track: &str) {
@@ -493,6 +673,31 @@ impl McuClient {
                 None,
             ));
         }
+        let mut free = std::mem::take(&mut self.free_view_mids);
+        for v in self.views.values_mut().filter(|v| v.mid.is_none()) {
+            v.mid = Some(match free.pop() {
+                Some(mid) => {
+                    api.set_direction(mid, Direction::SendOnly);
+                    mid
+                }
+                None => {
+                    let stream = format!("mcu{me}v{}", self.next_view);
+                    self.next_view += 1;
+                    api.add_media(
+                        MediaKind::Video,
+                        Direction::SendOnly,
+                        Some(stream.clone()),
+                        Some(format!("{stream}-view")),
+                        None,
+                    )
+                }
+            });
+        }
+        // Unused view m-lines stay (inactive) for the next view, like the content one.
+        for mid in &free {
+            api.set_direction(*mid, Direction::Inactive);
+        }
+        self.free_view_mids = free;
         match (self.content.is_some(), self.content_mid) {
             (true, None) => {
                 let stream = format!("mcu{me}c");
@@ -518,7 +723,12 @@ impl McuClient {
         self.pub_pending = Some(pending);
         let mut tracks = vec![];
         if let Some(mid) = self.mix_mid {
-            tracks.push(json!({"mid": mid.to_string(), "kind": "video", "source": "camera"}));
+            tracks.push(json!({"mid": mid.to_string(), "kind": "video", "source": "camera", "view": MIX_VIEW}));
+        }
+        for v in self.views.values() {
+            if let Some(mid) = v.mid {
+                tracks.push(json!({"mid": mid.to_string(), "kind": "video", "source": "camera", "view": v.label}));
+            }
         }
         if let (Some(mid), Some(_)) = (self.content_mid, &self.content) {
             tracks.push(json!({"mid": mid.to_string(), "kind": "video", "source": "screen"}));
@@ -527,7 +737,8 @@ impl McuClient {
     }
 
     fn pick_payload_types(&mut self) {
-        for mid in [self.mix_mid, self.content_mid].into_iter().flatten() {
+        let views: Vec<Mid> = self.views.values().filter_map(|v| v.mid).collect();
+        for mid in [self.mix_mid, self.content_mid].into_iter().flatten().chain(views) {
             let Some(w) = self.pub_rtc.writer(mid) else {
                 continue;
             };
@@ -583,8 +794,14 @@ impl McuClient {
         }
         while let Some(o) = self.mixer.poll_output() {
             match o {
-                MixOutput::Video { picture, .. } => {
-                    if self.write(now, self.mix_mid, &picture.data) {
+                MixOutput::Video { key, picture, .. } => {
+                    let mine = self.me.and_then(|me| self.mixer.terminal_key(me)) == Some(&key);
+                    let mid = if mine {
+                        self.mix_mid
+                    } else {
+                        self.views.get(&key).and_then(|v| v.mid)
+                    };
+                    if self.write(now, mid, &picture.data) {
                         self.counters.mix_frames_sent += 1;
                     }
                 }
@@ -748,7 +965,18 @@ impl McuClient {
                     .out
                     .push_back(ClientOutput::Transmit(PcSide::Publish, t)),
                 Ok(str0m::Output::Event(Event::KeyframeRequest(r))) => {
-                    if Some(r.mid) == self.mix_mid {
+                    let view = self.views.iter().find(|(_, v)| v.mid == Some(r.mid));
+                    if let Some((key, _)) = view {
+                        // Any terminal of the output stands for it: they share one encoder.
+                        let viewer = self
+                            .people
+                            .keys()
+                            .find(|p| self.mixer.terminal_key(**p) == Some(key))
+                            .copied();
+                        if let Some(p) = viewer {
+                            self.mixer.request_keyframe(p);
+                        }
+                    } else if Some(r.mid) == self.mix_mid {
                         if let Some(me) = self.me {
                             self.mixer.request_keyframe(me);
                         }

@@ -376,3 +376,179 @@ async fn four_terminals_mixed_into_quadrants_by_the_mcu_participant() {
         v.leave().await;
     }
 }
+
+/// Frames one receiver decoded, per subscribe-pc mid: (width, height) of each.
+type Decoded = Arc<Mutex<HashMap<String, Vec<(usize, usize)>>>>;
+
+fn decoding_stats() -> (Arc<Stats>, Decoded) {
+    let decoded: Decoded = Arc::default();
+    let decoders: Mutex<HashMap<String, H264Decoder>> = Mutex::default();
+    let stats = Arc::new(Stats::default());
+    let d = Arc::clone(&decoded);
+    stats.set_video_tap(Arc::new(move |mid, data| {
+        let Ok(mut decs) = decoders.lock() else {
+            return;
+        };
+        if !decs.contains_key(mid) {
+            let Ok(dec) = H264Decoder::new() else { return };
+            decs.insert(mid.to_string(), dec);
+        }
+        let Some(dec) = decs.get_mut(mid) else { return };
+        if let Ok(Some(f)) = dec.decode(data) {
+            if let Ok(mut d) = d.lock() {
+                d.entry(mid.to_string())
+                    .or_default()
+                    .push((f.width(), f.height()));
+            }
+        }
+    }));
+    (stats, decoded)
+}
+
+/// Pictures of one's own (issue 5 (b) end to end): two participants asking for the same
+/// picture get the same MCU track (one encode), a third asking for another gets its
+/// own, and each decodes its picture at the size it asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_get_their_own_pictures_and_equal_ones_share_a_track() {
+    let (w, h) = (MIX_W.to_string(), MIX_H.to_string());
+    let server = start_server(&[
+        ("HUITONG_MCU__WIDTH", w.as_str()),
+        ("HUITONG_MCU__HEIGHT", h.as_str()),
+        ("HUITONG_MCU__FPS", "10"),
+        ("HUITONG_MCU__BITRATE_BPS", "1000000"),
+    ]);
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let epoch = now();
+    let mut host = connect(server.http).await;
+    send(
+        &mut host,
+        json!({"type": "join", "v": 1, "meeting": MEETING, "name": "主持人", "create": true}),
+    )
+    .await;
+    expect(&mut host, "joined", |v| v["type"] == "joined").await;
+    send(
+        &mut host,
+        json!({"type": "host", "id": 1, "action": "mcu", "mcu": {"layout": "4"}}),
+    )
+    .await;
+    expect(&mut host, "ok", |v| v["type"] == "ok" && v["re"] == 1).await;
+    let mcu = expect(&mut host, "the MCU joining", |v| {
+        v["type"] == "participant_joined"
+    })
+    .await;
+    let mcu_id = mcu["participant"]["id"].as_str().expect("id").to_string();
+
+    let mut venues = vec![];
+    for i in 1..=2usize {
+        let cfg = PeerConfig {
+            id: i as u32,
+            epoch,
+            seed: i as u64,
+            media: Some(MediaConfig {
+                fps: 15,
+                audio: false,
+                video_source: Some(video_source(i)),
+                ..MediaConfig::default()
+            }),
+        };
+        let params = JoinParams {
+            meeting: MEETING.into(),
+            passcode: None,
+            name: format!("会场{i}"),
+            create: false,
+        };
+        venues.push(
+            HuitongTerminal::join(server.http, params, lo, cfg, Arc::new(Stats::default()))
+                .await
+                .expect("venue"),
+        );
+    }
+
+    // (layout, width, height) each receiver asks for; the first and the third are equal.
+    let asks = [("1", 320, 180), ("2", 480, 270), ("1", 320, 180)];
+    let mut receivers = vec![];
+    for (i, (layout, w, h)) in asks.iter().enumerate() {
+        let (stats, decoded) = decoding_stats();
+        let cfg = PeerConfig {
+            id: 90 + i as u32,
+            epoch,
+            seed: 90 + i as u64,
+            media: None,
+        };
+        let params = JoinParams {
+            meeting: MEETING.into(),
+            passcode: None,
+            name: format!("分会场{i}"),
+            create: false,
+        };
+        let r = HuitongTerminal::join(server.http, params, lo, cfg, stats)
+            .await
+            .expect("receiver");
+        r.send_signal(json!({"type": "mcu_view", "view":
+            {"layout": layout, "width": w, "height": h, "fps": 10}}));
+        receivers.push((r, decoded, (*w, *h)));
+    }
+
+    // Each receiver is told its track, and decodes pictures of its size from it.
+    let deadline = now() + Duration::from_secs(60);
+    let tracks = loop {
+        let mut status = vec![];
+        let mut tracks = vec![];
+        for (r, decoded, size) in &receivers {
+            let Some(track) = r.mcu_track() else {
+                status.push(format!("{}: no mcu_track yet", r.participant));
+                continue;
+            };
+            let frames = decoded
+                .lock()
+                .expect("decoded")
+                .iter()
+                .filter(|(mid, _)| r.sub_track(mid).as_deref() == Some(track.as_str()))
+                .map(|(_, v)| v.iter().filter(|s| *s == size).count())
+                .sum::<usize>();
+            if frames < 5 {
+                status.push(format!(
+                    "{}: {frames} frames of {size:?} on {track}",
+                    r.participant
+                ));
+            }
+            tracks.push(track);
+        }
+        if status.is_empty() {
+            break tracks;
+        }
+        assert!(now() < deadline, "own pictures not received: {status:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(tracks[0], tracks[2], "equal requests share one track (one encode)");
+    assert_ne!(tracks[0], tracks[1], "a different request gets its own track");
+
+    // The host sees exactly the MCU's mix and the two distinct views published.
+    let mut views = std::collections::BTreeSet::new();
+    let until = now() + Duration::from_secs(2);
+    while now() < until {
+        let got = tokio::time::timeout(
+            until.saturating_duration_since(now()),
+            expect_where(&mut host, "MCU tracks", Duration::from_secs(5), |v| {
+                v["type"] == "track_published" && v["track"]["participant"] == mcu_id.as_str()
+            }),
+        )
+        .await;
+        if let Ok(v) = got {
+            views.insert(v["track"]["view"].as_str().unwrap_or("").to_string());
+        }
+    }
+    let own: Vec<_> = views.iter().filter(|v| *v != "mix").collect();
+    assert_eq!(
+        own.len(),
+        2,
+        "two distinct pictures besides the mix, so two encodes: {views:?}"
+    );
+
+    for (r, _, _) in receivers {
+        r.leave().await;
+    }
+    for v in venues {
+        v.leave().await;
+    }
+}

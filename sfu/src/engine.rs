@@ -188,6 +188,7 @@ struct Track {
     room: RoomId,
     kind: MediaKind,
     source: TrackSource,
+    label: Option<String>,
     mid: Mid,
     /// rid per layer index (`None` entries for a non-simulcast track).
     rids: Vec<Option<Rid>>,
@@ -814,6 +815,7 @@ impl Sfu {
                     room: room.clone(),
                     kind: d.kind,
                     source: d.source,
+                    label: d.label.clone(),
                     mid: media.mid(),
                     rids,
                     layers: [LayerState::default(); 3],
@@ -861,7 +863,7 @@ impl Sfu {
 
     fn track_info(&self, id: TrackId) -> Option<TrackInfo> {
         let t = self.tracks.get(&id)?;
-        Some(TrackInfo { id, owner: t.owner, kind: t.kind, source: t.source })
+        Some(TrackInfo { id, owner: t.owner, kind: t.kind, source: t.source, label: t.label.clone() })
     }
 
     fn subscribe(&mut self, pid: ParticipantId, tid: TrackId) {
@@ -964,7 +966,13 @@ impl Sfu {
                 }
                 let t = self.tracks.get(tid)?;
                 Some(TrackMapping {
-                    track: TrackInfo { id: *tid, owner: t.owner, kind: t.kind, source: t.source },
+                    track: TrackInfo {
+                        id: *tid,
+                        owner: t.owner,
+                        kind: t.kind,
+                        source: t.source,
+                        label: t.label.clone(),
+                    },
                     mid: sub.mid?.to_string(),
                 })
             })

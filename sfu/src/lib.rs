@@ -65,6 +65,9 @@ pub struct TrackDecl {
     pub mid: String,
     pub kind: MediaKind,
     pub source: TrackSource,
+    /// What a service publisher (the MCU) says this track is, e.g. which mix view;
+    /// carried to subscribers unchanged, never interpreted by the SFU.
+    pub label: Option<String>,
 }
 
 /// Subscriber-chosen quality ceiling.
@@ -92,6 +95,7 @@ pub struct TrackInfo {
     pub owner: ParticipantId,
     pub kind: MediaKind,
     pub source: TrackSource,
+    pub label: Option<String>,
 }
 
 /// A track carried by a subscribe pc, and its m-line.

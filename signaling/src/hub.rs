@@ -18,7 +18,7 @@ use crate::directory::{
     DirectoryRole, Identity, JoinVerdict, MeetingDirectory, SignInReceipt, SignInWho,
 };
 use crate::protocol::{
-    HostAction, Kind, McuOptions, MeetingWire, MemberKind, ParticipantWire, Pc, QualityWire,
+    HostAction, Kind, McuOptions, McuView, MeetingWire, MemberKind, ParticipantWire, Pc, QualityWire,
     QualityWireStat, ServerMsg, Source, TrackWire,
 };
 
@@ -542,12 +542,64 @@ impl Hub {
         tracing::info!(meeting = %number, participant = pid.0, reason, "left");
     }
 
+    fn member_kind(&self, pid: ParticipantId) -> Option<MemberKind> {
+        let g = self.lock();
+        let number = g.seats.get(&pid)?;
+        Some(g.meetings.get(number)?.members.get(&pid)?.kind)
+    }
+
+    /// A participant asks the meeting's MCU for a picture of its own (or, with `None`,
+    /// no longer wants one). The MCU answers with `mcu_route`.
+    pub fn mcu_view(&self, pid: ParticipantId, view: Option<McuView>) -> Result<(), SignalError> {
+        let mut g = self.lock();
+        let number = g.seats.get(&pid).cloned().ok_or(SignalError::NotJoined)?;
+        let m = g.meetings.get_mut(&number).ok_or(SignalError::NotJoined)?;
+        let mcu = m
+            .members
+            .iter()
+            .find(|(_, mem)| mem.kind == MemberKind::Mcu)
+            .map(|(p, _)| *p)
+            .ok_or_else(|| SignalError::Unavailable("this meeting has no MCU".into()))?;
+        m.send(
+            mcu,
+            ServerMsg::McuView {
+                participant: pid_wire(pid),
+                view,
+            },
+        );
+        Ok(())
+    }
+
+    /// The MCU tells `participant` which of its tracks carries that participant's picture.
+    pub fn mcu_route(
+        &self,
+        pid: ParticipantId,
+        participant: &str,
+        track: Option<String>,
+    ) -> Result<(), SignalError> {
+        let mut g = self.lock();
+        let number = g.seats.get(&pid).cloned().ok_or(SignalError::NotJoined)?;
+        let m = g.meetings.get_mut(&number).ok_or(SignalError::NotJoined)?;
+        if m.members.get(&pid).map(|mem| mem.kind) != Some(MemberKind::Mcu) {
+            return Err(SignalError::BadRequest(
+                "`mcu_route` is for the meeting's MCU".into(),
+            ));
+        }
+        let target = parse_pid(participant)
+            .filter(|p| m.members.contains_key(p))
+            .ok_or_else(|| SignalError::UnknownParticipant(participant.into()))?;
+        m.send(target, ServerMsg::McuTrack { track });
+        Ok(())
+    }
+
     pub async fn publish(
         &self,
         pid: ParticipantId,
         sdp: String,
         tracks: Vec<crate::protocol::TrackDecl>,
     ) -> Result<String, SignalError> {
+        // Only a service says what its tracks are; a person's label would mislead others.
+        let service = self.member_kind(pid) == Some(MemberKind::Mcu);
         let decls = tracks
             .into_iter()
             .map(|t| TrackDecl {
@@ -558,6 +610,7 @@ impl Hub {
                     sfu::MediaKind::Video
                 },
                 source: source_sfu(t.source),
+                label: t.view.filter(|v| service && !v.is_empty() && v.len() <= 64),
             })
             .collect();
         Ok(self.sfu.publish(pid, sdp, decls).await?)
@@ -769,6 +822,7 @@ impl Hub {
                         kind: kind_wire(t.track.kind),
                         source: source_wire(t.track.source),
                         mid: Some(t.mid),
+                        view: t.track.label,
                     })
                     .collect();
                 m.send(
@@ -790,6 +844,7 @@ impl Hub {
                     kind: kind_wire(track.kind),
                     source: source_wire(track.source),
                     mid: None,
+                    view: track.label.clone(),
                 };
                 m.tracks.insert(track.id, w.clone());
                 m.broadcast(&ServerMsg::TrackPublished { track: w }, None);

@@ -37,6 +37,9 @@ pub struct TrackDecl {
     pub mid: String,
     pub kind: Kind,
     pub source: Source,
+    /// Which MCU view this track is (service members only; ignored from people).
+    #[serde(default)]
+    pub view: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -77,6 +80,49 @@ pub struct McuOptions {
     /// Layout name (docs/mcu.md); the MCU's default when absent.
     #[serde(default)]
     pub layout: Option<String>,
+}
+
+/// The picture a participant wants from the meeting's MCU (its own layout, size, frame
+/// rate and bitrate). Participants asking for equal settings share one encode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McuView {
+    /// Layout name (docs/mcu.md); the MCU's layout when absent.
+    #[serde(default)]
+    pub layout: Option<String>,
+    #[serde(default)]
+    pub width: Option<u32>,
+    #[serde(default)]
+    pub height: Option<u32>,
+    #[serde(default)]
+    pub fps: Option<u32>,
+    #[serde(default)]
+    pub bitrate_bps: Option<u32>,
+    /// Whether the participant's own venue appears in its picture (default yes).
+    #[serde(default)]
+    pub self_view: Option<bool>,
+}
+
+impl McuView {
+    /// Refuses values no encoder takes, so the MCU never sees them.
+    pub fn check(&self) -> Result<(), String> {
+        if self
+            .layout
+            .as_ref()
+            .is_some_and(|l| l.is_empty() || l.len() > 64)
+        {
+            return Err("`view.layout` is a layout name of 1–64 bytes".into());
+        }
+        if self.width.is_some_and(|w| !(64..=3840).contains(&w))
+            || self.height.is_some_and(|h| !(64..=2160).contains(&h))
+        {
+            return Err("`view` size is 64–3840 × 64–2160".into());
+        }
+        if self.fps.is_some_and(|f| !(1..=60).contains(&f)) {
+            return Err("`view.fps` is 1–60".into());
+        }
+        Ok(())
+    }
 }
 
 /// A request from a client.
@@ -139,6 +185,17 @@ pub enum ClientMsg {
     SignIn {
         #[serde(default)]
         headcount: Option<u32>,
+    },
+    /// Ask the meeting's MCU for a picture of one's own; no `view` ends it.
+    McuView {
+        #[serde(default)]
+        view: Option<McuView>,
+    },
+    /// From the MCU only: `track` is the picture for `participant` (none: no picture).
+    McuRoute {
+        participant: String,
+        #[serde(default)]
+        track: Option<String>,
     },
     Ping,
     Leave,
@@ -210,6 +267,9 @@ pub struct TrackWire {
     pub source: Source,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mid: Option<String>,
+    /// Set on the MCU's tracks: which view of the meeting this picture is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub view: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -308,6 +368,13 @@ pub enum ServerMsg {
         late: bool,
         already: bool,
     },
+    /// To the MCU: `participant` wants this picture (none: it no longer wants one).
+    McuView {
+        participant: String,
+        view: Option<McuView>,
+    },
+    /// To a participant: the MCU track carrying its own picture (none: no picture).
+    McuTrack { track: Option<String> },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
         re: Option<Value>,

@@ -283,6 +283,16 @@ pub(crate) async fn handle(
                 already: r.already,
             });
         }
+        ClientMsg::McuView { view } => {
+            if let Some(v) = &view {
+                v.check().map_err(|e| fail(SignalError::BadRequest(e)))?;
+            }
+            hub.mcu_view(pid, view).map_err(fail)?;
+            reply(ServerMsg::Ok { re: re.clone() });
+        }
+        ClientMsg::McuRoute { participant, track } => {
+            hub.mcu_route(pid, &participant, track).map_err(fail)?;
+        }
         ClientMsg::Ping => reply(ServerMsg::Pong { re: re.clone() }),
         ClientMsg::Leave => {}
     }

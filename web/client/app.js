@@ -200,7 +200,8 @@ function onMessage(data) {
     case 'participant_joined': upsertParticipant(msg.participant); break;
     case 'participant_updated': upsertParticipant(msg.participant); break;
     case 'participant_left': removeParticipant(msg.participant, msg.reason); break;
-    case 'track_published': state.tracks.set(msg.track.id, { ...msg.track }); render(); break;
+    case 'track_published': onTrackPublished(msg.track); break;
+    case 'mcu_track': onMcuTrack(msg.track); break;
     case 'track_unpublished': state.tracks.delete(msg.track); render(); break;
     case 'speaking': state.speaker = msg.participant; render(); break;
     case 'quality': onQuality(msg.stats || []); break;
@@ -747,6 +748,35 @@ function watchFirstFrame(video, pid) {
   video.addEventListener('loadeddata', mark, { once: true });
 }
 
+// The MCU publishes its shared mix (`view: "mix"`) and one track per picture some
+// participant asked for with `mcu_view`: show the mix, or our own picture if we asked.
+function isOurMcuPicture(track) {
+  if (!track.view) return true;
+  return state.mcuTrack ? track.id === state.mcuTrack : track.view === 'mix';
+}
+
+function onTrackPublished(track) {
+  state.tracks.set(track.id, { ...track });
+  // Someone else's picture: do not let the SFU spend our downlink on it.
+  if (track.kind === 'video' && !isOurMcuPicture(track)) send({ type: 'subscribe', track: track.id, quality: 'off' });
+  render();
+}
+
+function onMcuTrack(track) {
+  state.mcuTrack = track || null;
+  for (const t of state.tracks.values()) {
+    if (t.kind !== 'video' || !t.view) continue;
+    send({ type: 'subscribe', track: t.id, quality: isOurMcuPicture(t) ? 'high' : 'off' });
+  }
+  render();
+}
+
+/** Asks the meeting's MCU for a picture of our own (`null` returns to the shared mix). */
+function mcuView(view) {
+  if (!view) state.mcuTrack = null;
+  send({ type: 'mcu_view', ...(view ? { view } : {}) });
+}
+
 function wantedTiles() {
   const list = [];
   for (const t of state.tracks.values()) {
@@ -776,6 +806,7 @@ function render() {
   // Remote media by participant/source.
   const remote = new Map();
   for (const r of remoteReceivers()) {
+    if (r.info.kind === 'video' && !isOurMcuPicture(r.info)) continue;
     if (r.info.kind === 'video') remote.set(tileKey(r.info.participant, r.info.source === 'screen' ? 'screen' : 'camera'), r);
   }
   if (pinned && !state.participants.has(pinned)) pinned = null;
@@ -1083,6 +1114,7 @@ window.huitong = {
   setMicMuted,
   setCameraMuted,
   signIn,
+  mcuView,
   // For diagnostics (tests, the console): the two peer connections.
   pcs: () => ({ pub: pubPc, sub: subPc }),
 };
