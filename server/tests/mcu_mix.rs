@@ -203,29 +203,27 @@ async fn expect(ws: &mut Ws, what: &str, pred: impl Fn(&Value) -> bool) -> Value
         v["type"] == "error" || pred(v)
     })
     .await;
-    assert_ne!(v["type"], "error", "server error while waiting for {what}: {v}");
+    assert_ne!(
+        v["type"], "error",
+        "server error while waiting for {what}: {v}"
+    );
     v
 }
 
-// The test measures a real server in wall-clock time.
-#[allow(clippy::disallowed_methods)]
-fn now() -> Instant {
-    Instant::now()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_terminals_mixed_into_quadrants_by_the_mcu_participant() {
+/// `huitong serve` whose MCU mixes at MIX_W × MIX_H, 10 fps.
+fn start_mcu_server(bitrate_bps: &str) -> common::Server {
     let (w, h) = (MIX_W.to_string(), MIX_H.to_string());
-    let server = start_server(&[
+    start_server(&[
         ("HUITONG_MCU__WIDTH", w.as_str()),
         ("HUITONG_MCU__HEIGHT", h.as_str()),
         ("HUITONG_MCU__FPS", "10"),
-        ("HUITONG_MCU__BITRATE_BPS", "1500000"),
-    ]);
-    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let epoch = now();
+        ("HUITONG_MCU__BITRATE_BPS", bitrate_bps),
+    ])
+}
 
-    // The host opens the meeting and asks for a 4-picture MCU.
+/// The host opens the meeting and asks for a 4-picture MCU; returns its socket and the
+/// MCU's participant id.
+async fn host_with_mcu(server: &common::Server) -> (Ws, String) {
     let mut host = connect(server.http).await;
     send(
         &mut host,
@@ -250,16 +248,13 @@ async fn four_terminals_mixed_into_quadrants_by_the_mcu_participant() {
         "a service never holds the host role"
     );
     let mcu_id = mcu["participant"]["id"].as_str().expect("id").to_string();
-    let track = expect(&mut host, "the mix track", |v| {
-        v["type"] == "track_published"
-    })
-    .await;
-    assert_eq!(track["track"]["participant"], mcu_id.as_str());
-    assert_eq!(track["track"]["kind"], "video");
+    (host, mcu_id)
+}
 
-    // Four venues publish their numbered patterns.
+/// Venues 1..=n publish their numbered patterns.
+async fn join_venues(server: &common::Server, epoch: Instant, n: usize) -> Vec<HuitongTerminal> {
     let mut venues = vec![];
-    for i in 1..=4usize {
+    for i in 1..=n {
         let cfg = PeerConfig {
             id: i as u32,
             epoch,
@@ -271,60 +266,88 @@ async fn four_terminals_mixed_into_quadrants_by_the_mcu_participant() {
                 ..MediaConfig::default()
             }),
         };
-        let params = JoinParams {
-            meeting: MEETING.into(),
-            passcode: None,
-            name: format!("会场{i}"),
-            create: false,
-        };
-        venues.push(
-            HuitongTerminal::join(server.http, params, lo, cfg, Arc::new(Stats::default()))
-                .await
-                .expect("venue"),
-        );
+        venues.push(join_as(server, &format!("会场{i}"), cfg, Arc::new(Stats::default())).await);
     }
+    venues
+}
+
+async fn join_as(
+    server: &common::Server,
+    name: &str,
+    cfg: PeerConfig,
+    stats: Arc<Stats>,
+) -> HuitongTerminal {
+    let params = JoinParams {
+        meeting: MEETING.into(),
+        passcode: None,
+        name: name.into(),
+        create: false,
+    };
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    HuitongTerminal::join(server.http, params, lo, cfg, stats)
+        .await
+        .expect("join")
+}
+
+/// Stats whose video tap decodes every subscribed H.264 track and hands each picture
+/// to `on_picture` with its subscribe-pc mid.
+fn decoding_stats(on_picture: impl Fn(&str, I420Frame) + Send + Sync + 'static) -> Arc<Stats> {
+    let decoders: Mutex<HashMap<String, H264Decoder>> = Mutex::default();
+    let stats = Arc::new(Stats::default());
+    stats.set_video_tap(Arc::new(move |mid, data| {
+        let Ok(mut decs) = decoders.lock() else {
+            return;
+        };
+        if !decs.contains_key(mid) {
+            let Ok(dec) = H264Decoder::new() else { return };
+            decs.insert(mid.to_string(), dec);
+        }
+        let Some(dec) = decs.get_mut(mid) else { return };
+        if let Ok(Some(f)) = dec.decode(data) {
+            on_picture(mid, f);
+        }
+    }));
+    stats
+}
+
+// The test measures a real server in wall-clock time.
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_terminals_mixed_into_quadrants_by_the_mcu_participant() {
+    let server = start_mcu_server("1500000");
+    let epoch = now();
+    let (mut host, mcu_id) = host_with_mcu(&server).await;
+    let track = expect(&mut host, "the mix track", |v| {
+        v["type"] == "track_published"
+    })
+    .await;
+    assert_eq!(track["track"]["participant"], mcu_id.as_str());
+    assert_eq!(track["track"]["kind"], "video");
+    let venues = join_venues(&server, epoch, 4).await;
 
     // The receiving terminal decodes every video track it gets and keeps the mix pictures.
     let mixes: Arc<Mutex<Vec<(Instant, I420Frame)>>> = Arc::default();
-    let decoders: Mutex<HashMap<String, H264Decoder>> = Mutex::default();
-    let rx_stats = Arc::new(Stats::default());
-    {
-        let mixes = Arc::clone(&mixes);
-        rx_stats.set_video_tap(Arc::new(move |mid, data| {
-            let Ok(mut decs) = decoders.lock() else {
-                return;
-            };
-            if !decs.contains_key(mid) {
-                let Ok(d) = H264Decoder::new() else { return };
-                decs.insert(mid.to_string(), d);
+    let keep = Arc::clone(&mixes);
+    let rx_stats = decoding_stats(move |_, f| {
+        if (f.width(), f.height()) == (MIX_W, MIX_H) {
+            if let Ok(mut m) = keep.lock() {
+                m.push((now(), f));
+                let excess = m.len().saturating_sub(4);
+                m.drain(..excess);
             }
-            let Some(dec) = decs.get_mut(mid) else { return };
-            if let Ok(Some(f)) = dec.decode(data) {
-                if (f.width(), f.height()) == (MIX_W, MIX_H) {
-                    if let Ok(mut m) = mixes.lock() {
-                        m.push((now(), f));
-                        let excess = m.len().saturating_sub(4);
-                        m.drain(..excess);
-                    }
-                }
-            }
-        }));
-    }
+        }
+    });
     let receiver_cfg = PeerConfig {
         id: 99,
         epoch,
         seed: 99,
         media: None,
     };
-    let params = JoinParams {
-        meeting: MEETING.into(),
-        passcode: None,
-        name: "主会场".into(),
-        create: false,
-    };
-    let receiver = HuitongTerminal::join(server.http, params, lo, receiver_cfg, rx_stats)
-        .await
-        .expect("receiver");
+    let receiver = join_as(&server, "主会场", receiver_cfg, rx_stats).await;
 
     // The host (no camera) leaves: the four venues fill the four tiles in join order.
     send(&mut host, json!({"type": "leave"})).await;
@@ -380,110 +403,36 @@ async fn four_terminals_mixed_into_quadrants_by_the_mcu_participant() {
 /// Frames one receiver decoded, per subscribe-pc mid: (width, height) of each.
 type Decoded = Arc<Mutex<HashMap<String, Vec<(usize, usize)>>>>;
 
-fn decoding_stats() -> (Arc<Stats>, Decoded) {
-    let decoded: Decoded = Arc::default();
-    let decoders: Mutex<HashMap<String, H264Decoder>> = Mutex::default();
-    let stats = Arc::new(Stats::default());
-    let d = Arc::clone(&decoded);
-    stats.set_video_tap(Arc::new(move |mid, data| {
-        let Ok(mut decs) = decoders.lock() else {
-            return;
-        };
-        if !decs.contains_key(mid) {
-            let Ok(dec) = H264Decoder::new() else { return };
-            decs.insert(mid.to_string(), dec);
-        }
-        let Some(dec) = decs.get_mut(mid) else { return };
-        if let Ok(Some(f)) = dec.decode(data) {
-            if let Ok(mut d) = d.lock() {
-                d.entry(mid.to_string())
-                    .or_default()
-                    .push((f.width(), f.height()));
-            }
-        }
-    }));
-    (stats, decoded)
-}
-
 /// Pictures of one's own (issue 5 (b) end to end): two participants asking for the same
 /// picture get the same MCU track (one encode), a third asking for another gets its
 /// own, and each decodes its picture at the size it asked for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn participants_get_their_own_pictures_and_equal_ones_share_a_track() {
-    let (w, h) = (MIX_W.to_string(), MIX_H.to_string());
-    let server = start_server(&[
-        ("HUITONG_MCU__WIDTH", w.as_str()),
-        ("HUITONG_MCU__HEIGHT", h.as_str()),
-        ("HUITONG_MCU__FPS", "10"),
-        ("HUITONG_MCU__BITRATE_BPS", "1000000"),
-    ]);
-    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let server = start_mcu_server("1000000");
     let epoch = now();
-    let mut host = connect(server.http).await;
-    send(
-        &mut host,
-        json!({"type": "join", "v": 1, "meeting": MEETING, "name": "主持人", "create": true}),
-    )
-    .await;
-    expect(&mut host, "joined", |v| v["type"] == "joined").await;
-    send(
-        &mut host,
-        json!({"type": "host", "id": 1, "action": "mcu", "mcu": {"layout": "4"}}),
-    )
-    .await;
-    expect(&mut host, "ok", |v| v["type"] == "ok" && v["re"] == 1).await;
-    let mcu = expect(&mut host, "the MCU joining", |v| {
-        v["type"] == "participant_joined"
-    })
-    .await;
-    let mcu_id = mcu["participant"]["id"].as_str().expect("id").to_string();
-
-    let mut venues = vec![];
-    for i in 1..=2usize {
-        let cfg = PeerConfig {
-            id: i as u32,
-            epoch,
-            seed: i as u64,
-            media: Some(MediaConfig {
-                fps: 15,
-                audio: false,
-                video_source: Some(video_source(i)),
-                ..MediaConfig::default()
-            }),
-        };
-        let params = JoinParams {
-            meeting: MEETING.into(),
-            passcode: None,
-            name: format!("会场{i}"),
-            create: false,
-        };
-        venues.push(
-            HuitongTerminal::join(server.http, params, lo, cfg, Arc::new(Stats::default()))
-                .await
-                .expect("venue"),
-        );
-    }
+    let (mut host, mcu_id) = host_with_mcu(&server).await;
+    let venues = join_venues(&server, epoch, 2).await;
 
     // (layout, width, height) each receiver asks for; the first and the third are equal.
     let asks = [("1", 320, 180), ("2", 480, 270), ("1", 320, 180)];
     let mut receivers = vec![];
     for (i, (layout, w, h)) in asks.iter().enumerate() {
-        let (stats, decoded) = decoding_stats();
+        let decoded: Decoded = Arc::default();
+        let sizes = Arc::clone(&decoded);
+        let stats = decoding_stats(move |mid, f| {
+            if let Ok(mut d) = sizes.lock() {
+                d.entry(mid.to_string())
+                    .or_default()
+                    .push((f.width(), f.height()));
+            }
+        });
         let cfg = PeerConfig {
             id: 90 + i as u32,
             epoch,
             seed: 90 + i as u64,
             media: None,
         };
-        let params = JoinParams {
-            meeting: MEETING.into(),
-            passcode: None,
-            name: format!("分会场{i}"),
-            create: false,
-        };
-        let r = HuitongTerminal::join(server.http, params, lo, cfg, stats)
-            .await
-            .expect("receiver");
+        let r = join_as(&server, &format!("分会场{i}"), cfg, stats).await;
         r.send_signal(json!({"type": "mcu_view", "view":
             {"layout": layout, "width": w, "height": h, "fps": 10}}));
         receivers.push((r, decoded, (*w, *h)));
@@ -520,8 +469,14 @@ async fn participants_get_their_own_pictures_and_equal_ones_share_a_track() {
         assert!(now() < deadline, "own pictures not received: {status:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    assert_eq!(tracks[0], tracks[2], "equal requests share one track (one encode)");
-    assert_ne!(tracks[0], tracks[1], "a different request gets its own track");
+    assert_eq!(
+        tracks[0], tracks[2],
+        "equal requests share one track (one encode)"
+    );
+    assert_ne!(
+        tracks[0], tracks[1],
+        "a different request gets its own track"
+    );
 
     // The host sees exactly the MCU's mix and the two distinct views published.
     let mut views = std::collections::BTreeSet::new();

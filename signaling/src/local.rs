@@ -11,8 +11,7 @@ use sfu::ParticipantId;
 use tokio::sync::mpsc;
 
 use crate::hub::{Hub, Outgoing};
-use crate::protocol::{self, ClientMsg, ServerMsg};
-use crate::ws::handle;
+use crate::ws::handle_text;
 
 /// The client's ends of a local connection.
 pub struct LocalConnection {
@@ -33,19 +32,8 @@ pub fn connect(hub: Arc<Hub>) -> LocalConnection {
             tokio::select! {
                 req = requests.recv() => {
                     let Some(text) = req else { break "disconnected" };
-                    match protocol::parse(&text) {
-                        Err((re, e)) => {
-                            let _ = tx.send(Outgoing::Msg(ServerMsg::error(re, &e)));
-                        }
-                        Ok(req) => {
-                            let leave = matches!(req.msg, ClientMsg::Leave);
-                            if let Err((re, e)) = handle(&hub, &mut me, &tx, req.id, req.msg, true).await {
-                                let _ = tx.send(Outgoing::Msg(ServerMsg::error(re, &e)));
-                            }
-                            if leave {
-                                break "left";
-                            }
-                        }
+                    if handle_text(&hub, &mut me, &tx, &text, true).await {
+                        break "left";
                     }
                 }
                 out = rx.recv() => match out {

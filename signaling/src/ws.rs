@@ -89,19 +89,8 @@ async fn session(hub: Arc<Hub>, socket: WebSocket) {
                     let _ = tx.send(Outgoing::Msg(ServerMsg::error(None, &SignalError::RateLimited)));
                     continue;
                 }
-                match protocol::parse(text.as_str()) {
-                    Err((re, e)) => {
-                        let _ = tx.send(Outgoing::Msg(ServerMsg::error(re, &e)));
-                    }
-                    Ok(req) => {
-                        let leave = matches!(req.msg, ClientMsg::Leave);
-                        if let Err((re, e)) = handle(&hub, &mut me, &tx, req.id, req.msg, false).await {
-                            let _ = tx.send(Outgoing::Msg(ServerMsg::error(re, &e)));
-                        }
-                        if leave {
-                            break "left";
-                        }
-                    }
+                if handle_text(&hub, &mut me, &tx, text.as_str(), false).await {
+                    break "left";
                 }
             }
             out = rx.recv() => {
@@ -143,6 +132,30 @@ async fn session(hub: Arc<Hub>, socket: WebSocket) {
 }
 
 pub(crate) type Failure = (Option<Value>, SignalError);
+
+/// One request as text: parses it, handles it, sends any error back. True when it was
+/// `leave`.
+pub(crate) async fn handle_text(
+    hub: &Hub,
+    me: &mut Option<ParticipantId>,
+    tx: &mpsc::UnboundedSender<Outgoing>,
+    text: &str,
+    trusted: bool,
+) -> bool {
+    match protocol::parse(text) {
+        Err((re, e)) => {
+            let _ = tx.send(Outgoing::Msg(ServerMsg::error(re, &e)));
+            false
+        }
+        Ok(req) => {
+            let leave = matches!(req.msg, ClientMsg::Leave);
+            if let Err((re, e)) = handle(hub, me, tx, req.id, req.msg, trusted).await {
+                let _ = tx.send(Outgoing::Msg(ServerMsg::error(re, &e)));
+            }
+            leave
+        }
+    }
+}
 
 /// One request of a session. `trusted` sessions (in-process services such as the MCU)
 /// may join as a service member.

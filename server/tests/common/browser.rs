@@ -453,7 +453,10 @@ pub fn check_tools_for(firefox: bool) -> TestResult<()> {
     ];
     if firefox {
         need.push((firefox_path(), "install Debian firefox-esr"));
-        need.push((geckodriver_path(), "cargo install geckodriver (scripts/deps.sh does)"));
+        need.push((
+            geckodriver_path(),
+            "cargo install geckodriver (scripts/deps.sh does)",
+        ));
     }
     for (p, how) in need {
         if !Path::new(&p).exists() {
