@@ -15,8 +15,8 @@ use media::speaker::SpeakerConfig;
 
 use crate::Error;
 use crate::compose::{Compositor, Placeholder, TileContent, TileSpec};
-use crate::layout::{LayoutSet, PixelRect, TileRole};
-use crate::mode::{Mode, ModeEngine, ParticipantId};
+use crate::layout::{Layout, LayoutSet, PixelRect, TileRole};
+use crate::mode::{Arrangement, Mode, ModeEngine, ParticipantId};
 use crate::text::TextRenderer;
 
 /// Bitrates terminals are grouped by: a terminal gets the highest tier not above what it
@@ -557,28 +557,17 @@ impl MeetingMixer {
         let Some(group) = self.groups.get_mut(key) else {
             return false;
         };
-        let present: Vec<ParticipantId> = self
-            .order
-            .iter()
-            .copied()
-            .filter(|p| Some(*p) != key.hidden)
-            .collect();
-        let default = self.layouts.get(&self.cfg.default_layout).ok();
-        let mut layout = self.layouts.get(&key.layout).ok().or(default);
-        let people_tiles = layout.map_or(0, |l| {
-            l.tiles
-                .iter()
-                .filter(|t| t.role != TileRole::Content)
-                .count()
-        });
-        let arrangement = self.modes.arrange(now, &present, people_tiles);
-        if let Some(forced) = arrangement
-            .layout_override
-            .and_then(|n| self.layouts.get(n).ok())
-        {
-            layout = Some(forced);
-        }
-        let Some(layout) = layout else { return false };
+        let arranged = arrange(
+            &self.layouts,
+            &self.modes,
+            &self.order,
+            &self.cfg.default_layout,
+            now,
+            key,
+        );
+        let Some((layout, arrangement)) = arranged else {
+            return false;
+        };
         let (cw, ch) = (group.canvas.width(), group.canvas.height());
         let speaking = self.modes.speaking();
         let content = self
@@ -665,9 +654,11 @@ impl MeetingMixer {
                 speaking: is_speaking,
             });
         }
-        if present.is_empty() {
+        let present = self.order.iter().filter(|p| Some(**p) != key.hidden).count();
+        // The arrangement has one entry per people tile of the terminal's layout.
+        if present == 0 {
             self.counters.empty_frames += 1;
-        } else if present.len() > people_tiles {
+        } else if present > arrangement.tiles.len() {
             self.counters.overflow_frames += 1;
         }
         self.counters.frames_composed += 1;
@@ -720,6 +711,37 @@ impl MeetingMixer {
     }
 }
 
+/// Who sits in which tile of `key`'s picture now, and the layout in force (the mode may
+/// override the terminal's, e.g. roll call full screen). Free-standing so callers can
+/// hold a mutable borrow of the output groups meanwhile.
+fn arrange<'a>(
+    layouts: &'a LayoutSet,
+    modes: &ModeEngine,
+    order: &[ParticipantId],
+    default_layout: &str,
+    now: Instant,
+    key: &OutputKey,
+) -> Option<(&'a Layout, Arrangement)> {
+    let present: Vec<ParticipantId> = order
+        .iter()
+        .copied()
+        .filter(|p| Some(*p) != key.hidden)
+        .collect();
+    let default = layouts.get(default_layout).ok();
+    let layout = layouts.get(&key.layout).ok().or(default)?;
+    let people = layout
+        .tiles
+        .iter()
+        .filter(|t| t.role != TileRole::Content)
+        .count();
+    let arrangement = modes.arrange(now, &present, people);
+    let layout = arrangement
+        .layout_override
+        .and_then(|n| layouts.get(n).ok())
+        .unwrap_or(layout);
+    Some((layout, arrangement))
+}
+
 fn overlaps(a: PixelRect, b: PixelRect) -> bool {
     a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h
 }
@@ -729,28 +751,17 @@ impl MeetingMixer {
     /// The pixel size of the tile each participant occupies in `key`'s picture right now
     /// (participants not shown are absent). Applies the mode's layout override.
     pub fn tile_sizes(&self, now: Instant, key: &OutputKey) -> Vec<(ParticipantId, usize, usize)> {
-        let present: Vec<ParticipantId> = self
-            .order
-            .iter()
-            .copied()
-            .filter(|p| Some(*p) != key.hidden)
-            .collect();
-        let default = self.layouts.get(&self.cfg.default_layout).ok();
-        let Some(mut layout) = self.layouts.get(&key.layout).ok().or(default) else {
+        let arranged = arrange(
+            &self.layouts,
+            &self.modes,
+            &self.order,
+            &self.cfg.default_layout,
+            now,
+            key,
+        );
+        let Some((layout, arrangement)) = arranged else {
             return Vec::new();
         };
-        let people = layout
-            .tiles
-            .iter()
-            .filter(|t| t.role != TileRole::Content)
-            .count();
-        let arrangement = self.modes.arrange(now, &present, people);
-        if let Some(forced) = arrangement
-            .layout_override
-            .and_then(|n| self.layouts.get(n).ok())
-        {
-            layout = forced;
-        }
         layout
             .tiles
             .iter()
