@@ -31,8 +31,9 @@ struct Pcs {
     publisher: Option<PeerHandle>,
     subscriber: Option<PeerHandle>,
     last_error: Option<String>,
-    /// Track id per mid of the subscribe pc (from the latest `offer`).
-    sub_tracks: HashMap<String, String>,
+    /// The track (as the server describes it) per mid of the subscribe pc, from the
+    /// latest `offer`.
+    sub_tracks: HashMap<String, Value>,
     /// The MCU track carrying our own picture (`mcu_track`).
     mcu_track: Option<String>,
 }
@@ -137,7 +138,25 @@ impl HuitongTerminal {
 
     /// The track id carried by `mid` of the subscribe pc.
     pub fn sub_track(&self, mid: &str) -> Option<String> {
+        let t = self.sub_track_info(mid)?;
+        t["id"].as_str().map(str::to_owned)
+    }
+
+    /// The server's description of the track carried by `mid` of the subscribe pc
+    /// (`id`, `participant`, `kind`, `source`, and `view`/`audience` on MCU tracks).
+    pub fn sub_track_info(&self, mid: &str) -> Option<Value> {
         self.pcs.lock().ok()?.sub_tracks.get(mid).cloned()
+    }
+
+    /// Every track of the subscribe pc with its mid, as the latest offer described them.
+    pub fn sub_tracks(&self) -> Vec<(String, Value)> {
+        let Ok(p) = self.pcs.lock() else {
+            return vec![];
+        };
+        p.sub_tracks
+            .iter()
+            .map(|(m, t)| (m.clone(), t.clone()))
+            .collect()
     }
 
     /// The MCU track the server named as our own picture.
@@ -277,7 +296,7 @@ async fn handle(
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .filter_map(|t| Some((t["mid"].as_str()?.to_owned(), t["id"].as_str()?.to_owned())))
+                    .filter_map(|t| Some((t["mid"].as_str()?.to_owned(), t.clone())))
                     .collect();
             }
             let existing = pcs.lock().ok().and_then(|p| p.subscriber.clone());

@@ -20,5 +20,5 @@ pub mod stats;
 
 pub use driver::{PeerHandle, PeerStatus};
 pub use error::SimError;
-pub use peer::{MediaConfig, Peer, PeerConfig, VideoSource};
-pub use stats::{Snapshot, Stats, VideoTap};
+pub use peer::{AudioSource, MediaConfig, Peer, PeerConfig, VideoSource};
+pub use stats::{MediaTap, Snapshot, Stats};

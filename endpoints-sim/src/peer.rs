@@ -37,6 +37,19 @@ pub struct MediaConfig {
     pub audio_bytes: usize,
     /// Real encoded video instead of marker frames (e.g. a numbered test pattern).
     pub video_source: Option<VideoSource>,
+    /// Real encoded audio instead of marker frames (e.g. an Opus-coded tone).
+    pub audio_source: Option<AudioSource>,
+}
+
+/// Produces the Opus packet of 20 ms audio frame `n`. Frames from a source carry no
+/// marker, so receivers do not count them.
+#[derive(Clone)]
+pub struct AudioSource(pub Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync>);
+
+impl std::fmt::Debug for AudioSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AudioSource")
+    }
 }
 
 /// Produces the access unit (Annex B) of frame `n`: `(n, keyframe wanted, layer divisor
@@ -61,6 +74,7 @@ impl Default for MediaConfig {
             simulcast: false,
             audio_bytes: 80,
             video_source: None,
+            audio_source: None,
         }
     }
 }
@@ -345,7 +359,10 @@ impl Peer {
                 counter: s.audio_n,
                 sent_us,
             };
-            let data = payload::opus_frame(&marker, s.cfg.audio_bytes, &mut s.rng);
+            let data = match &s.cfg.audio_source {
+                Some(src) => (src.0)(s.audio_n),
+                None => payload::opus_frame(&marker, s.cfg.audio_bytes, &mut s.rng),
+            };
             let rtp_time =
                 MediaTime::new(s.audio_n * 960, str0m::media::Frequency::FORTY_EIGHT_KHZ);
             if let Some(w) = self.rtc.writer(mid) {
@@ -447,6 +464,9 @@ impl Peer {
             _ => None,
         };
         let video = codec == Codec::H264;
+        if codec == Codec::Opus {
+            self.stats.tap_audio(&d.mid.to_string(), &d.data);
+        }
         if video {
             let got_key = self.got_key.entry(d.mid).or_insert(false);
             let is_key = parsed.map_or_else(|| d.is_keyframe(), |(_, k)| k);

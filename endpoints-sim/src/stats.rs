@@ -25,11 +25,13 @@ pub struct Stats {
     pub keyframe_requests_sent: AtomicU64,
     recording: AtomicBool,
     latencies_us: Mutex<Vec<u32>>,
-    video_tap: Mutex<Option<VideoTap>>,
+    video_tap: Mutex<Option<MediaTap>>,
+    audio_tap: Mutex<Option<MediaTap>>,
 }
 
-/// Sees every video frame the peers of a [`Stats`] receive: `(mid, access unit)`.
-pub type VideoTap = std::sync::Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
+/// Sees every frame of one kind the peers of a [`Stats`] receive: `(mid, access unit
+/// or audio packet)`.
+pub type MediaTap = std::sync::Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
 
 impl std::fmt::Debug for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,17 +43,35 @@ impl std::fmt::Debug for Stats {
 
 impl Stats {
     /// Hands every received video frame to `tap` (tests decode real pictures with it).
-    pub fn set_video_tap(&self, tap: VideoTap) {
-        if let Ok(mut t) = self.video_tap.lock() {
-            *t = Some(tap);
-        }
+    pub fn set_video_tap(&self, tap: MediaTap) {
+        set_tap(&self.video_tap, tap);
+    }
+
+    /// Hands every received audio packet to `tap` (tests decode real sound with it).
+    pub fn set_audio_tap(&self, tap: MediaTap) {
+        set_tap(&self.audio_tap, tap);
     }
 
     pub(crate) fn tap_video(&self, mid: &str, data: &[u8]) {
-        let tap = self.video_tap.lock().ok().and_then(|t| t.clone());
-        if let Some(tap) = tap {
-            tap(mid, data);
-        }
+        call_tap(&self.video_tap, mid, data);
+    }
+
+    pub(crate) fn tap_audio(&self, mid: &str, data: &[u8]) {
+        call_tap(&self.audio_tap, mid, data);
+    }
+}
+
+fn set_tap(slot: &Mutex<Option<MediaTap>>, tap: MediaTap) {
+    if let Ok(mut t) = slot.lock() {
+        *t = Some(tap);
+    }
+}
+
+fn call_tap(slot: &Mutex<Option<MediaTap>>, mid: &str, data: &[u8]) {
+    // Cloned out so a tap may take its time without holding the lock.
+    let tap = slot.lock().ok().and_then(|t| t.clone());
+    if let Some(tap) = tap {
+        tap(mid, data);
     }
 }
 

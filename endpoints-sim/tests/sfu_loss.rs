@@ -203,6 +203,7 @@ impl World {
             kind: MediaKind::Video,
             source: TrackSource::Camera,
             label: None,
+            audience: None,
         }];
         let answer = self
             .sfu

@@ -4,7 +4,7 @@
 //! Everything runs at 48 kHz mono in 20 ms frames; narrow-band and wide-band codecs are
 //! resampled at the edges.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use media::codec::g711;
 use media::codec::g722::{G722Decoder, G722Encoder};
@@ -393,12 +393,21 @@ pub struct AudioPacket {
     pub payload: Vec<u8>,
 }
 
+/// Frames a sender may be ahead of the mixing clock; more means its clock runs fast or
+/// a burst arrived late, and the oldest go so its delay stays bounded.
+const MAX_QUEUED_FRAMES: usize = 3;
+
 #[derive(Debug)]
 struct AudioParticipant {
     codec: AudioCodec,
     decoder: AudioDecoder,
     language: Option<String>,
-    pending: Option<Vec<f32>>,
+    /// Decoded frames not mixed yet: packets arrive with network jitter, the mix runs
+    /// on a steady 20 ms clock.
+    pending: VecDeque<Vec<f32>>,
+    /// Whether a mix is encoded for it (a participant served directly by the SFU only
+    /// speaks into the mix).
+    receives: bool,
 }
 
 /// Audio of one meeting: per-sender decoders, the mixer, and encoders shared by every
@@ -441,11 +450,30 @@ impl AudioSession {
                 codec,
                 decoder,
                 language: None,
-                pending: None,
+                pending: VecDeque::new(),
+                receives: true,
             },
         );
         self.own.remove(&who);
         Ok(())
+    }
+
+    /// Whether `who` gets a mix (default yes). Speakers who get none cost no encoder.
+    pub fn set_receives(&mut self, who: ParticipantId, receives: bool) -> Result<(), Error> {
+        let p = self
+            .participants
+            .get_mut(&who)
+            .ok_or(Error::UnknownParticipant(who))?;
+        p.receives = receives;
+        if !receives {
+            self.own.remove(&who);
+        }
+        Ok(())
+    }
+
+    /// Whether `who` is in the session.
+    pub fn contains(&self, who: ParticipantId) -> bool {
+        self.participants.contains_key(&who)
     }
 
     /// Removes a participant.
@@ -477,7 +505,12 @@ impl AudioSession {
             .get_mut(&who)
             .ok_or(Error::UnknownParticipant(who))?;
         match p.decoder.decode(payload) {
-            Ok(pcm) => p.pending = Some(pcm),
+            Ok(pcm) => {
+                if p.pending.len() >= MAX_QUEUED_FRAMES {
+                    p.pending.pop_front();
+                }
+                p.pending.push_back(pcm);
+            }
             Err(e) => {
                 self.decode_errors += 1;
                 tracing::debug!(participant = who, error = %e, "audio packet not decodable");
@@ -486,12 +519,13 @@ impl AudioSession {
         Ok(())
     }
 
-    /// Mixes and encodes one 20 ms round; every participant is in exactly one packet's `to`.
+    /// Mixes and encodes one 20 ms round; every participant that receives is in exactly
+    /// one packet's `to`.
     pub fn tick(&mut self) -> Result<(Mixes, Vec<AudioPacket>), Error> {
         let frames: Vec<(ParticipantId, Vec<f32>)> = self
             .participants
             .iter_mut()
-            .filter_map(|(p, a)| a.pending.take().map(|f| (*p, f)))
+            .filter_map(|(p, a)| a.pending.pop_front().map(|f| (*p, f)))
             .collect();
         let inputs: Vec<(ParticipantId, &[f32])> =
             frames.iter().map(|(p, f)| (*p, f.as_slice())).collect();
@@ -499,7 +533,7 @@ impl AudioSession {
         let mut packets = Vec::new();
         let mut groups: BTreeMap<(Option<String>, AudioCodec), Vec<ParticipantId>> =
             BTreeMap::new();
-        for (who, p) in &self.participants {
+        for (who, p) in self.participants.iter().filter(|(_, p)| p.receives) {
             if let Some(mix) = mixes.minus_one.get(who) {
                 let enc = match self.own.entry(*who) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -547,31 +581,7 @@ impl AudioSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sine(freq: f64, rate: u32, n: usize, from: usize, amp: f64) -> Vec<i16> {
-        (from..from + n)
-            .map(|i| {
-                (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate)).sin())
-                    as i16
-            })
-            .collect()
-    }
-
-    /// Share of the signal's energy at `freq` (single DFT bin, Hann window).
-    fn tone_share(x: &[i16], rate: u32, freq: f64) -> f64 {
-        let n = x.len() as f64;
-        let (mut re, mut im, mut total) = (0.0, 0.0, 0.0);
-        for (i, s) in x.iter().enumerate() {
-            let w = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n).cos();
-            let s = f64::from(*s) * w;
-            let ph = 2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate);
-            re += s * ph.cos();
-            im += s * ph.sin();
-            total += s * s;
-        }
-        // A pure Hann-windowed tone gives |X|^2 = A^2 N^2 / 16 and energy 3 A^2 N / 16.
-        (re * re + im * im) * 3.0 / (n * total.max(1e-9))
-    }
+    use media::tone::{sine, tone_share};
 
     fn decode_all(codec: AudioCodec, packets: &[Vec<u8>]) -> Vec<i16> {
         let mut out = Vec::new();
@@ -717,5 +727,44 @@ mod tests {
         let reached: usize = packets.iter().map(|p| p.to.len()).sum();
         assert_eq!(reached, 100, "every participant gets exactly one stream");
         assert_eq!(packets.len(), 4 + 2, "4 N-1 mixes + one shared per codec");
+    }
+
+    #[test]
+    fn jittered_packets_queue_and_non_receivers_cost_no_encoder() {
+        let mut s = AudioSession::new(MixerConfig::default());
+        s.add(1, AudioCodec::Opus).expect("add");
+        s.add(2, AudioCodec::Opus).expect("add");
+        s.set_receives(1, false).expect("known");
+        let mut enc = AudioEncoder::new(AudioCodec::Opus).expect("enc");
+        let frame = |n: usize| -> Vec<f32> {
+            sine(500.0, 48_000, FRAME_SAMPLES, n * FRAME_SAMPLES, 6000.0)
+                .iter()
+                .map(|s| f32::from(*s))
+                .collect()
+        };
+        // Two packets in one 20 ms round (network jitter): both are mixed, one per round.
+        s.push(1, &enc.encode(&frame(0)).expect("e")).expect("push");
+        s.push(1, &enc.encode(&frame(1)).expect("e")).expect("push");
+        for round in 0..2 {
+            let (mixes, packets) = s.tick().expect("tick");
+            assert_eq!(mixes.active, vec![1], "round {round}");
+            assert_eq!(packets.len(), 1);
+            assert_eq!(packets[0].to, vec![2], "1 only speaks: no mix for it");
+        }
+        let (mixes, _) = s.tick().expect("tick");
+        assert!(mixes.active.is_empty(), "the queue was two frames deep");
+        // A burst beyond the bound keeps only the newest frames.
+        for n in 0..10 {
+            s.push(1, &enc.encode(&frame(n)).expect("e")).expect("push");
+        }
+        let mixed = (0..10)
+            .filter(|_| !s.tick().expect("tick").0.active.is_empty())
+            .count();
+        assert_eq!(mixed, MAX_QUEUED_FRAMES);
+        assert_eq!(
+            s.encoder_count(),
+            1,
+            "only the shared mix for 2 was encoded"
+        );
     }
 }

@@ -14,8 +14,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use media::codec::openh264::{H264Decoder, H264Encoder, H264EncoderConfig, I420Frame};
+use media::codec::opus::FRAME_SAMPLES;
 use serde_json::{Value, json};
-use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::change::{SdpAnswer, SdpApi, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{
     Direction, Frequency, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt,
@@ -24,6 +25,7 @@ use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Candidate, Event, Rtc};
 
 use crate::Error;
+use crate::audio::{AudioCodec, AudioSession, MixerConfig};
 use crate::engine::{EngineConfig, MeetingMixer, Output as MixOutput, OutputKey, TerminalSettings};
 use crate::layout::LayoutSet;
 use crate::mode::ParticipantId;
@@ -38,6 +40,12 @@ const KEYFRAME_REQUEST_GAP: Duration = Duration::from_millis(500);
 const SIZE_CHECK_EVERY: Duration = Duration::from_millis(500);
 /// The `view` label of the meeting's own mix track.
 const MIX_VIEW: &str = "mix";
+/// The `view` label of a participant's own audio mix track.
+const AUDIO_VIEW: &str = "audio";
+/// One round of audio mixing.
+const AUDIO_FRAME: Duration = Duration::from_millis(20);
+/// Mixing rounds missed by more than this (a stalled task) are skipped, not bursted.
+const AUDIO_MAX_CATCH_UP: u32 = 5;
 /// Distinct pictures one MCU publishes besides its own mix; more requests share the
 /// closest existing one rather than grow the CPU bill without bound.
 const MAX_VIEWS: usize = 16;
@@ -118,6 +126,46 @@ struct View {
     track: Option<String>,
 }
 
+/// Send m-lines of outputs nobody wants any more. A line is offered inactive (so the SFU
+/// unpublishes its track) before it is reused: reused within the same offer, the SFU
+/// would keep the old track, with the old label and audience.
+#[derive(Debug, Default)]
+struct MidPool {
+    retired: Vec<Mid>,
+    free: Vec<Mid>,
+}
+
+impl MidPool {
+    fn retire(&mut self, mid: Mid) {
+        self.retired.push(mid);
+    }
+
+    /// A line for a new output: a free one switched back on, or a new one.
+    fn take(&mut self, api: &mut SdpApi<'_>, kind: MediaKind, stream: String, track: &str) -> Mid {
+        match self.free.pop() {
+            Some(mid) => {
+                api.set_direction(mid, Direction::SendOnly);
+                mid
+            }
+            None => api.add_media(
+                kind,
+                Direction::SendOnly,
+                Some(stream.clone()),
+                Some(format!("{stream}-{track}")),
+                None,
+            ),
+        }
+    }
+
+    /// Turns off the lines retired since the last offer; they are free from the next.
+    fn offer_retired(&mut self, api: &mut SdpApi<'_>) {
+        for mid in self.retired.drain(..) {
+            api.set_direction(mid, Direction::Inactive);
+            self.free.push(mid);
+        }
+    }
+}
+
 struct Content {
     track: String,
     decoder: Option<H264Decoder>,
@@ -133,6 +181,8 @@ pub struct ClientCounters {
     pub mix_frames_sent: u64,
     /// Content pictures written to the publish pc.
     pub content_frames_sent: u64,
+    /// Audio mix frames written to the publish pc (all listeners together).
+    pub audio_frames_sent: u64,
     /// Video frames received from inputs.
     pub input_frames: u64,
     /// Keyframe requests sent to inputs.
@@ -167,7 +217,16 @@ pub struct McuClient {
     /// Pictures of their own that participants asked for, by output.
     views: BTreeMap<OutputKey, View>,
     /// m-lines of views nobody wants any more, inactive until reused.
-    free_view_mids: Vec<Mid>,
+    view_mids: MidPool,
+    /// The meeting's sound, decoded and mixed for those who asked (`mcu_view.audio`).
+    audio: AudioSession,
+    /// Who asked for the audio mix, and the m-line of its own track once offered.
+    audio_outs: BTreeMap<ParticipantId, Option<Mid>>,
+    audio_mids: MidPool,
+    /// When the next round of audio is mixed (`None` while nobody listens).
+    audio_due: Option<Instant>,
+    /// Audio rounds mixed, the RTP clock of every audio output.
+    audio_rounds: u64,
     next_view: u64,
     /// Track id of our own mix, once announced.
     mix_track: Option<String>,
@@ -245,7 +304,12 @@ impl McuClient {
             last_kf_req: HashMap::new(),
             content: None,
             views: BTreeMap::new(),
-            free_view_mids: Vec::new(),
+            view_mids: MidPool::default(),
+            audio: AudioSession::new(MixerConfig::default()),
+            audio_outs: BTreeMap::new(),
+            audio_mids: MidPool::default(),
+            audio_due: None,
+            audio_rounds: 0,
             next_view: 1,
             mix_track: None,
             routed: HashMap::new(),
@@ -359,6 +423,8 @@ impl McuClient {
                         .is_some_and(|c| self.tracks.get(&c.track).is_some_and(|t| t.owner == pid));
                     self.tracks.retain(|_, t| t.owner != pid);
                     self.routed.remove(&pid);
+                    self.set_audio_out(pid, false);
+                    self.audio.remove(pid);
                     if sharing {
                         self.stop_content(now);
                     }
@@ -525,6 +591,7 @@ impl McuClient {
             return;
         }
         let v = &m["view"];
+        self.set_audio_out(pid, v["audio"].as_bool().unwrap_or(false));
         if v.is_null() {
             self.mixer.clear_terminal(pid);
         } else {
@@ -546,9 +613,14 @@ impl McuClient {
             let key = self.mixer.terminal_key(pid).cloned();
             let default = self.me.and_then(|me| self.mixer.terminal_key(me)).cloned();
             if key.as_ref().is_some_and(|k| {
-                Some(k) != default.as_ref() && !self.views.contains_key(k) && self.views.len() >= MAX_VIEWS
+                Some(k) != default.as_ref()
+                    && !self.views.contains_key(k)
+                    && self.views.len() >= MAX_VIEWS
             }) {
-                tracing::warn!(participant = pid, "MCU: too many distinct views; sending the shared mix");
+                tracing::warn!(
+                    participant = pid,
+                    "MCU: too many distinct views; sending the shared mix"
+                );
                 if want_new {
                     self.mixer.clear_terminal(pid);
                 }
@@ -573,16 +645,15 @@ impl McuClient {
             .cloned()
             .collect();
         let before = self.views.len();
-        let mut freed = vec![];
+        let pool = &mut self.view_mids;
         self.views.retain(|k, v| {
             let keep = wanted.contains(k);
-            if !keep {
-                freed.extend(v.mid);
+            if !keep && let Some(mid) = v.mid {
+                pool.retire(mid);
             }
             keep
         });
         let mut changed = before != self.views.len();
-        self.free_view_mids.extend(freed);
         for key in wanted {
             if self.views.contains_key(&key) {
                 continue;
@@ -673,31 +744,24 @@ impl McuClient {
                 None,
             ));
         }
-        let mut free = std::mem::take(&mut self.free_view_mids);
         for v in self.views.values_mut().filter(|v| v.mid.is_none()) {
-            v.mid = Some(match free.pop() {
-                Some(mid) => {
-                    api.set_direction(mid, Direction::SendOnly);
-                    mid
-                }
-                None => {
-                    let stream = format!("mcu{me}v{}", self.next_view);
-                    self.next_view += 1;
-                    api.add_media(
-                        MediaKind::Video,
-                        Direction::SendOnly,
-                        Some(stream.clone()),
-                        Some(format!("{stream}-view")),
-                        None,
-                    )
-                }
-            });
+            let stream = format!("mcu{me}v{}", self.next_view);
+            self.next_view += 1;
+            v.mid = Some(
+                self.view_mids
+                    .take(&mut api, MediaKind::Video, stream, "view"),
+            );
         }
-        // Unused view m-lines stay (inactive) for the next view, like the content one.
-        for mid in &free {
-            api.set_direction(*mid, Direction::Inactive);
+        for (pid, mid) in self.audio_outs.iter_mut().filter(|(_, m)| m.is_none()) {
+            let stream = format!("mcu{me}a{pid}");
+            *mid = Some(
+                self.audio_mids
+                    .take(&mut api, MediaKind::Audio, stream, "audio"),
+            );
         }
-        self.free_view_mids = free;
+        // Unused m-lines stay (inactive) for the next output, like the content one.
+        self.view_mids.offer_retired(&mut api);
+        self.audio_mids.offer_retired(&mut api);
         match (self.content.is_some(), self.content_mid) {
             (true, None) => {
                 let stream = format!("mcu{me}c");
@@ -733,18 +797,35 @@ impl McuClient {
         if let (Some(mid), Some(_)) = (self.content_mid, &self.content) {
             tracks.push(json!({"mid": mid.to_string(), "kind": "video", "source": "screen"}));
         }
+        for (pid, mid) in &self.audio_outs {
+            if let Some(mid) = mid {
+                tracks.push(
+                    json!({"mid": mid.to_string(), "kind": "audio", "source": "mic",
+                    "view": AUDIO_VIEW, "audience": format!("p{pid}")}),
+                );
+            }
+        }
         self.signal(json!({"type": "offer", "id": "pub", "pc": "pub", "sdp": offer.to_sdp_string(), "tracks": tracks}));
     }
 
     fn pick_payload_types(&mut self) {
         let views: Vec<Mid> = self.views.values().filter_map(|v| v.mid).collect();
-        for mid in [self.mix_mid, self.content_mid].into_iter().flatten().chain(views) {
+        let video = [self.mix_mid, self.content_mid]
+            .into_iter()
+            .flatten()
+            .chain(views);
+        let audio = self.audio_outs.values().flatten().copied();
+        let lines = video
+            .map(|m| (m, Codec::H264))
+            .chain(audio.map(|m| (m, Codec::Opus)))
+            .collect::<Vec<_>>();
+        for (mid, codec) in lines {
             let Some(w) = self.pub_rtc.writer(mid) else {
                 continue;
             };
             let params: Vec<_> = w
                 .payload_params()
-                .filter(|p| p.spec().codec == Codec::H264)
+                .filter(|p| p.spec().codec == codec)
                 .collect();
             let pt = params
                 .iter()
@@ -792,6 +873,7 @@ impl McuClient {
                 tracing::warn!(error = %e, "MCU: mix failed");
             }
         }
+        self.mix_audio(now);
         while let Some(o) = self.mixer.poll_output() {
             match o {
                 MixOutput::Video { key, picture, .. } => {
@@ -900,21 +982,84 @@ impl McuClient {
         }
     }
 
+    /// Starts or stops `pid`'s own audio mix track.
+    fn set_audio_out(&mut self, pid: ParticipantId, on: bool) {
+        if on == self.audio_outs.contains_key(&pid) {
+            return;
+        }
+        if on {
+            let added = if self.audio.contains(pid) {
+                Ok(())
+            } else {
+                self.audio.add(pid, AudioCodec::Opus)
+            };
+            if let Err(e) = added.and_then(|()| self.audio.set_receives(pid, true)) {
+                tracing::warn!(participant = pid, error = %e, "MCU: audio mix refused");
+                return;
+            }
+            self.audio_outs.insert(pid, None);
+        } else {
+            if let Some(Some(mid)) = self.audio_outs.remove(&pid) {
+                self.audio_mids.retire(mid);
+            }
+            let _ = self.audio.set_receives(pid, false);
+        }
+        if self.audio_outs.is_empty() {
+            self.audio_due = None;
+        }
+        self.pub_dirty = true;
+        self.offer_if_needed();
+    }
+
+    /// Mixes the 20 ms rounds that are due and writes each listener its packet.
+    fn mix_audio(&mut self, now: Instant) {
+        if self.audio_outs.is_empty() {
+            return;
+        }
+        let mut due = *self.audio_due.get_or_insert(now);
+        if now.saturating_duration_since(due) > AUDIO_FRAME * AUDIO_MAX_CATCH_UP {
+            due = now;
+        }
+        while due <= now {
+            let rtp = MediaTime::new(
+                self.audio_rounds * FRAME_SAMPLES as u64,
+                Frequency::FORTY_EIGHT_KHZ,
+            );
+            match self.audio.tick() {
+                Ok((_, packets)) => {
+                    for p in packets {
+                        for to in &p.to {
+                            let Some(Some(mid)) = self.audio_outs.get(to).copied() else {
+                                continue;
+                            };
+                            if self.write_at(now, mid, rtp, &p.payload) {
+                                self.counters.audio_frames_sent += 1;
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "MCU: audio mix failed"),
+            }
+            self.audio_rounds += 1;
+            due += AUDIO_FRAME;
+        }
+        self.audio_due = Some(due);
+    }
+
     fn write(&mut self, now: Instant, mid: Option<Mid>, data: &[u8]) -> bool {
         let Some(mid) = mid else { return false };
+        let ticks = now.saturating_duration_since(self.media_start).as_micros() as u64 * 9 / 100;
+        self.write_at(now, mid, MediaTime::new(ticks, Frequency::NINETY_KHZ), data)
+    }
+
+    fn write_at(&mut self, now: Instant, mid: Mid, time: MediaTime, data: &[u8]) -> bool {
         let Some(pt) = self.pts.get(&mid).copied() else {
             return false;
         };
         let Some(w) = self.pub_rtc.writer(mid) else {
             return false;
         };
-        let ticks = now.saturating_duration_since(self.media_start).as_micros() as u64 * 9 / 100;
-        match w.write(
-            pt,
-            now,
-            MediaTime::new(ticks, Frequency::NINETY_KHZ),
-            data.to_vec(),
-        ) {
+        match w.write(pt, now, time, data.to_vec()) {
             Ok(()) => true,
             Err(e) => {
                 tracing::debug!(error = %e, "MCU: write failed");
@@ -1011,6 +1156,20 @@ impl McuClient {
                 self.mixer
                     .audio_level(now, track.owner, level.unsigned_abs());
             }
+            // Voices are decoded only while someone listens to the mix.
+            if !self.audio_outs.is_empty() && d.params.spec().codec == Codec::Opus {
+                if !self.audio.contains(track.owner) {
+                    let added = self.audio.add(track.owner, AudioCodec::Opus);
+                    if let Err(e) = added.and_then(|()| self.audio.set_receives(track.owner, false))
+                    {
+                        tracing::warn!(error = %e, "MCU: audio decoder");
+                        return;
+                    }
+                }
+                if let Err(e) = self.audio.push(track.owner, &d.data) {
+                    tracing::debug!(error = %e, "MCU: audio input");
+                }
+            }
             return;
         }
         if d.params.spec().codec != Codec::H264 {
@@ -1075,6 +1234,9 @@ impl McuClient {
             .min(self.pub_timeout)
             .min(self.sub_timeout);
         if let Some(t) = self.mixer.poll_timeout() {
+            next = next.min(t);
+        }
+        if let Some(t) = self.audio_due {
             next = next.min(t);
         }
         if let Some(t) = self

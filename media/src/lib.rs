@@ -11,5 +11,6 @@ pub mod fec;
 pub mod netem;
 pub mod recovery;
 pub mod speaker;
+pub mod tone;
 
 pub use error::Error;

@@ -507,3 +507,111 @@ async fn participants_get_their_own_pictures_and_equal_ones_share_a_track() {
         v.leave().await;
     }
 }
+
+/// Audio through the MCU (issue 5 (d) end to end): three terminals each send their own
+/// Opus-coded tone and ask the MCU for the sound (`mcu_view.audio`); each is offered one
+/// MCU audio track, meant for it alone, and hears the other two tones in it and not its
+/// own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_terminal_hears_the_others_through_the_mcu_and_not_itself() {
+    use media::codec::opus::{FRAME_SAMPLES, OpusDecoder, OpusEncoder};
+    use media::tone::{sine, tone_share};
+
+    let server = start_mcu_server("500000");
+    let epoch = now();
+    let (_host, mcu_id) = host_with_mcu(&server).await;
+    let tones = [440.0, 700.0, 1100.0];
+    type Packets = Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>>;
+    let mut terminals = vec![];
+    for (i, freq) in tones.iter().copied().enumerate() {
+        let enc = Mutex::new(OpusEncoder::new(1, 32_000).expect("opus"));
+        let source = endpoints_sim::AudioSource(Arc::new(move |n| {
+            let pcm = sine(freq, 48_000, FRAME_SAMPLES, n as usize * FRAME_SAMPLES, 6000.0);
+            enc.lock()
+                .ok()
+                .and_then(|mut e| e.encode(&pcm).ok())
+                .unwrap_or_default()
+        }));
+        let heard: Packets = Arc::default();
+        let tap = Arc::clone(&heard);
+        let stats = Arc::new(Stats::default());
+        stats.set_audio_tap(Arc::new(move |mid, data| {
+            if let Ok(mut h) = tap.lock() {
+                h.entry(mid.to_string()).or_default().push(data.to_vec());
+            }
+        }));
+        let cfg = PeerConfig {
+            id: 60 + i as u32,
+            epoch,
+            seed: 60 + i as u64,
+            media: Some(MediaConfig {
+                video: false,
+                audio_source: Some(source),
+                ..MediaConfig::default()
+            }),
+        };
+        let t = join_as(&server, &format!("会场{i}"), cfg, stats).await;
+        t.send_signal(json!({"type": "mcu_view", "view": {"audio": true}}));
+        terminals.push((t, heard, freq));
+    }
+
+    // The MCU audio tracks each terminal is offered, with what it heard on them.
+    let mcu_audio = |t: &HuitongTerminal, heard: &Packets| -> Vec<(String, Value, usize)> {
+        let h = heard.lock().expect("heard");
+        t.sub_tracks()
+            .into_iter()
+            .filter(|(_, info)| info["participant"] == mcu_id.as_str() && info["kind"] == "audio")
+            .map(|(mid, info)| {
+                let n = h.get(&mid).map_or(0, Vec::len);
+                (mid, info, n)
+            })
+            .collect()
+    };
+    let deadline = now() + Duration::from_secs(60);
+    loop {
+        let waiting: Vec<String> = terminals
+            .iter()
+            .filter_map(|(t, heard, _)| {
+                let tracks = mcu_audio(t, heard);
+                (tracks.len() != 1 || tracks[0].2 < 150)
+                    .then(|| format!("{}: {tracks:?}", t.participant))
+            })
+            .collect();
+        if waiting.is_empty() {
+            break;
+        }
+        assert!(now() < deadline, "MCU audio not received: {waiting:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    for (t, heard, own) in &terminals {
+        let tracks = mcu_audio(t, heard);
+        let (mid, info, _) = &tracks[0];
+        assert_eq!(
+            info["audience"],
+            t.participant.as_str(),
+            "only one's own mix is offered: {info}"
+        );
+        let packets = heard.lock().expect("heard")[mid].clone();
+        let mut dec = OpusDecoder::new(1).expect("opus");
+        let mut pcm = vec![];
+        for p in &packets {
+            pcm.extend(dec.decode(Some(p)).expect("decodable mix"));
+        }
+        // The last second: past the start, where voices join one by one.
+        let tail = &pcm[pcm.len() - 48_000..];
+        let mine = tone_share(tail, 48_000, *own);
+        assert!(mine < 0.02, "{} hears itself: {mine:.3}", t.participant);
+        for other in tones.iter().filter(|f| *f != own) {
+            let s = tone_share(tail, 48_000, *other);
+            assert!(
+                s > 0.2,
+                "{} misses the {other} Hz voice: {s:.3}",
+                t.participant
+            );
+        }
+    }
+    for (t, _, _) in terminals {
+        t.leave().await;
+    }
+}

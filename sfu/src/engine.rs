@@ -189,6 +189,7 @@ struct Track {
     kind: MediaKind,
     source: TrackSource,
     label: Option<String>,
+    audience: Option<ParticipantId>,
     mid: Mid,
     /// rid per layer index (`None` entries for a non-simulcast track).
     rids: Vec<Option<Rid>>,
@@ -816,6 +817,7 @@ impl Sfu {
                     kind: d.kind,
                     source: d.source,
                     label: d.label.clone(),
+                    audience: d.audience,
                     mid: media.mid(),
                     rids,
                     layers: [LayerState::default(); 3],
@@ -863,11 +865,14 @@ impl Sfu {
 
     fn track_info(&self, id: TrackId) -> Option<TrackInfo> {
         let t = self.tracks.get(&id)?;
-        Some(TrackInfo { id, owner: t.owner, kind: t.kind, source: t.source, label: t.label.clone() })
+        Some(TrackInfo { id, owner: t.owner, kind: t.kind, source: t.source, label: t.label.clone(), audience: t.audience })
     }
 
     fn subscribe(&mut self, pid: ParticipantId, tid: TrackId) {
         let Some(t) = self.tracks.get_mut(&tid) else { return };
+        if t.audience.is_some_and(|a| a != pid) {
+            return;
+        }
         let Some(part) = self.participants.get_mut(&pid) else { return };
         if part.subs.contains_key(&tid) {
             return;
@@ -972,6 +977,7 @@ impl Sfu {
                         kind: t.kind,
                         source: t.source,
                         label: t.label.clone(),
+                        audience: t.audience,
                     },
                     mid: sub.mid?.to_string(),
                 })

@@ -68,6 +68,9 @@ pub struct TrackDecl {
     /// What a service publisher (the MCU) says this track is, e.g. which mix view;
     /// carried to subscribers unchanged, never interpreted by the SFU.
     pub label: Option<String>,
+    /// The only participant offered this track (a service's per-person output, e.g. the
+    /// MCU's audio mix without that person's own voice); `None`: everyone in the room.
+    pub audience: Option<ParticipantId>,
 }
 
 /// Subscriber-chosen quality ceiling.
@@ -96,6 +99,7 @@ pub struct TrackInfo {
     pub kind: MediaKind,
     pub source: TrackSource,
     pub label: Option<String>,
+    pub audience: Option<ParticipantId>,
 }
 
 /// A track carried by a subscribe pc, and its m-line.

@@ -234,8 +234,8 @@ impl World {
         let amid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
         let (offer, pending): (SdpOffer, SdpPendingOffer) = api.apply().unwrap();
         let decls = vec![
-            TrackDecl { mid: vmid.to_string(), kind: MediaKind::Video, source: TrackSource::Camera, label: None },
-            TrackDecl { mid: amid.to_string(), kind: MediaKind::Audio, source: TrackSource::Mic, label: None },
+            TrackDecl { mid: vmid.to_string(), kind: MediaKind::Video, source: TrackSource::Camera, label: None, audience: None },
+            TrackDecl { mid: amid.to_string(), kind: MediaKind::Audio, source: TrackSource::Mic, label: None, audience: None },
         ];
         let answer = self.sfu.publish(self.now, ParticipantId(pid), &offer.to_sdp_string(), &decls).unwrap();
         self.sfu_out();

@@ -18,8 +18,8 @@ use crate::directory::{
     DirectoryRole, Identity, JoinVerdict, MeetingDirectory, SignInReceipt, SignInWho,
 };
 use crate::protocol::{
-    HostAction, Kind, McuOptions, McuView, MeetingWire, MemberKind, ParticipantWire, Pc, QualityWire,
-    QualityWireStat, ServerMsg, Source, TrackWire,
+    HostAction, Kind, McuOptions, McuView, MeetingWire, MemberKind, ParticipantWire, Pc,
+    QualityWire, QualityWireStat, ServerMsg, Source, TrackWire,
 };
 
 /// A meeting that exists from start-up (until admin-api provides scheduled meetings).
@@ -170,6 +170,23 @@ impl Meeting {
         for (pid, m) in &mut self.members {
             if Some(*pid) != except {
                 m.deliver(msg.clone());
+            }
+        }
+    }
+
+    /// News of track `t`: for everyone, or for its owner and audience only.
+    fn tell_audience(&mut self, t: &TrackWire, msg: &ServerMsg) {
+        match t.audience.as_deref() {
+            None => self.broadcast(msg, None),
+            Some(a) => {
+                for p in [Some(a), Some(t.participant.as_str())]
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(pid) = parse_pid(p) {
+                        self.send(pid, msg.clone());
+                    }
+                }
             }
         }
     }
@@ -418,7 +435,12 @@ impl Hub {
             role: me.role,
             meeting: m.wire(&req.meeting),
             participants: m.members.keys().filter_map(|p| m.participant(*p)).collect(),
-            tracks: m.tracks.values().cloned().collect(),
+            tracks: m
+                .tracks
+                .values()
+                .filter(|t| t.audience.as_ref().is_none_or(|a| *a == pid_wire(pid)))
+                .cloned()
+                .collect(),
         };
         if let Some(mem) = m.members.get_mut(&pid) {
             let _ = mem.tx.send(Outgoing::Msg(joined));
@@ -542,6 +564,15 @@ impl Hub {
         tracing::info!(meeting = %number, participant = pid.0, reason, "left");
     }
 
+    /// `who` ("p7") when it is in the same meeting as `pid`.
+    fn fellow_member(&self, pid: ParticipantId, who: &str) -> Result<ParticipantId, SignalError> {
+        let g = self.lock();
+        let number = g.seats.get(&pid).ok_or(SignalError::NotJoined)?;
+        parse_pid(who)
+            .filter(|p| g.seats.get(p) == Some(number))
+            .ok_or_else(|| SignalError::UnknownParticipant(who.into()))
+    }
+
     fn member_kind(&self, pid: ParticipantId) -> Option<MemberKind> {
         let g = self.lock();
         let number = g.seats.get(&pid)?;
@@ -598,11 +629,16 @@ impl Hub {
         sdp: String,
         tracks: Vec<crate::protocol::TrackDecl>,
     ) -> Result<String, SignalError> {
-        // Only a service says what its tracks are; a person's label would mislead others.
+        // Only a service says what its tracks are and whom they are for; a person's
+        // label would mislead others, and a person's audience would hide its media.
         let service = self.member_kind(pid) == Some(MemberKind::Mcu);
-        let decls = tracks
-            .into_iter()
-            .map(|t| TrackDecl {
+        let mut decls = Vec::with_capacity(tracks.len());
+        for t in tracks {
+            let audience = match t.audience.filter(|_| service) {
+                None => None,
+                Some(a) => Some(self.fellow_member(pid, &a)?),
+            };
+            decls.push(TrackDecl {
                 mid: t.mid,
                 kind: if t.kind == Kind::Audio {
                     sfu::MediaKind::Audio
@@ -611,8 +647,9 @@ impl Hub {
                 },
                 source: source_sfu(t.source),
                 label: t.view.filter(|v| service && !v.is_empty() && v.len() <= 64),
-            })
-            .collect();
+                audience,
+            });
+        }
         Ok(self.sfu.publish(pid, sdp, decls).await?)
     }
 
@@ -823,6 +860,7 @@ impl Hub {
                         source: source_wire(t.track.source),
                         mid: Some(t.mid),
                         view: t.track.label,
+                        audience: t.track.audience.map(pid_wire),
                     })
                     .collect();
                 m.send(
@@ -845,9 +883,10 @@ impl Hub {
                     source: source_wire(track.source),
                     mid: None,
                     view: track.label.clone(),
+                    audience: track.audience.map(pid_wire),
                 };
                 m.tracks.insert(track.id, w.clone());
-                m.broadcast(&ServerMsg::TrackPublished { track: w }, None);
+                m.tell_audience(&w, &ServerMsg::TrackPublished { track: w.clone() });
                 if track.source == TrackSource::Screen {
                     if let Some(p) = m.participant(track.owner) {
                         m.broadcast(&ServerMsg::ParticipantUpdated { participant: p }, None);
@@ -859,7 +898,12 @@ impl Hub {
                     return;
                 };
                 if let Some(t) = m.tracks.remove(&track) {
-                    m.broadcast(&ServerMsg::TrackUnpublished { track: t.id }, None);
+                    m.tell_audience(
+                        &t,
+                        &ServerMsg::TrackUnpublished {
+                            track: t.id.clone(),
+                        },
+                    );
                     if t.source == Source::Screen {
                         if let Some(p) = m.participant(owner) {
                             m.broadcast(&ServerMsg::ParticipantUpdated { participant: p }, None);

@@ -11,7 +11,7 @@ use sfu::ParticipantId;
 use tokio::sync::mpsc;
 
 use crate::hub::{Hub, Outgoing};
-use crate::ws::handle_text;
+use crate::ws::{handle_text, session_ended};
 
 /// The client's ends of a local connection.
 pub struct LocalConnection {
@@ -52,16 +52,7 @@ pub fn connect(hub: Arc<Hub>) -> LocalConnection {
         while let Ok(Outgoing::Msg(m)) = rx.try_recv() {
             let _ = out_tx.send(m.to_json());
         }
-        if let Some(pid) = me {
-            hub.leave(
-                pid,
-                if reason == "left" {
-                    "left"
-                } else {
-                    "disconnected"
-                },
-            );
-        }
+        session_ended(&hub, me, reason);
     });
     LocalConnection {
         to_server,

@@ -40,6 +40,10 @@ pub struct TrackDecl {
     /// Which MCU view this track is (service members only; ignored from people).
     #[serde(default)]
     pub view: Option<String>,
+    /// The one participant this track is for, e.g. the MCU's audio mix without that
+    /// participant's own voice (service members only; ignored from people).
+    #[serde(default)]
+    pub audience: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -101,6 +105,10 @@ pub struct McuView {
     /// Whether the participant's own venue appears in its picture (default yes).
     #[serde(default)]
     pub self_view: Option<bool>,
+    /// Also send the meeting's sound mixed into one track, without the participant's
+    /// own voice (default no: browsers get every voice from the SFU).
+    #[serde(default)]
+    pub audio: Option<bool>,
 }
 
 impl McuView {
@@ -270,6 +278,10 @@ pub struct TrackWire {
     /// Set on the MCU's tracks: which view of the meeting this picture is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub view: Option<String>,
+    /// Set on tracks meant for one participant only: nobody else is told of them or
+    /// offered them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -374,7 +386,9 @@ pub enum ServerMsg {
         view: Option<McuView>,
     },
     /// To a participant: the MCU track carrying its own picture (none: no picture).
-    McuTrack { track: Option<String> },
+    McuTrack {
+        track: Option<String>,
+    },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
         re: Option<Value>,

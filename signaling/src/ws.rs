@@ -119,15 +119,18 @@ async fn session(hub: Arc<Hub>, socket: WebSocket) {
             reason: Utf8Bytes::from(reason),
         })))
         .await;
+    session_ended(&hub, me, reason);
+}
+
+/// Frees the seat of a session that ended: `left` when it said so, else `disconnected`.
+pub(crate) fn session_ended(hub: &Hub, me: Option<ParticipantId>, reason: &str) {
     if let Some(pid) = me {
-        hub.leave(
-            pid,
-            if reason == "left" {
-                "left"
-            } else {
-                "disconnected"
-            },
-        );
+        let why = if reason == "left" {
+            "left"
+        } else {
+            "disconnected"
+        };
+        hub.leave(pid, why);
     }
 }
 
