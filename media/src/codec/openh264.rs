@@ -274,7 +274,9 @@ impl H264Encoder {
         }
         // Checked here because the library panics on a bad range.
         if cfg.max_qp > 51 || cfg.min_qp > cfg.max_qp {
-            return Err(Error::Config("H.264 QP range must satisfy min <= max <= 51"));
+            return Err(Error::Config(
+                "H.264 QP range must satisfy min <= max <= 51",
+            ));
         }
         let config = EncoderConfig::new()
             .bitrate(BitRate::from_bps(cfg.bitrate_bps))
@@ -540,13 +542,7 @@ mod tests {
             })
             .is_err()
         );
-        assert!(
-            H264Encoder::new(H264EncoderConfig {
-                max_qp: 52,
-                ..base
-            })
-            .is_err()
-        );
+        assert!(H264Encoder::new(H264EncoderConfig { max_qp: 52, ..base }).is_err());
     }
 
     #[test]
