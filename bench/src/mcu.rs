@@ -29,13 +29,15 @@ use ::mcu::layout::LayoutSet;
 use ::mcu::text::{DEFAULT_FONT, TextRenderer};
 use anyhow::{Context, Result, anyhow, bail};
 use media::codec::openh264::{
-    H264Complexity, H264Decoder, H264Encoder, H264EncoderConfig, I420Frame,
+    H264Complexity, H264Decoder, H264Encoder, H264EncoderConfig, H264RateControl, I420Frame,
 };
 use serde_json::json;
 
 const USAGE: &str = "usage: bench mcu [--seconds N] [--pictures 4,9,16] [--scenes talking,full_motion] \
-[--bitrate BPS] [--no-ffmpeg] [--no-layouts] [--no-labels] [--only-ours] \
-[--complexity low|medium|high] [--scene-change on|off] [--aq on|off] [--background on|off] [--frame-skip on|off]";
+[--bitrate BPS] [--ours-bitrate BPS] [--ffmpeg-bitrate BPS] [--no-ffmpeg] [--no-layouts] [--no-labels] \
+[--no-stages] [--only-ours] [--complexity low|medium|high] [--scene-change on|off] [--aq on|off] \
+[--background on|off] [--frame-skip on|off] [--screen-content] [--ltr] \
+[--rc bitrate|quality|buffer|timestamp|off] [--qp MIN-MAX] [--threads N]";
 
 /// Output picture every figure is about.
 const OUT_W: usize = 1920;
@@ -49,10 +51,16 @@ struct Opts {
     seconds: u64,
     pictures: Vec<usize>,
     scenes: Vec<Scene>,
+    /// Our output bitrate tier.
     bitrate_bps: u32,
+    /// ffmpeg's `-b:v` (the same as ours unless pairing at equal PSNR).
+    ffmpeg_bitrate_bps: u32,
     ffmpeg: bool,
     layouts: bool,
     labels: bool,
+    /// Time decode, compose and encode apart (`mcu-stages` lines) and split ffmpeg's CPU
+    /// into decode + xstack and encode with a second, encoder-less ffmpeg run.
+    stages: bool,
     encoder: H264EncoderConfig,
 }
 
@@ -77,18 +85,26 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         pictures: vec![4, 9, 16],
         scenes: vec![Scene::Talking, Scene::FullMotion],
         bitrate_bps: 2_000_000,
+        ffmpeg_bitrate_bps: 2_000_000,
         ffmpeg: true,
         layouts: true,
         labels: true,
+        stages: true,
         encoder: default_output_encoder(),
     };
+    let (mut ours_bitrate, mut ff_bitrate) = (None, None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val =
             || -> Result<&String> { it.next().ok_or_else(|| anyhow!("{a} needs a value")) };
         match a.as_str() {
             "--seconds" => o.seconds = val()?.parse().context("--seconds")?,
-            "--bitrate" => o.bitrate_bps = val()?.parse().context("--bitrate")?,
+            "--bitrate" => {
+                o.bitrate_bps = val()?.parse().context("--bitrate")?;
+                o.ffmpeg_bitrate_bps = o.bitrate_bps;
+            }
+            "--ours-bitrate" => ours_bitrate = Some(val()?.parse().context("--ours-bitrate")?),
+            "--ffmpeg-bitrate" => ff_bitrate = Some(val()?.parse().context("--ffmpeg-bitrate")?),
             "--pictures" => {
                 o.pictures = val()?
                     .split(',')
@@ -117,6 +133,28 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--aq" => o.encoder.adaptive_quant = on_off(val()?)?,
             "--background" => o.encoder.background_detection = on_off(val()?)?,
             "--frame-skip" => o.encoder.allow_frame_skip = on_off(val()?)?,
+            "--screen-content" => o.encoder.screen_content = true,
+            "--ltr" => o.encoder.long_term_reference = true,
+            "--rc" => {
+                o.encoder.rate_control = match val()?.as_str() {
+                    "bitrate" => H264RateControl::Bitrate,
+                    "quality" => H264RateControl::Quality,
+                    "buffer" => H264RateControl::BufferBased,
+                    "timestamp" => H264RateControl::Timestamp,
+                    "off" => H264RateControl::Off,
+                    v => bail!("unknown rate control {v}"),
+                }
+            }
+            "--qp" => {
+                let v = val()?;
+                let (lo, hi) = v
+                    .split_once('-')
+                    .ok_or_else(|| anyhow!("--qp wants MIN-MAX, e.g. 10-36"))?;
+                o.encoder.min_qp = lo.parse().context("--qp")?;
+                o.encoder.max_qp = hi.parse().context("--qp")?;
+            }
+            "--threads" => o.encoder.threads = val()?.parse().context("--threads")?,
+            "--no-stages" => o.stages = false,
             "--no-ffmpeg" => o.ffmpeg = false,
             "--no-layouts" => o.layouts = false,
             "--no-labels" => o.labels = false,
@@ -126,6 +164,12 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             }
             _ => bail!("unknown argument {a}\n{USAGE}"),
         }
+    }
+    if let Some(b) = ours_bitrate {
+        o.bitrate_bps = b;
+    }
+    if let Some(b) = ff_bitrate {
+        o.ffmpeg_bitrate_bps = b;
     }
     if o.seconds == 0 || o.pictures.iter().any(|p| ![4, 9, 16].contains(p)) {
         bail!("--seconds must be > 0 and --pictures one of 4, 9, 16\n{USAGE}");
@@ -446,7 +490,10 @@ const NAMES: [&str; 16] = [
 struct OurRun {
     frames: usize,
     decode_s: f64,
+    /// `handle_timeout`: compose (when not timed apart) + encode.
     tick_s: f64,
+    /// Compose timed apart (`MeetingMixer::compose` before the tick); 0 without stages.
+    compose_s: f64,
     wall_s: f64,
     /// Per output frame: decode of that frame's inputs + compose + encode, CPU ms.
     frame_ms: Vec<f64>,
@@ -458,7 +505,7 @@ struct OurRun {
 
 impl OurRun {
     fn cores(&self) -> f64 {
-        (self.decode_s + self.tick_s) / (self.frames as f64 / f64::from(FPS))
+        (self.decode_s + self.compose_s + self.tick_s) / (self.frames as f64 / f64::from(FPS))
     }
 }
 
@@ -468,6 +515,8 @@ fn layout_for(pictures: usize) -> String {
 
 /// Runs the real mixer over the inputs with one terminal per entry of `layouts` (each a
 /// distinct output). PSNR is measured on the first output only, outside the timed spans.
+/// With `opts.stages` the first output is composed by `MeetingMixer::compose` before the
+/// tick, so the tick's CPU is the encode (plus a no-op re-check of the tiles).
 fn run_ours(inputs: &[Input], layouts: &[&str], opts: &Opts, psnr: bool) -> Result<OurRun> {
     let (bitrate, labels) = (opts.bitrate_bps, opts.labels);
     #[allow(clippy::disallowed_methods)] // virtual time origin; only offsets matter
@@ -517,11 +566,16 @@ fn run_ours(inputs: &[Input], layouts: &[&str], opts: &Opts, psnr: bool) -> Resu
             m.push_access_unit(now, i as u64 + 1, &input.access_units[k]);
         }
         let c1 = thread_cpu();
+        if opts.stages {
+            m.compose(now, &key);
+        }
+        let c15 = thread_cpu();
         m.handle_timeout(now)?;
         let c2 = thread_cpu();
         let w1 = wall_now();
         run.decode_s += c1 - c0;
-        run.tick_s += c2 - c1;
+        run.compose_s += c15 - c1;
+        run.tick_s += c2 - c15;
         run.frame_ms.push((c2 - c0) * 1e3);
         run.frame_wall_ms.push((w1 - w0).as_secs_f64() * 1e3);
         let mut got = false;
@@ -567,6 +621,8 @@ fn run_ours(inputs: &[Input], layouts: &[&str], opts: &Opts, psnr: bool) -> Resu
 
 struct FfRun {
     cpu_s: f64,
+    /// CPU of the same decode + `xstack` graph with no encoder (output discarded).
+    decode_compose_s: Option<f64>,
     psnr: Vec<f64>,
     bytes: usize,
 }
@@ -598,8 +654,40 @@ fn ffmpeg_inputs(cmd: &mut Command, inputs: &[Input]) {
     }
 }
 
-fn run_ffmpeg(inputs: &[Input], pictures: usize, bitrate: u32, work: &Path) -> Result<FfRun> {
+fn run_ffmpeg(
+    inputs: &[Input],
+    pictures: usize,
+    bitrate: u32,
+    split: bool,
+    work: &Path,
+) -> Result<FfRun> {
     let graph = xstack_graph(pictures)?;
+    let decode_compose_s = if split {
+        let mut cmd = Command::new("ffmpeg");
+        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin"]);
+        ffmpeg_inputs(&mut cmd, inputs);
+        cmd.args(["-filter_threads", "1", "-filter_complex_threads", "1"])
+            .args([
+                "-filter_complex",
+                &graph,
+                "-map",
+                "[v]",
+                "-fps_mode",
+                "passthrough",
+            ])
+            // `wrapped_avframe` hands the composed pictures on without copying or coding.
+            .args(["-c:v", "wrapped_avframe", "-f", "null", "-"])
+            .stdin(Stdio::null());
+        let before = children_cpu()?;
+        let status = cmd.status().context("running ffmpeg")?;
+        let cpu = children_cpu()? - before;
+        if !status.success() {
+            bail!("ffmpeg decode+xstack run failed: {status}");
+        }
+        Some(cpu)
+    } else {
+        None
+    };
     let out = work.join(format!("ffmpeg-{pictures}.264"));
     let mut cmd = Command::new("ffmpeg");
     cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"]);
@@ -697,7 +785,12 @@ fn run_ffmpeg(inputs: &[Input], pictures: usize, bitrate: u32, work: &Path) -> R
     let _ = rc.wait();
     let _ = dc.wait();
     let _ = std::fs::remove_file(&out);
-    Ok(FfRun { cpu_s, psnr, bytes })
+    Ok(FfRun {
+        cpu_s,
+        decode_compose_s,
+        psnr,
+        bytes,
+    })
 }
 
 /// Fills `buf` from `r`; `false` at a clean end of stream.
@@ -711,6 +804,14 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<bool> {
         at += n;
     }
     Ok(true)
+}
+
+/// Mean PSNR of the first second and of the rest: OpenH264's rate control starts at a
+/// coarse QP and takes about a second to settle, x264's does not, so the whole-run mean
+/// alone would mix a start-up effect into the steady-state comparison.
+fn psnr_split(v: &[f64]) -> (f64, f64) {
+    let n = (FPS as usize).min(v.len());
+    (mean(&v[..n]), mean(&v[n..]))
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -758,7 +859,8 @@ pub fn main(args: &[String]) -> Result<()> {
                 Some(run_ffmpeg(
                     &inputs,
                     pictures,
-                    opts.bitrate_bps,
+                    opts.ffmpeg_bitrate_bps,
+                    opts.stages,
                     &cache_dir(),
                 )?)
             } else {
@@ -772,6 +874,10 @@ pub fn main(args: &[String]) -> Result<()> {
             let ff_cores = ff.as_ref().map(|f| f.cpu_s / secs);
             let psnr = mean(&ours.psnr);
             let ff_psnr = ff.as_ref().map(|f| mean(&f.psnr));
+            let (psnr_first, psnr_rest) = psnr_split(&ours.psnr);
+            let ff_split = ff.as_ref().map(|f| psnr_split(&f.psnr));
+            let kbps = ours.bytes as f64 * 8.0 / secs / 1e3;
+            let ff_kbps = ff.as_ref().map(|f| f.bytes as f64 * 8.0 / secs / 1e3);
             let line = json!({
                 "bench": "mcu",
                 "pictures": pictures,
@@ -783,22 +889,48 @@ pub fn main(args: &[String]) -> Result<()> {
                 "psnr_db": round(psnr, 2),
                 "ffmpeg_psnr_db": ff_psnr.map(|p| round(p, 2)),
                 "p99_compose_ms": round(percentile(&ms, 0.99), 2),
+                "psnr_first_s_db": round(psnr_first, 2),
+                "psnr_rest_db": round(psnr_rest, 2),
+                "ffmpeg_psnr_first_s_db": ff_split.map(|p| round(p.0, 2)),
+                "ffmpeg_psnr_rest_db": ff_split.map(|p| round(p.1, 2)),
+                "kbps": round(kbps, 0),
+                "ffmpeg_kbps": ff_kbps.map(|k| round(k, 0)),
             });
             println!("{line}");
             results.push((pictures, scene, cores, ff_cores, psnr, ff_psnr));
-            let kbps = ours.bytes as f64 * 8.0 / secs / 1e3;
-            let ff_kbps = ff.as_ref().map(|f| f.bytes as f64 * 8.0 / secs / 1e3);
+            if opts.stages {
+                let total = ours.decode_s + ours.compose_s + ours.tick_s;
+                let ff_dc = ff.as_ref().and_then(|f| f.decode_compose_s);
+                println!(
+                    "{}",
+                    json!({
+                        "bench": "mcu-stages",
+                        "pictures": pictures,
+                        "scene": scene.name(),
+                        "decode_cores": round(ours.decode_s / secs, 3),
+                        "compose_cores": round(ours.compose_s / secs, 3),
+                        "encode_cores": round(ours.tick_s / secs, 3),
+                        "decode_share": round(ours.decode_s / total, 3),
+                        "compose_share": round(ours.compose_s / total, 3),
+                        "encode_share": round(ours.tick_s / total, 3),
+                        "ffmpeg_decode_xstack_cores": ff_dc.map(|c| round(c / secs, 3)),
+                        "ffmpeg_encode_cores": ff.as_ref().zip(ff_dc).map(|(f, c)| round((f.cpu_s - c) / secs, 3)),
+                    })
+                );
+            }
             summary.push(format!(
                 "{pictures:>2} x {}x{} {:<11} ours {:.3} core (decode {:.3}, compose+encode {:.3}), \
-                 {:.1} dB, {:.0} kbit/s, frame CPU p50 {:.2} / p99 {:.2} ms (wall p50 {:.2} / p99 {:.2}), \
-                 {} skipped | ffmpeg {} core, {} dB, {} kbit/s, ratio {}",
+                 {:.1} dB (1st s {:.1}, rest {:.1}), {:.0} kbit/s, frame CPU p50 {:.2} / p99 {:.2} ms (wall p50 {:.2} / p99 {:.2}), \
+                 {} skipped | ffmpeg {} core, {} dB (1st s {}, rest {}), {} kbit/s, ratio {}",
                 tile.w,
                 tile.h,
                 scene.name(),
                 cores,
                 ours.decode_s / secs,
-                ours.tick_s / secs,
+                (ours.compose_s + ours.tick_s) / secs,
                 psnr,
+                psnr_first,
+                psnr_rest,
                 kbps,
                 percentile(&ms, 0.5),
                 percentile(&ms, 0.99),
@@ -807,14 +939,25 @@ pub fn main(args: &[String]) -> Result<()> {
                 ours.skipped,
                 ff_cores.map_or("-".into(), |c| format!("{c:.3}")),
                 ff_psnr.map_or("-".into(), |p| format!("{p:.1}")),
+                ff_split.map_or("-".into(), |p| format!("{:.1}", p.0)),
+                ff_split.map_or("-".into(), |p| format!("{:.1}", p.1)),
                 ff_kbps.map_or("-".into(), |k| format!("{k:.0}")),
                 ff_cores.map_or("-".into(), |c| format!("{:.2}", c / cores)),
             ));
+            let total = ours.decode_s + ours.compose_s + ours.tick_s;
+            let ff_dc = ff.as_ref().and_then(|f| f.decode_compose_s);
             profile.push(format!(
-                "{pictures:>2} {:<11} decode {:>4.1} %  compose+encode {:>4.1} %",
+                "{pictures:>2} {:<11} ours: decode {:>4.1} %  scale+compose {:>4.1} %  encode {:>4.1} %{}{}",
                 scene.name(),
-                100.0 * ours.decode_s / (ours.decode_s + ours.tick_s),
-                100.0 * ours.tick_s / (ours.decode_s + ours.tick_s),
+                100.0 * ours.decode_s / total,
+                100.0 * ours.compose_s / total,
+                100.0 * ours.tick_s / total,
+                if opts.stages { "" } else { " (compose not timed apart: --no-stages)" },
+                ff.as_ref().zip(ff_dc).map_or(String::new(), |(f, dc)| format!(
+                    " | ffmpeg: decode+xstack {:.3} core, encode {:.3} core",
+                    dc / secs,
+                    (f.cpu_s - dc) / secs
+                )),
             ));
 
             if opts.layouts && pictures == 9 && scene == Scene::Talking {
@@ -857,15 +1000,19 @@ pub fn main(args: &[String]) -> Result<()> {
             "cores_9_talking": nine.map(|r| round(r.2, 3)),
             "ffmpeg_ratio_9_talking": nine.and_then(|r| r.3.map(|c| round(c / r.2, 2))),
             "psnr_gap_db_9_talking": nine.and_then(|r| r.5.map(|p| round(r.4 - p, 2))),
+            "bitrate_bps": opts.bitrate_bps,
+            "ffmpeg_bitrate_bps": opts.ffmpeg_bitrate_bps,
+            "encoder": format!("{:?}", opts.encoder),
             "load_average_start": load_start,
             "load_average_end": load_avg(),
         })
     );
     eprintln!();
     eprintln!(
-        "== mcu summary (1080p30 out, {} s of media per run, {} kbit/s, one thread each) ==",
+        "== mcu summary (1080p30 out, {} s of media per run, ours {} kbit/s, ffmpeg {} kbit/s, one thread each) ==",
         opts.seconds,
-        opts.bitrate_bps / 1000
+        opts.bitrate_bps / 1000,
+        opts.ffmpeg_bitrate_bps / 1000
     );
     for s in &summary {
         eprintln!("{s}");
