@@ -8,6 +8,7 @@ use crate::error::Error;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
+use std::sync::Arc;
 
 /// Genesis value of the chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -121,27 +122,44 @@ pub struct AuditVerification {
     pub broken_at: Option<i64>,
 }
 
-impl AdminState {
-    /// Append one event. Appends are serialised in-process; across processes sharing
-    /// one database the `seq` primary key makes a racing append fail and retry.
-    pub async fn audit(&self, ev: AuditEvent) -> Result<(), Error> {
-        let _guard = self.inner.audit_lock.lock().await;
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&self.inner.db.pool)
-                .await?;
-            let (seq, prev) = match last {
-                Some(r) => (
-                    r.try_get::<i64, _>("seq")? + 1,
-                    r.try_get::<String, _>("hash")?,
-                ),
-                None => (1, GENESIS.to_owned()),
-            };
+/// An event waiting for the next group commit, and who to tell when it is durable.
+pub(crate) type PendingAudit = (AuditEvent, tokio::sync::oneshot::Sender<Result<(), String>>);
+
+/// Entries per multi-row insert (12 values each; SQLite allows 32,766 per statement).
+const AUDIT_ROWS_PER_INSERT: usize = 500;
+
+/// Append `events` after the chain's current head in one transaction: one commit (one
+/// WAL flush) for the whole group. A racing appender in another process makes the
+/// `seq` primary key fail; the group is then re-read and retried on the new head.
+async fn append_group(
+    db: &crate::db::Db,
+    clock: &dyn crate::Clock,
+    events: &[AuditEvent],
+) -> Result<(), Error> {
+    let mut attempts = 0;
+    let _gate = db.write_gate().await;
+    loop {
+        attempts += 1;
+        let mut tx = db.pool.begin().await?;
+        if db.kind() == crate::db::DbKind::Sqlite {
+            // Write first, so the transaction holds SQLite's write lock before it reads
+            // the head (a read-first transaction cannot upgrade after another commit).
+            crate::db::lock_row(&mut tx, "lock:audit").await?;
+        }
+        let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (mut seq, mut prev) = match last {
+            Some(r) => (r.try_get::<i64, _>("seq")?, r.try_get::<String, _>("hash")?),
+            None => (0, GENESIS.to_owned()),
+        };
+        let at = clock.now_ms();
+        let mut entries = Vec::with_capacity(events.len());
+        for ev in events {
+            seq += 1;
             let mut e = AuditEntry {
                 seq,
-                at: self.now_ms(),
+                at,
                 actor_id: ev.actor_id,
                 actor_name: ev.actor_name.clone(),
                 ip: ev.ip.clone(),
@@ -154,31 +172,102 @@ impl AdminState {
                 hash: String::new(),
             };
             e.hash = chain_hash(&prev, &e);
-            let res = sqlx::query(
-                "INSERT INTO audit_log (seq, at, actor_id, actor_name, ip, action, target, scope_path, \
-                 result, detail, prev_hash, hash) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
-            )
-            .bind(e.seq)
-            .bind(e.at)
-            .bind(e.actor_id)
-            .bind(&e.actor_name)
-            .bind(&e.ip)
-            .bind(&e.action)
-            .bind(&e.target)
-            .bind(&e.scope_path)
-            .bind(&e.result)
-            .bind(&e.detail)
-            .bind(&e.prev_hash)
-            .bind(&e.hash)
-            .execute(&self.inner.db.pool)
-            .await;
-            match res {
-                Ok(_) => return Ok(()),
-                Err(sqlx::Error::Database(d)) if d.is_unique_violation() && attempts < 5 => {
-                    continue;
+            prev.clone_from(&e.hash);
+            entries.push(e);
+        }
+        let mut res = Ok(());
+        for chunk in entries.chunks(AUDIT_ROWS_PER_INSERT) {
+            let mut sql = format!("INSERT INTO audit_log ({COLS}) VALUES ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push(',');
                 }
-                Err(other) => return Err(other.into()),
+                let b = i * 12;
+                sql.push('(');
+                sql.push_str(
+                    &(1..=12)
+                        .map(|k| format!("${}", b + k))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                sql.push(')');
             }
+            let mut q = sqlx::query(&sql);
+            for e in chunk {
+                q = q
+                    .bind(e.seq)
+                    .bind(e.at)
+                    .bind(e.actor_id)
+                    .bind(e.actor_name.clone())
+                    .bind(e.ip.clone())
+                    .bind(e.action.clone())
+                    .bind(e.target.clone())
+                    .bind(e.scope_path.clone())
+                    .bind(e.result.clone())
+                    .bind(e.detail.clone())
+                    .bind(e.prev_hash.clone())
+                    .bind(e.hash.clone());
+            }
+            if let Err(e) = q.execute(&mut *tx).await {
+                res = Err(e);
+                break;
+            }
+        }
+        match res {
+            Ok(()) => {
+                tx.commit().await?;
+                return Ok(());
+            }
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() && attempts < 5 => {
+                drop(tx);
+                continue;
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+}
+
+impl AdminState {
+    /// Append one event and return once it is committed (a crash after the return
+    /// loses nothing acknowledged). Group commit: every caller queues its event; the
+    /// one that takes the append lock writes everything queued so far in one
+    /// transaction and tells each waiter, so N concurrent actions cost one commit, not
+    /// N serialised ones. The write runs in its own task, so a caller that goes away
+    /// (a dropped HTTP request) cannot abandon the others' entries half-written.
+    pub async fn audit(&self, ev: AuditEvent) -> Result<(), Error> {
+        let (done_tx, mut done) = tokio::sync::oneshot::channel();
+        self.inner
+            .audit_queue
+            .lock()
+            .map_err(|_| Error::Audit("audit queue poisoned".into()))?
+            .push((ev, done_tx));
+        let guard = Arc::clone(&self.inner.audit_lock).lock_owned().await;
+        // A group written while we waited for the lock may have carried ours.
+        if let Ok(r) = done.try_recv() {
+            return r.map_err(Error::Audit);
+        }
+        let group: Vec<PendingAudit> = std::mem::take(
+            &mut *self
+                .inner
+                .audit_queue
+                .lock()
+                .map_err(|_| Error::Audit("audit queue poisoned".into()))?,
+        );
+        let db = self.inner.db.clone();
+        let clock = Arc::clone(&self.inner.clock);
+        tokio::spawn(async move {
+            let (events, waiters): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+            let r = append_group(&db, &*clock, &events)
+                .await
+                .map_err(|e| e.to_string());
+            for w in waiters {
+                let _ = w.send(r.clone());
+            }
+            drop(guard);
+        });
+        match done.await {
+            Ok(r) => r.map_err(Error::Audit),
+            Err(_) => Err(Error::Audit("audit writer stopped".into())),
         }
     }
 

@@ -600,12 +600,14 @@ impl AdminState {
         }
         let row = sqlx::query(
             "SELECT s.revoked_at, u.id, u.username, u.name, u.role, u.status, u.org_id, u.must_change_password, \
-             u.password_changed_at, o.path AS org_path, so.path AS scope_path FROM sessions s \
-             JOIN users u ON u.id = s.user_id JOIN orgs o ON o.id = u.org_id \
-             LEFT JOIN orgs so ON so.id = u.scope_org_id WHERE s.id = $1 AND s.user_id = $2",
+             u.password_changed_at, o.path AS org_path, so.path AS scope_path, p.value AS policy \
+             FROM sessions s JOIN users u ON u.id = s.user_id JOIN orgs o ON o.id = u.org_id \
+             LEFT JOIN orgs so ON so.id = u.scope_org_id LEFT JOIN settings p ON p.key = $3 \
+             WHERE s.id = $1 AND s.user_id = $2",
         )
         .bind(&c.sid)
         .bind(c.sub)
+        .bind(POLICY_KEY)
         .fetch_optional(&self.inner.db.pool)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::TokenRevoked, "session not found"))?;
@@ -625,7 +627,12 @@ impl AdminState {
         let scope_path: Option<String> = row.try_get("scope_path").map_err(Error::from)?;
         let must: i64 = row.try_get("must_change_password").map_err(Error::from)?;
         let changed_at: Option<i64> = row.try_get("password_changed_at").map_err(Error::from)?;
-        let policy = self.password_policy().await?;
+        // The policy row comes with the session (one round trip per request, not two).
+        let policy: PasswordPolicy = row
+            .try_get::<Option<String>, _>("policy")
+            .map_err(Error::from)?
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
         let expired = policy.max_age_days > 0
             && changed_at
                 .is_some_and(|t| self.now_ms() - t > i64::from(policy.max_age_days) * 86_400_000);

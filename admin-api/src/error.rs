@@ -26,6 +26,8 @@ pub enum Error {
     WeakBootstrapPassword(String),
     #[error("background task failed")]
     Join,
+    #[error("audit append failed: {0}")]
+    Audit(String),
     #[error("audit chain broken at entry {0}")]
     AuditChain(i64),
     #[error("could not allocate a free meeting number")]

@@ -58,7 +58,10 @@ struct Inner {
     entropy: Arc<dyn Entropy>,
     jwt_encoding: jsonwebtoken::EncodingKey,
     jwt_decoding: jsonwebtoken::DecodingKey,
-    audit_lock: tokio::sync::Mutex<()>,
+    /// Held by the task that writes the next audit group (see [`AdminState::audit`]).
+    audit_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Audit events waiting for the next group commit.
+    audit_queue: std::sync::Mutex<Vec<audit::PendingAudit>>,
     /// Argon2 runs at most one hash per core at a time: each takes `argon2_memory_kib`
     /// of memory, and 500 logins at once on the blocking pool would hold 500 × 19 MiB
     /// while finishing no sooner; queued in order, the early ones finish early.
@@ -100,7 +103,8 @@ impl AdminState {
                 config,
                 clock,
                 entropy,
-                audit_lock: tokio::sync::Mutex::new(()),
+                audit_lock: Arc::new(tokio::sync::Mutex::new(())),
+                audit_queue: std::sync::Mutex::new(Vec::new()),
                 hash_slots: tokio::sync::Semaphore::new(
                     std::thread::available_parallelism().map_or(2, |n| n.get()),
                 ),

@@ -241,6 +241,7 @@ impl AdminState {
             }
             Participant::Guest { name, .. } => (name.clone(), None),
         };
+        let gate = self.inner.db.write_gate().await;
         let inserted = sqlx::query(
             "INSERT INTO signin_records (signin_id, kind, participant, display_name, org_id, signed_at, late, headcount, source) \
              VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) ON CONFLICT (signin_id, kind, participant) DO NOTHING",
@@ -257,6 +258,18 @@ impl AdminState {
         .execute(&self.inner.db.pool)
         .await?
         .rows_affected();
+        drop(gate);
+        if inserted == 1 {
+            return Ok(SubmitResult {
+                status: if late {
+                    AttendanceStatus::Late
+                } else {
+                    AttendanceStatus::Signed
+                },
+                signed_at_ms: now,
+                newly_recorded: true,
+            });
+        }
         // A racing duplicate lost the insert: report the winner's record.
         let r = sqlx::query("SELECT signed_at, late FROM signin_records WHERE signin_id = $1 AND kind = $2 AND participant = $3")
             .bind(s.id)
@@ -264,7 +277,7 @@ impl AdminState {
             .bind(&key)
             .fetch_one(&self.inner.db.pool)
             .await?;
-        from_row(&r, inserted == 1)
+        from_row(&r, false)
     }
 
     /// Live results, computed from the invitee list at the time of the call.

@@ -22,7 +22,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 const USAGE: &str = "usage: bench admin [--quick] [--users N] [--concurrency C] [--db sqlite|postgres|both] \
-[--server-threads T] [--client-threads T] [--login-rounds R] [--rounds R] [--think-ms MS]";
+[--server-threads T] [--client-threads T] [--login-rounds R] [--rounds R] [--think-ms MS] \
+[--login-load F] [--no-closed-loop]";
 
 /// Password of every bench account: passes the default policy (12+ chars, 3 classes).
 const PASSWORD: &str = "Huitong-Bench-2026";
@@ -43,6 +44,12 @@ struct Opts {
     /// closed loop: every client always has a request in flight, so latency is
     /// concurrency / throughput (Little's law).
     think_ms: u64,
+    /// Paced logins offer this fraction of the argon2 rate the machine affords
+    /// (measured while the bench sets the accounts' passwords).
+    login_load: f64,
+    /// After the paced pass, run every operation again with no think time (each client
+    /// always has a request in flight) and report the throughput reached.
+    closed_loop: bool,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
@@ -54,9 +61,11 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         postgres: true,
         server_threads: cores,
         client_threads: cores,
-        login_rounds: 2,
+        login_rounds: 1,
         rounds: 10,
-        think_ms: 0,
+        think_ms: 1500,
+        login_load: 0.5,
+        closed_loop: true,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -78,6 +87,17 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--login-rounds" => o.login_rounds = num()?.max(1),
             "--rounds" => o.rounds = num()?.max(1),
             "--think-ms" => o.think_ms = num()? as u64,
+            "--no-closed-loop" => o.closed_loop = false,
+            "--login-load" => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| anyhow!("--login-load needs a value"))?;
+                o.login_load = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|f| *f > 0.0 && *f <= 4.0)
+                    .ok_or_else(|| anyhow!("--login-load needs a fraction in (0, 4]"))?;
+            }
             "--db" => {
                 let v = it.next().ok_or_else(|| anyhow!("--db needs a value"))?;
                 (o.sqlite, o.postgres) = match v.as_str() {
@@ -121,10 +141,10 @@ pub fn main(args: &[String]) -> Result<()> {
     }
     println!();
     println!(
-        "admin bench: {} users, {} concurrent HTTP/1.1 keep-alive clients (think time {} ms); server {} threads, clients {} threads, {} cores; load average at start/end per db below",
+        "admin bench: {} users, {} concurrent HTTP/1.1 keep-alive clients (paced: a request every 0–{} ms per client, open loop; then closed loop); server {} threads, clients {} threads, {} cores; load average at start/end per db below",
         o.users,
         o.concurrency,
-        o.think_ms,
+        2 * o.think_ms,
         o.server_threads,
         o.client_threads,
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -483,11 +503,12 @@ impl Samples {
         let idx = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
         v[idx.min(v.len() - 1)]
     }
-    fn json(&self, db: &str, op: &str, concurrency: usize, think_ms: u64) -> Value {
+    fn json(&self, db: &str, op: &str, concurrency: usize, pass: &Pass) -> Value {
         let r = |x: f64| (x * 100.0).round() / 100.0;
         let n = self.ok_ms.len();
         json!({
-            "bench": "admin", "db": db, "op": op, "concurrency": concurrency, "think_ms": think_ms,
+            "bench": "admin", "db": db, "op": op, "concurrency": concurrency, "pass": pass.name,
+            "think_ms": if op == "login" { pass.login_think_ms } else { pass.think_ms },
             "requests": n, "errors": self.errors,
             "p50_ms": r(self.pct(50.0)), "p90_ms": r(self.pct(90.0)), "p99_ms": r(self.pct(99.0)),
             "max_ms": r(self.pct(100.0)),
@@ -535,11 +556,52 @@ where
     Ok(all)
 }
 
-/// A client's pause between two requests.
-async fn think(mean_ms: u64, rng: &mut Rng) {
-    if mean_ms > 0 {
-        let ms = rng.below(2 * mean_ms as usize + 1) as u64;
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+/// One pass over the four operations: `paced` (each client sends a request every
+/// 0–2×`think_ms`, open loop) or `closed` (no pause: a client's next request leaves as
+/// soon as its last one is answered, so the pass measures throughput).
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    name: &'static str,
+    think_ms: u64,
+    login_think_ms: u64,
+}
+
+/// Open-loop pacing of one client: request k is due at a fixed time (the previous due
+/// time plus a pause drawn uniformly in 0..2×mean), whenever the previous answer came.
+/// Latency counts from the due time, so a request that leaves late because the server
+/// was slow with the one before is charged the wait (no coordinated omission).
+struct Pace {
+    due: Instant,
+    mean_ms: u64,
+    rng: Rng,
+}
+
+impl Pace {
+    fn new(mean_ms: u64, seed: u64) -> Self {
+        let mut rng = Rng(seed);
+        // Clients start spread over one mean interval, not all at once.
+        let first = if mean_ms == 0 {
+            0
+        } else {
+            rng.below(mean_ms as usize * 1000) as u64
+        };
+        Self {
+            due: now() + Duration::from_micros(first),
+            mean_ms,
+            rng,
+        }
+    }
+
+    /// Wait until the next request is due and return when it was due.
+    async fn next(&mut self) -> Instant {
+        if self.mean_ms == 0 {
+            return now();
+        }
+        let due = self.due;
+        tokio::time::sleep_until(due.into()).await;
+        let us = self.rng.below(2 * self.mean_ms as usize * 1000 + 1) as u64;
+        self.due = due + Duration::from_micros(us);
+        due
     }
 }
 
@@ -547,12 +609,12 @@ async fn think(mean_ms: u64, rng: &mut Rng) {
 async fn timed(
     conn: &mut Conn,
     s: &mut Samples,
+    t: Instant,
     method: hyper::Method,
     path: &str,
     token: Option<&str>,
     body: Option<&Value>,
 ) -> Option<Bytes> {
-    let t = now();
     match conn.json(method, path, token, body).await {
         Ok((200, b)) => {
             s.ok_ms.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -719,6 +781,7 @@ async fn drive(
         "[{db}] setting passwords of {} accounts (argon2id, as the security admin's reset does)",
         names.len()
     );
+    let t_hash = now();
     let ids = {
         let st = state.clone();
         let names = names.clone();
@@ -745,273 +808,310 @@ async fn drive(
             })
             .await??
     };
+    // The passwords were set `hash_slots` at a time, as logins verify them: this is the
+    // argon2 rate the machine affords while the server does nothing else.
+    let hash_rps = names.len() as f64 / t_hash.elapsed().as_secs_f64();
     let mut conns = Vec::with_capacity(names.len());
     for _ in 0..names.len() {
         conns.push(Conn::open(addr).await?);
     }
     let c = conns.len();
     let mut lines = vec![import_line];
-
-    // --- (a) login --------------------------------------------------------------------
-    eprintln!("[{db}] (a) login: {c} clients × {} logins", o.login_rounds);
-    let accounts = Arc::new(std::sync::Mutex::new(vec![None::<Account>; c]));
-    let login_s = {
-        let names = Arc::new(names.clone());
-        let ids = Arc::new(ids.clone());
-        let accounts = Arc::clone(&accounts);
-        let rounds = o.login_rounds;
-        let think_ms = o.think_ms;
-        phase(&mut conns, move |i, mut conn| {
-            let names = Arc::clone(&names);
-            let ids = Arc::clone(&ids);
+    // Paced logins: `login_load` × the affordable rate, spread over the clients.
+    let login_rate = (o.login_load * hash_rps).max(0.1);
+    let mut passes = vec![Pass {
+        name: "paced",
+        think_ms: o.think_ms,
+        login_think_ms: ((c as f64 / login_rate) * 1000.0).round() as u64,
+    }];
+    if o.closed_loop {
+        passes.push(Pass {
+            name: "closed",
+            think_ms: 0,
+            login_think_ms: 0,
+        });
+    }
+    let subtree_ids = Arc::new({
+        let orgs = ok_json(
+            admin
+                .json(
+                    hyper::Method::GET,
+                    &format!("/api/v1/orgs?parent_id={root_id}"),
+                    Some(&sys_token),
+                    None,
+                )
+                .await?,
+            "orgs",
+        )
+        .ok();
+        subtree_sample(&mut admin, &sys_token, root_id, orgs).await?
+    });
+    let mut results: Vec<(Pass, [Samples; 4])> = Vec::new();
+    for pass in passes {
+        let p = pass.name;
+        // --- (a) login ----------------------------------------------------------------
+        eprintln!(
+            "[{db}] {p} (a) login: {c} clients × {} logins (mean pause {} ms; argon2 affords {hash_rps:.1}/s)",
+            o.login_rounds, pass.login_think_ms
+        );
+        let accounts = Arc::new(std::sync::Mutex::new(vec![None::<Account>; c]));
+        let login_s = {
+            let names = Arc::new(names.clone());
+            let ids = Arc::new(ids.clone());
             let accounts = Arc::clone(&accounts);
-            async move {
-                let mut s = Samples::default();
-                let body = json!({"username": names[i], "password": PASSWORD});
-                let mut rng = Rng(0xa0a0 + i as u64);
-                for _ in 0..rounds {
-                    think(think_ms, &mut rng).await;
-                    if let Some(b) = timed(
-                        &mut conn,
-                        &mut s,
-                        hyper::Method::POST,
-                        "/api/v1/auth/login",
-                        None,
-                        Some(&body),
-                    )
-                    .await
-                    {
-                        let v: Value = serde_json::from_slice(&b).unwrap_or_default();
-                        if let Some(t) = v["access_token"].as_str()
-                            && let Ok(mut a) = accounts.lock()
+            let rounds = o.login_rounds;
+            let think_ms = pass.login_think_ms;
+            phase(&mut conns, move |i, mut conn| {
+                let names = Arc::clone(&names);
+                let ids = Arc::clone(&ids);
+                let accounts = Arc::clone(&accounts);
+                async move {
+                    let mut s = Samples::default();
+                    let body = json!({"username": names[i], "password": PASSWORD});
+                    let mut pace = Pace::new(think_ms, 0xa0a0 + i as u64);
+                    for _ in 0..rounds {
+                        let t = pace.next().await;
+                        if let Some(b) = timed(
+                            &mut conn,
+                            &mut s,
+                            t,
+                            hyper::Method::POST,
+                            "/api/v1/auth/login",
+                            None,
+                            Some(&body),
+                        )
+                        .await
                         {
-                            a[i] = Some(Account {
-                                id: ids[i],
-                                username: names[i].clone(),
-                                token: t.to_owned(),
-                            });
+                            let v: Value = serde_json::from_slice(&b).unwrap_or_default();
+                            if let Some(t) = v["access_token"].as_str()
+                                && let Ok(mut a) = accounts.lock()
+                            {
+                                a[i] = Some(Account {
+                                    id: ids[i],
+                                    username: names[i].clone(),
+                                    token: t.to_owned(),
+                                });
+                            }
                         }
                     }
+                    (conn, s)
                 }
-                (conn, s)
-            }
-        })
-        .await?
-    };
-    let line = login_s.json(db, "login", c, o.think_ms);
-    println!("{line}");
-    lines.push(line);
-    let accounts: Vec<Account> = accounts
-        .lock()
-        .map_err(|_| anyhow!("poisoned"))?
-        .iter()
-        .flatten()
-        .cloned()
-        .collect();
-    if accounts.len() != c {
-        bail!(
-            "only {} of {c} logins succeeded: {:?}",
-            accounts.len(),
-            login_s.first_error
+            })
+            .await?
+        };
+        let mut line = login_s.json(db, "login", c, &pass);
+        if pass.login_think_ms > 0 {
+            line["offered_rps"] = json!((login_rate * 100.0).round() / 100.0);
+            line["argon2_affordable_rps"] = json!((hash_rps * 100.0).round() / 100.0);
+        }
+        println!("{line}");
+        lines.push(line);
+        let accounts: Vec<Account> = accounts
+            .lock()
+            .map_err(|_| anyhow!("poisoned"))?
+            .iter()
+            .flatten()
+            .cloned()
+            .collect();
+        if accounts.len() != c {
+            bail!(
+                "only {} of {c} logins succeeded: {:?}",
+                accounts.len(),
+                login_s.first_error
+            );
+        }
+        let accounts = Arc::new(accounts);
+
+        // --- (b) subtree listing ------------------------------------------------------
+        // Subtree admins page through their county, township or village; the bench uses
+        // the system admin's token (scope: the whole city), so every request is
+        // authorised and the scope check still runs.
+        eprintln!(
+            "[{db}] {p} (b) list: {c} clients × {} pages of 50 over {} subtrees",
+            o.rounds,
+            subtree_ids.len()
         );
-    }
-    let accounts = Arc::new(accounts);
-
-    // --- (b) subtree listing ----------------------------------------------------------
-    // Subtree admins page through their county, township or village; the bench uses the
-    // system admin's token (scope: the whole city), so every request is authorised and
-    // the scope check still runs.
-    let orgs = ok_json(
-        admin
-            .json(
-                hyper::Method::GET,
-                &format!("/api/v1/orgs?parent_id={root_id}"),
-                Some(&sys_token),
-                None,
-            )
-            .await?,
-        "orgs",
-    )
-    .ok();
-    let subtree_ids = subtree_sample(&mut admin, &sys_token, root_id, orgs).await?;
-    eprintln!(
-        "[{db}] (b) list: {c} clients × {} pages of 50 over {} subtrees",
-        o.rounds,
-        subtree_ids.len()
-    );
-    let list_s = {
-        let subtree_ids = Arc::new(subtree_ids);
-        let token = Arc::new(sys_token.clone());
-        let rounds = o.rounds;
-        let think_ms = o.think_ms;
-        phase(&mut conns, move |i, mut conn| {
+        let list_s = {
             let subtree_ids = Arc::clone(&subtree_ids);
-            let token = Arc::clone(&token);
-            async move {
-                let mut s = Samples::default();
-                let mut rng = Rng(0xb0b0 + i as u64);
-                for _ in 0..rounds {
-                    think(think_ms, &mut rng).await;
-                    let org = *rng.pick(&subtree_ids);
-                    let page = rng.below(5);
-                    let path = format!(
-                        "/api/v1/users?org_id={org}&subtree=true&limit=50&offset={}",
-                        page * 50
-                    );
-                    timed(
-                        &mut conn,
-                        &mut s,
-                        hyper::Method::GET,
-                        &path,
-                        Some(&token),
-                        None,
-                    )
-                    .await;
+            let token = Arc::new(sys_token.clone());
+            let rounds = o.rounds;
+            let think_ms = pass.think_ms;
+            phase(&mut conns, move |i, mut conn| {
+                let subtree_ids = Arc::clone(&subtree_ids);
+                let token = Arc::clone(&token);
+                async move {
+                    let mut s = Samples::default();
+                    let mut rng = Rng(0xb0b0 + i as u64);
+                    let mut pace = Pace::new(think_ms, 0xb1b1 + i as u64);
+                    for _ in 0..rounds {
+                        let t = pace.next().await;
+                        let org = *rng.pick(&subtree_ids);
+                        let page = rng.below(5);
+                        let path = format!(
+                            "/api/v1/users?org_id={org}&subtree=true&limit=50&offset={}",
+                            page * 50
+                        );
+                        timed(
+                            &mut conn,
+                            &mut s,
+                            t,
+                            hyper::Method::GET,
+                            &path,
+                            Some(&token),
+                            None,
+                        )
+                        .await;
+                    }
+                    (conn, s)
                 }
-                (conn, s)
-            }
-        })
-        .await?
-    };
-    let line = list_s.json(db, "list_users_subtree", c, o.think_ms);
-    println!("{line}");
-    lines.push(line);
+            })
+            .await?
+        };
+        let line = list_s.json(db, "list_users_subtree", c, &pass);
+        println!("{line}");
+        lines.push(line);
 
-    // --- (c) meeting creation ---------------------------------------------------------
-    eprintln!(
-        "[{db}] (c) create meeting: {c} clients × {} meetings",
-        o.rounds
-    );
-    let start_ms = wall_ms() + 86_400_000;
-    let create_s = {
-        let accounts = Arc::clone(&accounts);
-        let rounds = o.rounds;
-        let think_ms = o.think_ms;
-        phase(&mut conns, move |i, mut conn| {
+        // --- (c) meeting creation -----------------------------------------------------
+        eprintln!(
+            "[{db}] {p} (c) create meeting: {c} clients × {} meetings",
+            o.rounds
+        );
+        let start_ms = wall_ms() + 86_400_000;
+        let create_s = {
             let accounts = Arc::clone(&accounts);
-            async move {
-                let mut s = Samples::default();
-                let me = &accounts[i];
-                let peers: Vec<i64> = (1..=5)
-                    .map(|k| accounts[(i + k * 7) % accounts.len()].id)
-                    .collect();
-                let mut rng = Rng(0xc0c0 + i as u64);
-                for r in 0..rounds {
-                    think(think_ms, &mut rng).await;
-                    let body = json!({
-                        "title": format!("{}的组织生活会 第{}次", me.username, r + 1),
-                        "starts_at_ms": start_ms + (r as i64) * 3_600_000,
-                        "duration_minutes": 90,
-                        "passcode": "2026",
-                        "invitees": {"users": peers},
-                    });
-                    timed(
-                        &mut conn,
-                        &mut s,
+            let rounds = o.rounds;
+            let think_ms = pass.think_ms;
+            phase(&mut conns, move |i, mut conn| {
+                let accounts = Arc::clone(&accounts);
+                async move {
+                    let mut s = Samples::default();
+                    let me = &accounts[i];
+                    let peers: Vec<i64> = (1..=5)
+                        .map(|k| accounts[(i + k * 7) % accounts.len()].id)
+                        .collect();
+                    let mut pace = Pace::new(think_ms, 0xc0c0 + i as u64);
+                    for r in 0..rounds {
+                        let t = pace.next().await;
+                        let body = json!({
+                            "title": format!("{}的组织生活会 第{}次", me.username, r + 1),
+                            "starts_at_ms": start_ms + (r as i64) * 3_600_000,
+                            "duration_minutes": 90,
+                            "passcode": "2026",
+                            "invitees": {"users": peers},
+                        });
+                        timed(
+                            &mut conn,
+                            &mut s,
+                            t,
+                            hyper::Method::POST,
+                            "/api/v1/meetings",
+                            Some(&me.token),
+                            Some(&body),
+                        )
+                        .await;
+                    }
+                    (conn, s)
+                }
+            })
+            .await?
+        };
+        let line = create_s.json(db, "create_meeting", c, &pass);
+        println!("{line}");
+        lines.push(line);
+
+        // --- (d) sign-in submission ---------------------------------------------------
+        // The system admin schedules `rounds` city-wide meetings (invitees: the whole
+        // tree) and opens a sign-in in each; every client signs in to each once (a new
+        // record each time), as participants do when a roll call opens.
+        let mut signins = Vec::new();
+        for r in 0..o.rounds {
+            let m = ok_json(
+                admin
+                    .json(
                         hyper::Method::POST,
                         "/api/v1/meetings",
-                        Some(&me.token),
-                        Some(&body),
+                        Some(&sys_token),
+                        Some(&json!({
+                            "title": format!("全市党员大会 {p} 第{}场", r + 1),
+                            "starts_at_ms": wall_ms(),
+                            "duration_minutes": 120,
+                            "org_id": root_id,
+                            "invitees": {"orgs": [{"id": root_id, "subtree": true}]},
+                        })),
                     )
-                    .await;
-                }
-                (conn, s)
-            }
-        })
-        .await?
-    };
-    let line = create_s.json(db, "create_meeting", c, o.think_ms);
-    println!("{line}");
-    lines.push(line);
-
-    // --- (d) sign-in submission -------------------------------------------------------
-    // The system admin schedules `rounds` city-wide meetings (invitees: the whole tree)
-    // and opens a sign-in in each; every client signs in to each once (a new record
-    // each time), as participants do when a roll call opens.
-    let mut signins = Vec::new();
-    for r in 0..o.rounds {
-        let m = ok_json(
-            admin
-                .json(
-                    hyper::Method::POST,
-                    "/api/v1/meetings",
-                    Some(&sys_token),
-                    Some(&json!({
-                        "title": format!("全市党员大会 第{}场", r + 1),
-                        "starts_at_ms": wall_ms(),
-                        "duration_minutes": 120,
-                        "org_id": root_id,
-                        "invitees": {"orgs": [{"id": root_id, "subtree": true}]},
-                    })),
-                )
-                .await?,
-            "city meeting",
-        )?;
-        let mid = m["id"].as_i64().ok_or_else(|| anyhow!("meeting id"))?;
-        let s = ok_json(
-            admin
-                .json(
-                    hyper::Method::POST,
-                    &format!("/api/v1/meetings/{mid}/signins"),
-                    Some(&sys_token),
-                    Some(&json!({"deadline_ms": wall_ms() + 3_600_000})),
-                )
-                .await?,
-            "start sign-in",
-        )?;
-        let sid = s["id"].as_i64().ok_or_else(|| anyhow!("sign-in id"))?;
-        signins.push((mid, sid));
-    }
-    eprintln!(
-        "[{db}] (d) sign-in: {c} clients × {} sign-ins",
-        signins.len()
-    );
-    let signin_s = {
-        let accounts = Arc::clone(&accounts);
-        let signins = Arc::new(signins.clone());
-        let think_ms = o.think_ms;
-        phase(&mut conns, move |i, mut conn| {
-            let accounts = Arc::clone(&accounts);
-            let signins = Arc::clone(&signins);
-            async move {
-                let mut s = Samples::default();
-                let mut rng = Rng(0xd0d0 + i as u64);
-                for (mid, sid) in signins.iter() {
-                    think(think_ms, &mut rng).await;
-                    timed(
-                        &mut conn,
-                        &mut s,
+                    .await?,
+                "city meeting",
+            )?;
+            let mid = m["id"].as_i64().ok_or_else(|| anyhow!("meeting id"))?;
+            let s = ok_json(
+                admin
+                    .json(
                         hyper::Method::POST,
-                        &format!("/api/v1/meetings/{mid}/signins/{sid}/submit"),
-                        Some(&accounts[i].token),
-                        None,
+                        &format!("/api/v1/meetings/{mid}/signins"),
+                        Some(&sys_token),
+                        Some(&json!({"deadline_ms": wall_ms() + 3_600_000})),
                     )
-                    .await;
+                    .await?,
+                "start sign-in",
+            )?;
+            let sid = s["id"].as_i64().ok_or_else(|| anyhow!("sign-in id"))?;
+            signins.push((mid, sid));
+        }
+        eprintln!(
+            "[{db}] {p} (d) sign-in: {c} clients × {} sign-ins",
+            signins.len()
+        );
+        let signin_s = {
+            let accounts = Arc::clone(&accounts);
+            let signins = Arc::new(signins.clone());
+            let think_ms = pass.think_ms;
+            phase(&mut conns, move |i, mut conn| {
+                let accounts = Arc::clone(&accounts);
+                let signins = Arc::clone(&signins);
+                async move {
+                    let mut s = Samples::default();
+                    let mut pace = Pace::new(think_ms, 0xd0d0 + i as u64);
+                    for (mid, sid) in signins.iter() {
+                        let t = pace.next().await;
+                        timed(
+                            &mut conn,
+                            &mut s,
+                            t,
+                            hyper::Method::POST,
+                            &format!("/api/v1/meetings/{mid}/signins/{sid}/submit"),
+                            Some(&accounts[i].token),
+                            None,
+                        )
+                        .await;
+                    }
+                    (conn, s)
                 }
-                (conn, s)
-            }
-        })
-        .await?
-    };
-    let line = signin_s.json(db, "signin_submit", c, o.think_ms);
-    println!("{line}");
-    lines.push(line);
-    // The roll call must have counted every submission.
-    let (mid, sid) = signins[0];
-    let res = ok_json(
-        admin
-            .json(
-                hyper::Method::GET,
-                &format!("/api/v1/meetings/{mid}/signins/{sid}"),
-                Some(&sys_token),
-                None,
-            )
-            .await?,
-        "sign-in results",
-    )?;
+            })
+            .await?
+        };
+        let line = signin_s.json(db, "signin_submit", c, &pass);
+        println!("{line}");
+        lines.push(line);
+        // The roll call must have counted every submission.
+        let (mid, sid) = signins[0];
+        let res = ok_json(
+            admin
+                .json(
+                    hyper::Method::GET,
+                    &format!("/api/v1/meetings/{mid}/signins/{sid}"),
+                    Some(&sys_token),
+                    None,
+                )
+                .await?,
+            "sign-in results",
+        )?;
+        eprintln!("[{db}] {p} sign-in 1 counted {} signed", signed_count(&res));
+        results.push((pass, [login_s, list_s, create_s, signin_s]));
+    }
 
     let r2 = |x: f64| (x * 100.0).round() / 100.0;
-    let summary = json!({
+    let [login_s, list_s, create_s, signin_s] = &results[0].1;
+    let mut summary = json!({
         "bench": "admin", "db": db, "users": o.users,
         "import_s": r2(import_s),
         "p99_login_ms": r2(login_s.pct(99.0)),
@@ -1019,28 +1119,44 @@ async fn drive(
         "p99_create_meeting_ms": r2(create_s.pct(99.0)),
         "p99_signin_ms": r2(signin_s.pct(99.0)),
         "concurrency": c,
+        "think_ms": o.think_ms,
+        "login_offered_rps": r2(login_rate),
     });
-    let errors = login_s.errors + list_s.errors + create_s.errors + signin_s.errors;
-    let note = format!(
-        "[{db}] import {import_s:.1} s ({:.0} rows/s, {} orgs); p50/p99 ms: login {:.0}/{:.0} ({:.1}/s), \
-         list {:.1}/{:.1} ({:.0}/s), create meeting {:.1}/{:.1} ({:.0}/s), sign-in {:.1}/{:.1} ({:.0}/s); \
-         {errors} errors; sign-in 1 counted {} signed",
+    let rps = |s: &Samples| r2(s.ok_ms.len() as f64 / s.wall_s);
+    let mut note = format!(
+        "[{db}] import {import_s:.1} s ({:.0} rows/s, {} orgs); argon2 affords {hash_rps:.1} logins/s",
         o.users as f64 / import_s,
         tree.count(),
-        login_s.pct(50.0),
-        login_s.pct(99.0),
-        login_s.ok_ms.len() as f64 / login_s.wall_s,
-        list_s.pct(50.0),
-        list_s.pct(99.0),
-        list_s.ok_ms.len() as f64 / list_s.wall_s,
-        create_s.pct(50.0),
-        create_s.pct(99.0),
-        create_s.ok_ms.len() as f64 / create_s.wall_s,
-        signin_s.pct(50.0),
-        signin_s.pct(99.0),
-        signin_s.ok_ms.len() as f64 / signin_s.wall_s,
-        signed_count(&res),
     );
+    let mut errors = 0;
+    for (pass, [login_s, list_s, create_s, signin_s]) in &results {
+        errors += login_s.errors + list_s.errors + create_s.errors + signin_s.errors;
+        note.push_str(&format!(
+            "\n  {}: p50/p99 ms: login {:.0}/{:.0} ({:.1}/s), list {:.1}/{:.1} ({:.0}/s), \
+             create meeting {:.1}/{:.1} ({:.0}/s), sign-in {:.1}/{:.1} ({:.0}/s)",
+            pass.name,
+            login_s.pct(50.0),
+            login_s.pct(99.0),
+            rps(login_s),
+            list_s.pct(50.0),
+            list_s.pct(99.0),
+            rps(list_s),
+            create_s.pct(50.0),
+            create_s.pct(99.0),
+            rps(create_s),
+            signin_s.pct(50.0),
+            signin_s.pct(99.0),
+            rps(signin_s),
+        ));
+        if pass.name == "closed" {
+            summary["closed_loop_rps"] = json!({
+                "login": rps(login_s), "list": rps(list_s),
+                "create_meeting": rps(create_s), "signin": rps(signin_s),
+            });
+        }
+    }
+    note.push_str(&format!("\n  {errors} errors"));
+    summary["errors"] = json!(errors);
     Ok((summary, note))
 }
 
