@@ -310,7 +310,11 @@ pub fn audio_packet(n: u64, depth: usize) -> Vec<u8> {
 
 /// Frame numbers an audio packet carries intact.
 pub fn audio_frames_in(p: &[u8]) -> Vec<u64> {
-    let Some(n) = p.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else {
+    let Some(n) = p
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+    else {
         return vec![];
     };
     p[8..]
@@ -557,7 +561,11 @@ impl LossSender {
         let n = self.next_frame;
         self.next_frame += 1;
         // A keyframe per request, at most one per 200 ms: copies of one request arrive together.
-        if self.force_key && self.last_key.is_none_or(|t| now >= t + Duration::from_millis(200)) {
+        if self.force_key
+            && self
+                .last_key
+                .is_none_or(|t| now >= t + Duration::from_millis(200))
+        {
             self.encoder.force_keyframe();
             self.last_key = Some(now);
             self.force_key = false;
@@ -683,7 +691,8 @@ impl Terminal for LossSender {
                 self.force_key = true;
             }
             Event::AppSpecificFeedback(f) => {
-                if let (Some(tx), Some(mid), Some(pt)) = (&mut self.tx, self.video_mid, self.carrier)
+                if let (Some(tx), Some(mid), Some(pt)) =
+                    (&mut self.tx, self.video_mid, self.carrier)
                 {
                     if tx.media_ssrc == *f.media_ssrc {
                         tx.handle_feedback(now, &f.payload);
@@ -861,7 +870,10 @@ impl LossReceiver {
     }
 
     fn request_keyframe(&mut self, now: Instant, mid: Mid) {
-        if self.last_pli.is_some_and(|t| now < t + Duration::from_millis(200)) {
+        if self
+            .last_pli
+            .is_some_and(|t| now < t + Duration::from_millis(200))
+        {
             return;
         }
         self.last_pli = Some(now);
@@ -919,7 +931,7 @@ impl Terminal for LossReceiver {
                         self.need_key = true;
                     }
                     let key = d.is_keyframe();
-                    self.on_frame(now, Some(d.data), key);
+                    self.on_frame(now, Some(d.data.to_vec()), key);
                     if self.need_key {
                         self.request_keyframe(now, d.mid);
                     }
@@ -1001,10 +1013,7 @@ pub fn figures(rx: &LossReceiver, epoch: Instant, from: Instant, to: Instant) ->
         .filter(|s| s.at >= from && s.at < to)
         .collect();
     let secs = to.saturating_duration_since(from).as_secs_f64().max(1e-9);
-    let good: Vec<&&Shown> = shown
-        .iter()
-        .filter(|s| s.psnr >= CORRUPT_PSNR_DB)
-        .collect();
+    let good: Vec<&&Shown> = shown.iter().filter(|s| s.psnr >= CORRUPT_PSNR_DB).collect();
     let corrupt = (shown.len() - good.len()) as u64 + rx.decode_errors;
     let buckets = secs.floor().max(1.0) as usize;
     let mut per_s = vec![0u64; buckets];
