@@ -7,7 +7,7 @@
 //!
 //! Two ways to carry the media, chosen per run:
 //! - [`Method::Huitong`]: video through Huitong's hop-by-hop protection (Reed-Solomon FEC
-//!   + NACK/RTX in the carrier of `sfu::protect`), audio with RED-style redundancy
+//!   and NACK/RTX in the carrier of `sfu::protect`), audio with RED-style redundancy
 //!   ([`HUITONG_AUDIO_DEPTH`] earlier frames in each packet);
 //! - [`Method::NackOnly`]: what other SFUs and browsers do: str0m's own H.264 packetiser,
 //!   NACK/RTX, PLI, and for audio one earlier frame per packet (Opus in-band FEC).
@@ -777,7 +777,7 @@ pub struct LossReceiver {
     pub audio: HashSet<u64>,
     /// Highest audio packet number seen.
     pub audio_newest: Option<u64>,
-    /// Frame number the last shown picture had, to catch a stamp going backwards.
+    /// Regenerated source pictures of recently shown frame numbers.
     sources: HashMap<u64, I420Frame>,
 }
 
