@@ -276,6 +276,17 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
         .join()
         .map_err(|_| anyhow!("receiver thread panicked"))??;
     let fig = realvideo::figures(&receiver, start, from, to);
+    eprintln!(
+        "loss {scenario}/{}: frames in {}, to decoder {}, shown {}, decoder errors {}, skipped {} {:?} rx {:?}",
+        method.name(),
+        receiver.frames_in,
+        receiver.frames_decoded,
+        receiver.shown.len(),
+        receiver.decode_errors,
+        receiver.skipped,
+        receiver.skip_reasons,
+        receiver.recovery_stats(),
+    );
     let frac = |s: media::netem::NetemStats| {
         if s.offered == 0 {
             0.0

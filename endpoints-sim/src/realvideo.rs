@@ -773,6 +773,11 @@ pub struct LossReceiver {
     pub decode_errors: u64,
     /// Frames the recovery skipped (never decoded).
     pub skipped: u64,
+    /// Complete frames handed to the terminal, and how many it gave the decoder.
+    pub frames_in: u64,
+    /// Skips by reason.
+    pub skip_reasons: HashMap<String, u64>,
+    pub frames_decoded: u64,
     /// Audio frames recovered, by number.
     pub audio: HashSet<u64>,
     /// Highest audio packet number seen.
@@ -804,10 +809,18 @@ impl LossReceiver {
             shown: vec![],
             decode_errors: 0,
             skipped: 0,
+            frames_in: 0,
+            skip_reasons: HashMap::new(),
+            frames_decoded: 0,
             audio: HashSet::new(),
             audio_newest: None,
             sources: HashMap::new(),
         })
+    }
+
+    /// The recovery loop's counters (Huitong method).
+    pub fn recovery_stats(&self) -> Option<media::recovery::ReceiverStats> {
+        self.rx.as_ref().map(ProtectedRx::stats)
     }
 
     /// Answers the SFU's subscribe offer.
@@ -833,9 +846,11 @@ impl LossReceiver {
             self.need_key = true;
             return;
         };
+        self.frames_in += 1;
         if self.need_key && !keyframe {
             return;
         }
+        self.frames_decoded += 1;
         match self.decoder.decode(&au) {
             Ok(Some(pic)) => {
                 self.need_key = false;
@@ -901,7 +916,13 @@ impl LossReceiver {
                             .flatten();
                         frames.push((au, f.keyframe));
                     }
-                    ReceiverEvent::Skipped(_) => self.skipped += 1,
+                    ReceiverEvent::Skipped(sk) => {
+                        self.skipped += 1;
+                        *self
+                            .skip_reasons
+                            .entry(format!("{:?}", sk.reason))
+                            .or_default() += 1;
+                    }
                     _ => {}
                 }
             }
