@@ -296,6 +296,19 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
     };
     let [uu, ud] = up.stats();
     let [du, dd] = down.stats();
+    // Datagrams per hop: where packets go missing between the sender and the receiver.
+    eprintln!(
+        "loss {scenario}/{}: datagrams sender→SFU offered {} delivered {}, SFU→receiver offered {} delivered {}, receiver→SFU {}/{}, SFU→sender {}/{}",
+        method.name(),
+        uu.offered,
+        uu.delivered,
+        dd.offered,
+        dd.delivered,
+        du.offered,
+        du.delivered,
+        ud.offered,
+        ud.delivered
+    );
     sfu.leave(pp);
     sfu.leave(sp);
     Ok(Run {

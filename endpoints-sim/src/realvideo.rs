@@ -372,26 +372,15 @@ pub fn run<T: Terminal>(t: &mut T, socket: &UdpSocket, stop: &AtomicBool) -> Res
         let now = clock();
         let due = t.tick(now);
         let _ = t.rtc().handle_input(Input::Timeout(now));
-        let rtc_due = loop {
-            match t.rtc().poll_output()? {
-                Output::Transmit(tr) => {
-                    t.count_sent(tr.contents.len());
-                    let _ = socket.send_to(&tr.contents, tr.destination);
-                }
-                Output::Event(e) => t.on_event(now, e),
-                Output::Timeout(at) => {
-                    if !t.queue_more() {
-                        break at;
-                    }
-                }
-            }
-        };
+        let rtc_due = drain(t, socket, now)?;
         let next = due.map_or(rtc_due, |d| d.min(rtc_due));
         let wait = next
             .saturating_duration_since(clock())
             .clamp(Duration::from_micros(200), Duration::from_millis(20));
         socket.set_read_timeout(Some(wait))?;
-        // Everything waiting is read before the next round of output.
+        // Everything waiting is read before the next tick; str0m's output is drained
+        // after each datagram (in RTP mode an undrained packet event is overwritten by
+        // the next one: the first version of this loop lost most carrier packets so).
         let mut first = true;
         loop {
             let r = socket.recv_from(&mut buf);
@@ -407,6 +396,7 @@ pub fn run<T: Terminal>(t: &mut T, socket: &UdpSocket, stop: &AtomicBool) -> Res
                         contents,
                     },
                 ));
+                drain(t, socket, now)?;
             }
             if first {
                 socket.set_nonblocking(true)?;
@@ -416,6 +406,25 @@ pub fn run<T: Terminal>(t: &mut T, socket: &UdpSocket, stop: &AtomicBool) -> Res
         socket.set_nonblocking(false)?;
     }
     Ok(())
+}
+
+/// Sends what the `Rtc` has queued and hands its events to the terminal; returns when
+/// the `Rtc` next wants a timeout.
+fn drain<T: Terminal>(t: &mut T, socket: &UdpSocket, now: Instant) -> Result<Instant, SimError> {
+    loop {
+        match t.rtc().poll_output()? {
+            Output::Transmit(tr) => {
+                t.count_sent(tr.contents.len());
+                let _ = socket.send_to(&tr.contents, tr.destination);
+            }
+            Output::Event(e) => t.on_event(now, e),
+            Output::Timeout(at) => {
+                if !t.queue_more() {
+                    return Ok(at);
+                }
+            }
+        }
+    }
 }
 
 /// Encoder settings per picture height: the bitrate a conferencing terminal would use.
