@@ -11,6 +11,7 @@
 mod admin;
 mod clients;
 mod janus;
+mod loss;
 mod mcu;
 mod netns;
 mod procstat;
@@ -41,7 +42,7 @@ pub struct Opts {
     pub client_threads: usize,
 }
 
-const USAGE: &str = "usage: bench admin [--quick] (see bench/README.md) | bench sfu-forward [--publishers P] [--subscribers S] [--seconds N] \
+const USAGE: &str = "usage: bench admin [--quick] (see bench/README.md) | bench loss (see bench/README.md) | bench sfu-forward [--publishers P] [--subscribers S] [--seconds N] \
 [--warmup W] [--no-janus] [--no-huitong] [--simulcast] [--no-strace] [--client-threads T]";
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
@@ -100,6 +101,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("sfu-forward") => sfu_forward(parse_opts(&args[1..])?),
         Some("mcu") => mcu::main(&args[1..]),
+        Some("loss") => loss::main(&args[1..]),
         Some("admin") => admin::main(&args[1..]),
         Some("__clients") => clients::main(&args[1..]),
         Some("__serve") => serve_main(),

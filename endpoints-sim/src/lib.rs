@@ -16,6 +16,8 @@ pub mod janus;
 pub mod payload;
 pub mod peer;
 pub mod protected;
+pub mod realvideo;
+pub mod relay;
 pub mod stats;
 
 pub use driver::{PeerHandle, PeerStatus};

@@ -1,0 +1,449 @@
+//! `bench loss` (issue 4): real H.264 video and an audio stand-in through the real SFU on
+//! real UDP sockets, with loss on the uplink and on the downlink at once, for Huitong's
+//! hop-by-hop protection and for a NACK/RTX-only baseline in the same run.
+//!
+//! Topology per run (all on 127.0.0.1, one process):
+//!
+//! ```text
+//! sender ⇄ relay(up link) ⇄ SFU (sfu::spawn, own thread) ⇄ relay(down link) ⇄ receiver
+//! ```
+//!
+//! Each relay (`endpoints_sim::relay`) runs one seeded `media::netem` per direction:
+//! 20 ± 3 ms each way, so 40 ms RTT per link, and the scenario's loss on every datagram
+//! both ways (media, repair, RTX, RTCP feedback, STUN alike). Loss starts when the sender
+//! starts its media (ICE/DTLS set-up is not what is measured); the first `--warmup`
+//! seconds are not counted.
+//!
+//! The sender encodes live (OpenH264, one thread, `Complexity::Low`); the receiver
+//! decodes every delivered frame and checks it against the regenerated source.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use endpoints_sim::realvideo::{self, Epoch, Figures, LossReceiver, LossSender, Method};
+use endpoints_sim::relay::Relay;
+use media::netem::{GilbertElliott, LossModel, NetemConfig};
+use serde_json::json;
+use sfu::{MediaKind, ParticipantId, SfuConfig, SfuEvent, TrackDecl, TrackSource};
+
+const USAGE: &str = "usage: bench loss [--seconds N] [--warmup W] [--height 1080|720] \
+[--scenarios random0,random10,random30,random50,bursty50,random70] [--methods huitong,nack_only]";
+
+const ALL_SCENARIOS: [&str; 6] = [
+    "random0", "random10", "random30", "random50", "bursty50", "random70",
+];
+
+struct Opts {
+    seconds: u64,
+    warmup: u64,
+    height: usize,
+    scenarios: Vec<String>,
+    methods: Vec<Method>,
+}
+
+fn parse(args: &[String]) -> Result<Opts> {
+    let mut o = Opts {
+        seconds: 20,
+        warmup: 2,
+        height: 1080,
+        scenarios: ALL_SCENARIOS.iter().map(|s| s.to_string()).collect(),
+        methods: vec![Method::Huitong, Method::NackOnly],
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .ok_or_else(|| anyhow!("{a} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--seconds" => o.seconds = val()?.parse().context("--seconds")?,
+            "--warmup" => o.warmup = val()?.parse().context("--warmup")?,
+            "--height" => o.height = val()?.parse().context("--height")?,
+            "--scenarios" => {
+                o.scenarios = val()?.split(',').map(str::to_string).collect();
+                for s in &o.scenarios {
+                    scenario_loss(s)?;
+                }
+            }
+            "--methods" => {
+                o.methods = val()?
+                    .split(',')
+                    .map(|m| match m {
+                        "huitong" => Ok(Method::Huitong),
+                        "nack_only" => Ok(Method::NackOnly),
+                        _ => Err(anyhow!("unknown method {m}")),
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            _ => bail!("unknown argument {a}\n{USAGE}"),
+        }
+    }
+    if !matches!(o.height, 720 | 1080) {
+        bail!("--height must be 1080 or 720");
+    }
+    if o.seconds == 0 {
+        bail!("--seconds must be at least 1");
+    }
+    Ok(o)
+}
+
+/// `randomNN`: Bernoulli NN %; `burstyNN`: Gilbert–Elliott averaging NN % in runs of 3.
+fn scenario_loss(s: &str) -> Result<LossModel> {
+    let pct = |rest: &str| -> Result<f64> {
+        let p: f64 = rest.parse().with_context(|| format!("scenario {s}"))?;
+        if !(0.0..100.0).contains(&p) {
+            bail!("scenario {s}: loss must be below 100 %");
+        }
+        Ok(p / 100.0)
+    };
+    if let Some(r) = s.strip_prefix("random") {
+        let p = pct(r)?;
+        Ok(if p == 0.0 {
+            LossModel::None
+        } else {
+            LossModel::Bernoulli(p)
+        })
+    } else if let Some(r) = s.strip_prefix("bursty") {
+        Ok(LossModel::GilbertElliott(GilbertElliott::from_average(
+            pct(r)?,
+            3.0,
+        )))
+    } else {
+        bail!("unknown scenario {s} (randomNN or burstyNN)")
+    }
+}
+
+fn link(seed: u64, loss: LossModel) -> NetemConfig {
+    NetemConfig::new()
+        .latency(Duration::from_millis(20))
+        .jitter(Duration::from_millis(3))
+        .loss(loss)
+        .seed(seed)
+}
+
+#[allow(clippy::disallowed_methods)] // a bench binary reads the clock
+fn now() -> Instant {
+    Instant::now()
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Points the SDP's host candidate on `from` at `to` (the relay in front of the SFU).
+fn redirect(sdp: &str, from: SocketAddr, to: SocketAddr) -> Result<String> {
+    let a = format!(" {} {} typ", from.ip(), from.port());
+    let b = format!(" {} {} typ", to.ip(), to.port());
+    if !sdp.contains(&a) {
+        bail!("SDP has no candidate {from}");
+    }
+    Ok(sdp.replace(&a, &b))
+}
+
+struct Run {
+    scenario: String,
+    method: Method,
+    fig: Figures,
+    overhead: f64,
+    /// Measured loss on [up link up, up link down, down link down, down link up].
+    link_loss: [f64; 4],
+    frames_sent: u64,
+    keyframes_sent: u64,
+    encode_ms_per_frame: f64,
+    skipped: u64,
+}
+
+async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<Run> {
+    let loss = scenario_loss(scenario)?;
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let width = o.height * 16 / 9;
+    let sfu_sock = UdpSocket::bind(SocketAddr::new(lo, 0))?;
+    let (sfu, mut events) = sfu::spawn(sfu_sock, SfuConfig::default())?;
+    let sfu_addr = sfu.local_addr();
+    let none = |i| link(seed * 16 + i, LossModel::None);
+    let up = Relay::spawn(lo, sfu_addr, none(0), none(1)).await?;
+    let down = Relay::spawn(lo, sfu_addr, none(2), none(3)).await?;
+
+    let s_sock = UdpSocket::bind(SocketAddr::new(lo, 0))?;
+    let r_sock = UdpSocket::bind(SocketAddr::new(lo, 0))?;
+    for s in [&s_sock, &r_sock] {
+        s.set_nonblocking(false)?;
+    }
+    let epoch: Epoch = Arc::default();
+    let mut sender = LossSender::new(
+        now(),
+        s_sock.local_addr()?,
+        method,
+        width,
+        o.height,
+        epoch.clone(),
+    )?;
+    let mut receiver = LossReceiver::new(now(), r_sock.local_addr()?, method, width, o.height)?;
+
+    let room = "loss".to_string();
+    let (pp, sp) = (ParticipantId(1), ParticipantId(2));
+    sfu.join(room.clone(), sp).await?;
+    sfu.join(room, pp).await?;
+    let (offer, amid, vmid) = sender.offer()?;
+    let decls = vec![
+        TrackDecl {
+            mid: amid.to_string(),
+            kind: MediaKind::Audio,
+            source: TrackSource::Mic,
+            label: None,
+        },
+        TrackDecl {
+            mid: vmid.to_string(),
+            kind: MediaKind::Video,
+            source: TrackSource::Camera,
+            label: None,
+        },
+    ];
+    let answer = sfu.publish(pp, offer, decls).await?;
+    sender.accept_answer(&redirect(&answer, sfu_addr, up.near_addr())?)?;
+    // The subscriber's offer with both tracks.
+    let deadline = now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(now());
+        let ev = tokio::time::timeout(left, events.recv())
+            .await
+            .map_err(|_| anyhow!("no subscriber offer within 5 s"))?
+            .ok_or_else(|| anyhow!("SFU stopped"))?;
+        if let SfuEvent::SubscriberOffer {
+            participant,
+            sdp,
+            tracks,
+        } = ev
+        {
+            if participant == sp && tracks.len() == 2 {
+                let a = receiver.accept_offer(&redirect(&sdp, sfu_addr, down.near_addr())?)?;
+                sfu.subscriber_answer(sp, a).await?;
+                break;
+            }
+        }
+    }
+    // Later events (quality reports, speaker changes) are not needed.
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let s_thread = std::thread::Builder::new()
+        .name("loss-sender".into())
+        .spawn(move || {
+            let r = realvideo::run(&mut sender, &s_sock, &st);
+            r.map(|()| sender)
+        })?;
+    let st = stop.clone();
+    let r_thread = std::thread::Builder::new()
+        .name("loss-receiver".into())
+        .spawn(move || {
+            let r = realvideo::run(&mut receiver, &r_sock, &st);
+            r.map(|()| receiver)
+        })?;
+
+    let t0 = now();
+    let start = loop {
+        if let Some(e) = epoch.get() {
+            break *e;
+        }
+        if now() > t0 + Duration::from_secs(15) {
+            stop.store(true, Ordering::Relaxed);
+            bail!("{scenario}/{}: the sender never connected", method.name());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let lossy = |i| link(seed * 16 + 8 + i, loss);
+    up.set_config(lossy(0), lossy(1));
+    down.set_config(lossy(3), lossy(2));
+    let from = start + Duration::from_secs(o.warmup);
+    let to = from + Duration::from_secs(o.seconds);
+    // Frames captured just before `to` may still be in recovery: let them land.
+    tokio::time::sleep_until((to + Duration::from_millis(600)).into()).await;
+    stop.store(true, Ordering::Relaxed);
+    let sender = s_thread
+        .join()
+        .map_err(|_| anyhow!("sender thread panicked"))??;
+    let receiver = r_thread
+        .join()
+        .map_err(|_| anyhow!("receiver thread panicked"))??;
+    let fig = realvideo::figures(&receiver, start, from, to);
+    eprintln!(
+        "loss {scenario}/{}: frames in {}, to decoder {}, shown {}, decoder errors {}, skipped {} {:?} rx {:?}",
+        method.name(),
+        receiver.frames_in,
+        receiver.frames_decoded,
+        receiver.shown.len(),
+        receiver.decode_errors,
+        receiver.skipped,
+        receiver.skip_reasons,
+        receiver.recovery_stats(),
+    );
+    let frac = |s: media::netem::NetemStats| {
+        if s.offered == 0 {
+            0.0
+        } else {
+            s.lost as f64 / s.offered as f64
+        }
+    };
+    let [uu, ud] = up.stats();
+    let [du, dd] = down.stats();
+    // Datagrams per hop: where packets go missing between the sender and the receiver.
+    eprintln!(
+        "loss {scenario}/{}: datagrams sender→SFU offered {} delivered {}, SFU→receiver offered {} delivered {}, receiver→SFU {}/{}, SFU→sender {}/{}",
+        method.name(),
+        uu.offered,
+        uu.delivered,
+        dd.offered,
+        dd.delivered,
+        du.offered,
+        du.delivered,
+        ud.offered,
+        ud.delivered
+    );
+    sfu.leave(pp);
+    sfu.leave(sp);
+    Ok(Run {
+        scenario: scenario.to_string(),
+        method,
+        fig,
+        overhead: sender.bytes_sent as f64 / sender.media_bytes.max(1) as f64,
+        link_loss: [frac(uu), frac(ud), frac(dd), frac(du)],
+        frames_sent: sender.frames_sent,
+        keyframes_sent: sender.keyframes_sent,
+        encode_ms_per_frame: sender.encode_time.as_secs_f64() * 1e3
+            / sender.frames_sent.max(1) as f64,
+        skipped: receiver.skipped,
+    })
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (x * m).round() / m
+}
+
+fn json_line(r: &Run) -> serde_json::Value {
+    let f = &r.fig;
+    json!({
+        "bench": "loss",
+        "scenario": r.scenario,
+        "method": r.method.name(),
+        "width": f.width,
+        "height": f.height,
+        "fps_avg": round(f.fps_avg, 2),
+        "fps_worst_1s": f.fps_worst_1s,
+        "corrupt_frames": f.corrupt_frames,
+        "freeze_ms": f.freeze_ms,
+        "p95_latency_ms": if f.p95_latency_ms.is_finite() { json!(round(f.p95_latency_ms, 1)) } else { json!(null) },
+        "overhead": round(r.overhead, 3),
+        "audio_residual_loss": if f.audio_residual_loss.is_finite() { json!(round(f.audio_residual_loss, 4)) } else { json!(null) },
+    })
+}
+
+pub fn main(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let load_before = loadavg();
+    let mut runs = vec![];
+    for (i, sc) in o.scenarios.iter().enumerate() {
+        for &m in &o.methods {
+            let seed = 1_000 + i as u64;
+            match rt.block_on(run_one(&o, sc, seed, m)) {
+                Ok(r) => {
+                    println!("{}", json_line(&r));
+                    runs.push(r);
+                }
+                Err(e) => eprintln!("loss {sc}/{}: {e:#}", m.name()),
+            }
+        }
+    }
+    let load_after = loadavg();
+    println!();
+    println!(
+        "loss bench: {}p30 live OpenH264, {} s measured after {} s warm-up, 20±3 ms each way per link, loss on both links both ways",
+        o.height, o.seconds, o.warmup
+    );
+    println!("load average before {load_before}, after {load_after}");
+    println!(
+        "{:<9} {:<9} {:>9} {:>6} {:>7} {:>7} {:>8} {:>8} {:>7} {:>9} {:>14} {:>6} {:>5}",
+        "scenario",
+        "method",
+        "size",
+        "fps",
+        "worst1s",
+        "corrupt",
+        "freeze",
+        "p95 ms",
+        "ovh",
+        "audio loss",
+        "link loss %",
+        "idr",
+        "enc ms"
+    );
+    for r in &runs {
+        let f = &r.fig;
+        println!(
+            "{:<9} {:<9} {:>9} {:>6.2} {:>7} {:>7} {:>8} {:>8.0} {:>7.2} {:>9.2}% {:>14} {:>6} {:>5.1}",
+            r.scenario,
+            r.method.name(),
+            format!("{}x{}", f.width, f.height),
+            f.fps_avg,
+            f.fps_worst_1s,
+            f.corrupt_frames,
+            f.freeze_ms,
+            f.p95_latency_ms,
+            r.overhead,
+            f.audio_residual_loss * 100.0,
+            r.link_loss
+                .iter()
+                .map(|l| format!("{:.0}", l * 100.0))
+                .collect::<Vec<_>>()
+                .join("/"),
+            format!("{}/{}", r.keyframes_sent, r.frames_sent),
+            r.encode_ms_per_frame,
+        );
+    }
+    println!();
+    println!(
+        "huitong / nack_only per scenario (fps avg, worst second; freeze ms and audio loss side by side):"
+    );
+    for sc in &o.scenarios {
+        let find = |m| runs.iter().find(|r| &r.scenario == sc && r.method == m);
+        if let (Some(h), Some(n)) = (find(Method::Huitong), find(Method::NackOnly)) {
+            let ratio = |a: f64, b: f64| {
+                if b > 0.0 {
+                    format!("{:.2}x", a / b)
+                } else {
+                    "inf".into()
+                }
+            };
+            println!(
+                "{:<9} fps {:.2}/{:.2} = {}  worst {}/{} = {}  freeze {}/{} ms  audio {:.2}%/{:.2}%  skipped {}",
+                sc,
+                h.fig.fps_avg,
+                n.fig.fps_avg,
+                ratio(h.fig.fps_avg, n.fig.fps_avg),
+                h.fig.fps_worst_1s,
+                n.fig.fps_worst_1s,
+                ratio(h.fig.fps_worst_1s as f64, n.fig.fps_worst_1s as f64),
+                h.fig.freeze_ms,
+                n.fig.freeze_ms,
+                h.fig.audio_residual_loss * 100.0,
+                n.fig.audio_residual_loss * 100.0,
+                h.skipped,
+            );
+        }
+    }
+    Ok(())
+}

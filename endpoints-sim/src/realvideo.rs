@@ -1,0 +1,1138 @@
+//! Real-video terminals for the loss benchmark (`bench loss`, issue 4): a sender that
+//! encodes a moving synthetic picture with its frame number stamped into it (OpenH264 via
+//! `media::codec::openh264`), packetises it as H.264 RTP (RFC 6184 single NAL units and
+//! FU-A) and sends it with a 50 packet/s audio stand-in, and a receiver that reassembles,
+//! decodes, reads the stamp back and compares every displayed picture with the
+//! regenerated source (luma PSNR).
+//!
+//! Two ways to carry the media, chosen per run:
+//! - [`Method::Huitong`]: video through Huitong's hop-by-hop protection (Reed-Solomon FEC
+//!   and NACK/RTX in the carrier of `sfu::protect`), audio with RED-style redundancy
+//!   ([`HUITONG_AUDIO_DEPTH`] earlier frames in each packet);
+//! - [`Method::NackOnly`]: what other SFUs and browsers do: str0m's own H.264 packetiser,
+//!   NACK/RTX, PLI, and for audio one earlier frame per packet (Opus in-band FEC).
+//!
+//! The encoder emits a single temporal layer (see `media::codec::openh264`): every frame
+//! is a reference, so all frames are marked temporal layer 0 (the protection then gives
+//! every frame the base layer's share).
+//!
+//! The terminals are sans-IO objects; [`run`] is the thin blocking shell that owns a UDP
+//! socket and the clock for one of them on its own thread.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use media::codec::openh264::{
+    H264Complexity, H264Decoder, H264Encoder, H264EncoderConfig, I420Frame,
+};
+use media::fec::RtpView;
+use media::recovery::{FecSizing, FrameMarking, ReceiverEvent, SenderEvent};
+use sfu::protect::{self, FramePacket, ProtectedRx, ProtectedTx};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+
+use crate::error::SimError;
+
+/// Frame interval at 30 fps.
+pub const FRAME_INTERVAL: Duration = Duration::from_nanos(1_000_000_000 / 30);
+/// Audio packet interval (50 packets/s).
+pub const AUDIO_INTERVAL: Duration = Duration::from_millis(20);
+/// Bytes of one 20 ms audio frame of the stand-in (24 kbit/s, a voice Opus rate).
+pub const AUDIO_FRAME_BYTES: usize = 60;
+/// Earlier audio frames repeated in each Huitong audio packet. The SFU forwards audio
+/// without repairing it hop by hop, so 50 % on the uplink and 50 % on the downlink are
+/// 75 % end to end: a frame is lost only if all 17 packets carrying it are,
+/// 0.75^17 ≈ 0.75 %.
+pub const HUITONG_AUDIO_DEPTH: usize = 16;
+/// What a browser sends: Opus in-band FEC carries the previous frame.
+pub const NACK_ONLY_AUDIO_DEPTH: usize = 1;
+/// Largest H.264 RTP payload we produce.
+const MAX_RTP_PAYLOAD: usize = 1_100;
+/// A decoded picture this far below its source is "corrupt" (issue 4).
+pub const CORRUPT_PSNR_DB: f64 = 30.0;
+/// Size of one stamp bit in pixels.
+const STAMP_CELL: usize = 32;
+const STAMP_BITS: usize = 20;
+
+/// How the media is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    Huitong,
+    NackOnly,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Huitong => "huitong",
+            Method::NackOnly => "nack_only",
+        }
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // `run` is the shell: the one place the terminals read the clock.
+fn clock() -> Instant {
+    Instant::now()
+}
+
+// ------------------------------------------------------------------ the picture
+
+/// The synthetic source: a textured background panning 4 px per frame, a bright square
+/// moving diagonally, and the frame number stamped as two rows of black/white cells
+/// (the bits and their complement, so a misread is detected rather than believed).
+#[derive(Debug, Clone)]
+pub struct TestPattern {
+    width: usize,
+    height: usize,
+    texture: Vec<u8>,
+}
+
+impl TestPattern {
+    pub fn new(width: usize, height: usize) -> Self {
+        let mut texture = vec![0u8; 128 * 128];
+        let mut x: u32 = 0x1234_5678;
+        for (i, t) in texture.iter_mut().enumerate() {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            // Smooth bands plus a little noise: compresses like camera content, not like noise.
+            let (r, c) = (i / 128, i % 128);
+            let band = ((r / 16 + c / 16) % 2) as u32 * 50 + (c as u32 * 40 / 128);
+            *t = (60 + band + (x % 12)) as u8;
+        }
+        TestPattern {
+            width: width & !1,
+            height: height & !1,
+            texture,
+        }
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// Source picture of frame `n`.
+    pub fn frame(&self, n: u64) -> I420Frame {
+        let (w, h) = (self.width, self.height);
+        let shift = (n as usize * 4) % 128;
+        let mut y = vec![0u8; w * h];
+        for row in 0..h {
+            let t = &self.texture[(row % 128) * 128..(row % 128 + 1) * 128];
+            let line = &mut y[row * w..(row + 1) * w];
+            for (x, px) in line.iter_mut().enumerate() {
+                *px = t[(x + shift) % 128];
+            }
+        }
+        let side = h / 6;
+        let (sx, sy) = (
+            (n as usize * 7) % (w - side),
+            (n as usize * 3) % (h - side - 3 * STAMP_CELL) + 3 * STAMP_CELL,
+        );
+        for row in sy..sy + side {
+            y[row * w + sx..row * w + sx + side].fill(220);
+        }
+        for bit in 0..STAMP_BITS {
+            let one = (n >> bit) & 1 == 1;
+            for (r, val) in [(0, one), (1, !one)] {
+                let v = if val { 235 } else { 16 };
+                for row in r * STAMP_CELL..(r + 1) * STAMP_CELL {
+                    let x0 = bit * STAMP_CELL;
+                    y[row * w + x0..row * w + x0 + STAMP_CELL].fill(v);
+                }
+            }
+        }
+        let (cw, ch) = (w / 2, h / 2);
+        let mut u = vec![0u8; cw * ch];
+        let mut v = vec![0u8; cw * ch];
+        for row in 0..ch {
+            for x in 0..cw {
+                u[row * cw + x] = (90 + x * 80 / cw) as u8;
+                v[row * cw + x] = (160 - row * 60 / ch) as u8;
+            }
+        }
+        // Sizes are even and the planes match them by construction.
+        I420Frame::from_planes(w, h, y, u, v).unwrap_or_else(|_| unreachable_frame())
+    }
+
+    /// The frame number stamped in a decoded picture, if both rows agree.
+    pub fn read_stamp(&self, pic: &I420Frame) -> Option<u64> {
+        if pic.width() < STAMP_BITS * STAMP_CELL || pic.height() < 2 * STAMP_CELL {
+            return None;
+        }
+        let w = pic.width();
+        let cell = |r: usize, bit: usize| -> bool {
+            // The centre of the cell: block edges blur under compression.
+            let (q, s) = (STAMP_CELL / 4, STAMP_CELL / 2);
+            let mut sum = 0u32;
+            for row in r * STAMP_CELL + q..r * STAMP_CELL + q + s {
+                let x0 = bit * STAMP_CELL + q;
+                sum += pic.y[row * w + x0..row * w + x0 + s]
+                    .iter()
+                    .map(|&p| u32::from(p))
+                    .sum::<u32>();
+            }
+            sum / (s * s) as u32 > 125
+        };
+        let mut n = 0u64;
+        for bit in 0..STAMP_BITS {
+            let (a, b) = (cell(0, bit), cell(1, bit));
+            if a == b {
+                return None;
+            }
+            n |= u64::from(a) << bit;
+        }
+        Some(n)
+    }
+}
+
+fn unreachable_frame() -> I420Frame {
+    // `from_planes` only fails on inconsistent sizes, which `frame` never builds.
+    I420Frame::filled(2, 2, [0, 128, 128]).unwrap_or_else(|_| std::process::abort())
+}
+
+// ------------------------------------------------------------------ H.264 RTP
+
+/// NAL units of an Annex-B access unit (without start codes).
+pub fn nal_units(au: &[u8]) -> Vec<&[u8]> {
+    let mut starts = vec![];
+    let mut i = 0;
+    while i + 3 <= au.len() {
+        if au[i] == 0 && au[i + 1] == 0 && au[i + 2] == 1 {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let mut out = vec![];
+    for (k, &s) in starts.iter().enumerate() {
+        let mut e = starts.get(k + 1).map_or(au.len(), |&n| n - 3);
+        // A four-byte start code leaves a zero at the end of the previous unit.
+        while e > s && au[e - 1] == 0 && k + 1 < starts.len() {
+            e -= 1;
+        }
+        if e > s {
+            out.push(&au[s..e]);
+        }
+    }
+    out
+}
+
+/// RTP payloads of one access unit: single NAL unit packets, FU-A for large units.
+pub fn packetize(au: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = vec![];
+    for nal in nal_units(au) {
+        if nal.len() <= MAX_RTP_PAYLOAD {
+            out.push(nal.to_vec());
+            continue;
+        }
+        let (hdr, body) = (nal[0], &nal[1..]);
+        let chunks: Vec<&[u8]> = body.chunks(MAX_RTP_PAYLOAD - 2).collect();
+        for (i, c) in chunks.iter().enumerate() {
+            let mut p = Vec::with_capacity(c.len() + 2);
+            p.push((hdr & 0xe0) | 28);
+            let mut fu = hdr & 0x1f;
+            if i == 0 {
+                fu |= 0x80;
+            }
+            if i + 1 == chunks.len() {
+                fu |= 0x40;
+            }
+            p.push(fu);
+            p.extend_from_slice(c);
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The Annex-B access unit from RTP payloads of one frame, in order.
+pub fn depacketize<'a>(payloads: impl IntoIterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
+    let mut au = vec![];
+    for p in payloads {
+        let t = *p.first()? & 0x1f;
+        match t {
+            1..=23 => {
+                au.extend_from_slice(&[0, 0, 0, 1]);
+                au.extend_from_slice(p);
+            }
+            28 => {
+                let fu = *p.get(1)?;
+                if fu & 0x80 != 0 {
+                    au.extend_from_slice(&[0, 0, 0, 1, (p[0] & 0xe0) | (fu & 0x1f)]);
+                }
+                au.extend_from_slice(p.get(2..)?);
+            }
+            _ => return None,
+        }
+    }
+    Some(au)
+}
+
+// ------------------------------------------------------------------ audio stand-in
+
+/// One audio frame's bytes: a function of its number, so the receiver can verify it.
+fn audio_frame(n: u64) -> [u8; AUDIO_FRAME_BYTES] {
+    let mut f = [0u8; AUDIO_FRAME_BYTES];
+    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for b in &mut f {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    f
+}
+
+/// Audio packet `n`: its number, then frames n, n−1, …, n−depth (RED-style).
+pub fn audio_packet(n: u64, depth: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(8 + (depth + 1) * AUDIO_FRAME_BYTES);
+    p.extend_from_slice(&n.to_be_bytes());
+    for k in 0..=depth as u64 {
+        if k > n {
+            break;
+        }
+        p.extend_from_slice(&audio_frame(n - k));
+    }
+    p
+}
+
+/// Frame numbers an audio packet carries intact.
+pub fn audio_frames_in(p: &[u8]) -> Vec<u64> {
+    let Some(n) = p
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+    else {
+        return vec![];
+    };
+    p[8..]
+        .chunks_exact(AUDIO_FRAME_BYTES)
+        .enumerate()
+        .filter_map(|(k, f)| {
+            let m = n.checked_sub(k as u64)?;
+            (f == audio_frame(m)).then_some(m)
+        })
+        .collect()
+}
+
+// ------------------------------------------------------------------ terminals
+
+fn rtc_config(method: Method) -> RtcConfig {
+    let mut cfg = RtcConfig::new()
+        .set_rtp_mode(method == Method::Huitong)
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_opus(true, false);
+    // At 50 % loss each way a connectivity check and its answer both arrive 1 time in 4
+    // (see `protected`).
+    cfg.set_max_stun_rto(Duration::from_secs(1));
+    cfg.set_max_stun_retransmits(30);
+    if method == Method::Huitong {
+        protect::add_tunnel_codec(cfg.codec_config());
+    }
+    cfg
+}
+
+/// Shared start of the media clock: frame `n` is captured at `epoch + n · FRAME_INTERVAL`.
+pub type Epoch = Arc<std::sync::OnceLock<Instant>>;
+
+/// What a terminal reports when its thread ends.
+pub trait Terminal: Send {
+    fn rtc(&mut self) -> &mut Rtc;
+    /// An event the `Rtc` emitted.
+    fn on_event(&mut self, now: Instant, ev: Event);
+    /// Work due at `now` (frames to send, recovery timers); returns when next due.
+    fn tick(&mut self, now: Instant) -> Option<Instant>;
+    /// Queues one more message in the `Rtc` after it drained; true if it did.
+    fn queue_more(&mut self) -> bool {
+        false
+    }
+    /// Bytes this terminal's socket sent.
+    fn count_sent(&mut self, bytes: usize);
+}
+
+/// Drives `t` on a blocking socket until `stop`. The socket must be bound at `t`'s local
+/// candidate address.
+pub fn run<T: Terminal>(t: &mut T, socket: &UdpSocket, stop: &AtomicBool) -> Result<(), SimError> {
+    let local = socket.local_addr()?;
+    let mut buf = vec![0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        let now = clock();
+        let due = t.tick(now);
+        let _ = t.rtc().handle_input(Input::Timeout(now));
+        let rtc_due = drain(t, socket, now)?;
+        let next = due.map_or(rtc_due, |d| d.min(rtc_due));
+        let wait = next
+            .saturating_duration_since(clock())
+            .clamp(Duration::from_micros(200), Duration::from_millis(20));
+        socket.set_read_timeout(Some(wait))?;
+        // Everything waiting is read before the next tick; str0m's output is drained
+        // after each datagram (in RTP mode an undrained packet event is overwritten by
+        // the next one: the first version of this loop lost most carrier packets so).
+        let mut first = true;
+        loop {
+            let r = socket.recv_from(&mut buf);
+            let Ok((n, from)) = r else { break };
+            let now = clock();
+            if let Ok(contents) = buf[..n].try_into() {
+                let _ = t.rtc().handle_input(Input::Receive(
+                    now,
+                    Receive {
+                        proto: Protocol::Udp,
+                        source: from,
+                        destination: local,
+                        contents,
+                    },
+                ));
+                drain(t, socket, now)?;
+            }
+            if first {
+                socket.set_nonblocking(true)?;
+                first = false;
+            }
+        }
+        socket.set_nonblocking(false)?;
+    }
+    Ok(())
+}
+
+/// Sends what the `Rtc` has queued and hands its events to the terminal; returns when
+/// the `Rtc` next wants a timeout.
+fn drain<T: Terminal>(t: &mut T, socket: &UdpSocket, now: Instant) -> Result<Instant, SimError> {
+    loop {
+        match t.rtc().poll_output()? {
+            Output::Transmit(tr) => {
+                t.count_sent(tr.contents.len());
+                let _ = socket.send_to(&tr.contents, tr.destination);
+            }
+            Output::Event(e) => t.on_event(now, e),
+            Output::Timeout(at) => {
+                if !t.queue_more() {
+                    return Ok(at);
+                }
+            }
+        }
+    }
+}
+
+/// Encoder settings per picture height: the bitrate a conferencing terminal would use.
+pub fn encoder_config(height: usize) -> H264EncoderConfig {
+    H264EncoderConfig {
+        bitrate_bps: if height >= 1080 { 4_000_000 } else { 2_000_000 },
+        fps: 30.0,
+        intra_period: 0,
+        // A skipped frame would read as a lost one at the receiver.
+        allow_frame_skip: false,
+        threads: 1,
+        complexity: H264Complexity::Low,
+        scene_change_detect: false,
+        adaptive_quant: false,
+        background_detection: false,
+    }
+}
+
+/// The sending terminal.
+pub struct LossSender {
+    pub rtc: Rtc,
+    pub method: Method,
+    epoch: Epoch,
+    pattern: TestPattern,
+    encoder: H264Encoder,
+    video_mid: Option<Mid>,
+    audio_mid: Option<Mid>,
+    video_pt: Option<Pt>,
+    audio_pt: Option<Pt>,
+    carrier: Option<Pt>,
+    tx: Option<ProtectedTx>,
+    pending: Option<SdpPendingOffer>,
+    next_frame: u64,
+    next_audio: u64,
+    audio_seq: u16,
+    tl0_idx: u8,
+    force_key: bool,
+    last_key: Option<Instant>,
+    connected: bool,
+    /// Bytes the socket sent (everything: media, repair, RTX, RTCP, ICE, DTLS).
+    pub bytes_sent: u64,
+    /// Media bytes: encoded H.264 access units plus one copy of each audio frame.
+    pub media_bytes: u64,
+    pub frames_sent: u64,
+    pub keyframes_sent: u64,
+    pub keyframe_requests: u64,
+    /// Time spent encoding (includes generating the source picture).
+    pub encode_time: Duration,
+}
+
+impl LossSender {
+    pub fn new(
+        now: Instant,
+        addr: SocketAddr,
+        method: Method,
+        width: usize,
+        height: usize,
+        epoch: Epoch,
+    ) -> Result<Self, SimError> {
+        let mut rtc = rtc_config(method).build(now);
+        rtc.add_local_candidate(
+            Candidate::host(addr, "udp").map_err(|e| SimError::Protocol(e.to_string()))?,
+        );
+        let encoder = H264Encoder::new(encoder_config(height))
+            .map_err(|e| SimError::Protocol(e.to_string()))?;
+        Ok(LossSender {
+            rtc,
+            method,
+            epoch,
+            pattern: TestPattern::new(width, height),
+            encoder,
+            video_mid: None,
+            audio_mid: None,
+            video_pt: None,
+            audio_pt: None,
+            carrier: None,
+            tx: None,
+            pending: None,
+            next_frame: 0,
+            next_audio: 0,
+            audio_seq: 1,
+            tl0_idx: 0,
+            force_key: true,
+            last_key: None,
+            connected: false,
+            bytes_sent: 0,
+            media_bytes: 0,
+            frames_sent: 0,
+            keyframes_sent: 0,
+            keyframe_requests: 0,
+            encode_time: Duration::ZERO,
+        })
+    }
+
+    /// The publish offer (audio then video, send-only) and the two mids.
+    pub fn offer(&mut self) -> Result<(String, Mid, Mid), SimError> {
+        let mut api = self.rtc.sdp_api();
+        let a = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        let v = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| SimError::Protocol("nothing to offer".into()))?;
+        self.pending = Some(pending);
+        self.audio_mid = Some(a);
+        self.video_mid = Some(v);
+        Ok((offer.to_sdp_string(), a, v))
+    }
+
+    pub fn accept_answer(&mut self, sdp: &str) -> Result<(), SimError> {
+        let pending = self
+            .pending
+            .take()
+            .ok_or_else(|| SimError::Protocol("no offer".into()))?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, SdpAnswer::from_sdp_string(sdp)?)?;
+        let params = self.rtc.codec_config().params().to_vec();
+        self.video_pt = params
+            .iter()
+            .find(|p| {
+                p.spec().codec == Codec::H264 && p.spec().format.packetization_mode == Some(1)
+            })
+            .map(|p| p.pt());
+        self.audio_pt = params
+            .iter()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .map(|p| p.pt());
+        if self.method == Method::Huitong {
+            let mid = self.video_mid.ok_or(SimError::Closed)?;
+            let media = self
+                .rtc
+                .media(mid)
+                .ok_or_else(|| SimError::Protocol("m-line gone".into()))?;
+            self.carrier = protect::carrier_pt(&params, media.remote_pts());
+            if self.carrier.is_none() {
+                return Err(SimError::Protocol("answer without the carrier".into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn send_frame(&mut self, now: Instant) -> Result<(), SimError> {
+        let n = self.next_frame;
+        self.next_frame += 1;
+        // A keyframe per request, at most one per 200 ms: copies of one request arrive together.
+        if self.force_key
+            && self
+                .last_key
+                .is_none_or(|t| now >= t + Duration::from_millis(200))
+        {
+            self.encoder.force_keyframe();
+            self.last_key = Some(now);
+            self.force_key = false;
+        }
+        let t0 = clock();
+        let src = self.pattern.frame(n);
+        let pic = self
+            .encoder
+            .encode(&src)
+            .map_err(|e| SimError::Protocol(e.to_string()))?;
+        self.encode_time += clock().saturating_duration_since(t0);
+        let Some(pic) = pic else { return Ok(()) };
+        let now = clock();
+        self.media_bytes += pic.data.len() as u64;
+        self.frames_sent += 1;
+        self.keyframes_sent += u64::from(pic.keyframe);
+        let (Some(mid), Some(pt)) = (self.video_mid, self.video_pt) else {
+            return Ok(());
+        };
+        let ts = (n as u32).wrapping_mul(3_000);
+        match self.method {
+            Method::NackOnly => {
+                if let Some(w) = self.rtc.writer(mid) {
+                    w.write(
+                        pt,
+                        now,
+                        MediaTime::new(u64::from(ts), Frequency::NINETY_KHZ),
+                        pic.data,
+                    )?;
+                }
+            }
+            Method::Huitong => {
+                let carrier = self.carrier.ok_or(SimError::Closed)?;
+                if self.tx.is_none() {
+                    let ssrc = self
+                        .rtc
+                        .direct_api()
+                        .stream_tx_by_mid(mid, None)
+                        .map(|s| *s.ssrc())
+                        .ok_or_else(|| SimError::Protocol("no send stream".into()))?;
+                    let rtx = protect::rtx_pt_for(self.rtc.codec_config().params(), *pt);
+                    self.tx = Some(
+                        ProtectedTx::new(ssrc, *pt, rtx, FecSizing::Hybrid, (ssrc as u16) & 0x7fff)
+                            .map_err(|e| SimError::Protocol(e.to_string()))?,
+                    );
+                }
+                self.tl0_idx = self.tl0_idx.wrapping_add(1);
+                let Some(tx) = &mut self.tx else {
+                    return Ok(());
+                };
+                let payloads = packetize(&pic.data);
+                let count = payloads.len();
+                for (i, payload) in payloads.iter().enumerate() {
+                    let marking = FrameMarking {
+                        start: i == 0,
+                        end: i + 1 == count,
+                        independent: pic.keyframe,
+                        discardable: false,
+                        base_sync: false,
+                        tid: 0,
+                        lid: 0,
+                        tl0_pic_idx: self.tl0_idx,
+                    };
+                    let fp = FramePacket {
+                        timestamp: ts,
+                        marker: i + 1 == count,
+                        marking,
+                        payload,
+                    };
+                    tx.push_packet(now, &fp)
+                        .map_err(|e| SimError::Protocol(e.to_string()))?;
+                }
+                tx.flush_into(&mut self.rtc, mid, carrier, now);
+            }
+        }
+        Ok(())
+    }
+
+    fn send_audio(&mut self, now: Instant) -> Result<(), SimError> {
+        let n = self.next_audio;
+        self.next_audio += 1;
+        let (Some(mid), Some(pt)) = (self.audio_mid, self.audio_pt) else {
+            return Ok(());
+        };
+        self.media_bytes += AUDIO_FRAME_BYTES as u64;
+        let ts = (n as u32).wrapping_mul(960);
+        match self.method {
+            Method::NackOnly => {
+                if let Some(w) = self.rtc.writer(mid) {
+                    w.write(
+                        pt,
+                        now,
+                        MediaTime::new(u64::from(ts), Frequency::FORTY_EIGHT_KHZ),
+                        audio_packet(n, NACK_ONLY_AUDIO_DEPTH),
+                    )?;
+                }
+            }
+            Method::Huitong => {
+                let seq = self.audio_seq;
+                self.audio_seq = self.audio_seq.wrapping_add(1);
+                if let Some(s) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
+                    let p = audio_packet(n, HUITONG_AUDIO_DEPTH);
+                    s.write_rtp(
+                        RtpWrite::new(pt, u64::from(seq).into(), ts, now, p).nackable(false),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Terminal for LossSender {
+    fn rtc(&mut self) -> &mut Rtc {
+        &mut self.rtc
+    }
+
+    fn on_event(&mut self, now: Instant, ev: Event) {
+        match ev {
+            Event::Connected => self.connected = true,
+            Event::KeyframeRequest(_) => {
+                self.keyframe_requests += 1;
+                self.force_key = true;
+            }
+            Event::AppSpecificFeedback(f) => {
+                if let (Some(tx), Some(mid), Some(pt)) =
+                    (&mut self.tx, self.video_mid, self.carrier)
+                {
+                    if tx.media_ssrc == *f.media_ssrc {
+                        tx.handle_feedback(now, &f.payload);
+                        while let Some(ev) = tx.poll_event() {
+                            if ev == SenderEvent::KeyframeRequested {
+                                self.keyframe_requests += 1;
+                                self.force_key = true;
+                            }
+                        }
+                        tx.flush_into(&mut self.rtc, mid, pt, now);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn tick(&mut self, now: Instant) -> Option<Instant> {
+        if let (Some(tx), Some(mid), Some(pt)) = (&mut self.tx, self.video_mid, self.carrier) {
+            if tx.poll_timeout().is_some_and(|t| t <= now) {
+                tx.handle_timeout(now);
+                tx.flush_into(&mut self.rtc, mid, pt, now);
+            }
+        }
+        if !self.connected {
+            return None;
+        }
+        let epoch = *self.epoch.get_or_init(|| now);
+        let frame_at = |n: u64| epoch + FRAME_INTERVAL * n as u32;
+        let audio_at = |n: u64| epoch + AUDIO_INTERVAL * n as u32;
+        while audio_at(self.next_audio) <= now {
+            if let Err(e) = self.send_audio(now) {
+                tracing::warn!(error = %e, "audio send failed");
+            }
+        }
+        // A frame late by more than one interval (the encoder fell behind) is still
+        // encoded: the receiver measures what that costs.
+        if frame_at(self.next_frame) <= now {
+            if let Err(e) = self.send_frame(now) {
+                tracing::warn!(error = %e, "video send failed");
+            }
+        }
+        let mut next = frame_at(self.next_frame).min(audio_at(self.next_audio));
+        if let Some(t) = self.tx.as_ref().and_then(ProtectedTx::poll_timeout) {
+            next = next.min(t);
+        }
+        Some(next)
+    }
+
+    fn count_sent(&mut self, bytes: usize) {
+        self.bytes_sent += bytes as u64;
+    }
+}
+
+/// One displayed picture.
+#[derive(Debug, Clone, Copy)]
+pub struct Shown {
+    pub frame: u64,
+    pub at: Instant,
+    pub psnr: f64,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// The receiving terminal.
+pub struct LossReceiver {
+    pub rtc: Rtc,
+    pub method: Method,
+    pattern: TestPattern,
+    decoder: H264Decoder,
+    rx: Option<ProtectedRx>,
+    /// No picture is decodable until a keyframe (start, or after a gap in the chain).
+    need_key: bool,
+    last_pli: Option<Instant>,
+    /// Every picture the decoder produced.
+    pub shown: Vec<Shown>,
+    /// Decoder errors and pictures whose stamp could not be read.
+    pub decode_errors: u64,
+    /// Frames the recovery skipped (never decoded).
+    pub skipped: u64,
+    /// Complete frames handed to the terminal, and how many it gave the decoder.
+    pub frames_in: u64,
+    /// Skips by reason.
+    pub skip_reasons: HashMap<String, u64>,
+    pub frames_decoded: u64,
+    /// Audio frames recovered, by number.
+    pub audio: HashSet<u64>,
+    /// Highest audio packet number seen.
+    pub audio_newest: Option<u64>,
+    /// Regenerated source pictures of recently shown frame numbers.
+    sources: HashMap<u64, I420Frame>,
+}
+
+impl LossReceiver {
+    pub fn new(
+        now: Instant,
+        addr: SocketAddr,
+        method: Method,
+        width: usize,
+        height: usize,
+    ) -> Result<Self, SimError> {
+        let mut rtc = rtc_config(method).build(now);
+        rtc.add_local_candidate(
+            Candidate::host(addr, "udp").map_err(|e| SimError::Protocol(e.to_string()))?,
+        );
+        Ok(LossReceiver {
+            rtc,
+            method,
+            pattern: TestPattern::new(width, height),
+            decoder: H264Decoder::new().map_err(|e| SimError::Protocol(e.to_string()))?,
+            rx: None,
+            need_key: true,
+            last_pli: None,
+            shown: vec![],
+            decode_errors: 0,
+            skipped: 0,
+            frames_in: 0,
+            skip_reasons: HashMap::new(),
+            frames_decoded: 0,
+            audio: HashSet::new(),
+            audio_newest: None,
+            sources: HashMap::new(),
+        })
+    }
+
+    /// The recovery loop's counters (Huitong method).
+    pub fn recovery_stats(&self) -> Option<media::recovery::ReceiverStats> {
+        self.rx.as_ref().map(ProtectedRx::stats)
+    }
+
+    /// Answers the SFU's subscribe offer.
+    pub fn accept_offer(&mut self, sdp: &str) -> Result<String, SimError> {
+        let answer = self
+            .rtc
+            .sdp_api()
+            .accept_offer(SdpOffer::from_sdp_string(sdp)?)?;
+        Ok(answer.to_sdp_string())
+    }
+
+    fn on_audio(&mut self, payload: &[u8]) {
+        let frames = audio_frames_in(payload);
+        if let Some(&n) = frames.first() {
+            self.audio_newest = Some(self.audio_newest.map_or(n, |m| m.max(n)));
+        }
+        self.audio.extend(frames);
+    }
+
+    /// One complete access unit, or `None` for a frame known lost.
+    fn on_frame(&mut self, now: Instant, au: Option<Vec<u8>>, keyframe: bool) {
+        let Some(au) = au else {
+            self.need_key = true;
+            return;
+        };
+        self.frames_in += 1;
+        if self.need_key && !keyframe {
+            return;
+        }
+        self.frames_decoded += 1;
+        match self.decoder.decode(&au) {
+            Ok(Some(pic)) => {
+                self.need_key = false;
+                let shown_at = clock();
+                let _ = now;
+                let Some(n) = self.pattern.read_stamp(&pic) else {
+                    self.decode_errors += 1;
+                    return;
+                };
+                let src = self
+                    .sources
+                    .entry(n)
+                    .or_insert_with(|| self.pattern.frame(n));
+                let psnr = src.psnr_y(&pic).unwrap_or(0.0);
+                if self.sources.len() > 8 {
+                    self.sources.clear();
+                }
+                self.shown.push(Shown {
+                    frame: n,
+                    at: shown_at,
+                    psnr,
+                    width: pic.width(),
+                    height: pic.height(),
+                });
+            }
+            Ok(None) => {}
+            Err(_) => {
+                self.decode_errors += 1;
+                self.need_key = true;
+            }
+        }
+    }
+
+    fn request_keyframe(&mut self, now: Instant, mid: Mid) {
+        if self
+            .last_pli
+            .is_some_and(|t| now < t + Duration::from_millis(200))
+        {
+            return;
+        }
+        self.last_pli = Some(now);
+        if let Some(mut w) = self.rtc.writer(mid) {
+            let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
+        }
+    }
+
+    fn pump(&mut self, now: Instant) {
+        let mut frames = vec![];
+        if let Some(rx) = &mut self.rx {
+            while let Some(ev) = rx.poll_event() {
+                match ev {
+                    ReceiverEvent::Frame(f) => {
+                        let payloads: Vec<Vec<u8>> = f
+                            .packets
+                            .iter()
+                            .filter_map(|p| {
+                                let v = RtpView::parse(p).ok()?;
+                                p.get(v.payload_start..v.payload_end).map(<[u8]>::to_vec)
+                            })
+                            .collect();
+                        let au = (payloads.len() == f.packets.len())
+                            .then(|| depacketize(payloads.iter().map(Vec::as_slice)))
+                            .flatten();
+                        frames.push((au, f.keyframe));
+                    }
+                    ReceiverEvent::Skipped(sk) => {
+                        self.skipped += 1;
+                        *self
+                            .skip_reasons
+                            .entry(format!("{:?}", sk.reason))
+                            .or_default() += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (au, key) in frames {
+            // An undecodable delivery is an error of ours, not a skip: count it.
+            if au.is_none() {
+                self.decode_errors += 1;
+            }
+            self.on_frame(now, au, key);
+        }
+    }
+}
+
+impl Terminal for LossReceiver {
+    fn rtc(&mut self) -> &mut Rtc {
+        &mut self.rtc
+    }
+
+    fn on_event(&mut self, now: Instant, ev: Event) {
+        match ev {
+            Event::MediaData(d) => match d.params.spec().codec {
+                Codec::Opus => self.on_audio(&d.data),
+                Codec::H264 => {
+                    if !d.contiguous {
+                        // A frame before this one never came: the chain is broken.
+                        self.need_key = true;
+                    }
+                    let key = d.is_keyframe();
+                    self.on_frame(now, Some(d.data.to_vec()), key);
+                    if self.need_key {
+                        self.request_keyframe(now, d.mid);
+                    }
+                }
+                _ => {}
+            },
+            Event::RtpPacket(p) => {
+                let params = self.rtc.codec_config().params().to_vec();
+                let Some(pp) = params.iter().find(|c| c.pt() == p.header.payload_type) else {
+                    return;
+                };
+                if pp.spec().codec == Codec::Opus {
+                    self.on_audio(&p.payload);
+                    return;
+                }
+                if !protect::is_carrier(pp) {
+                    return;
+                }
+                let ssrc = *p.header.ssrc;
+                if self.rx.is_none() {
+                    // The recovery loop asks for what it needs (see `protected`).
+                    if let Some(s) = self.rtc.direct_api().stream_rx(&p.header.ssrc) {
+                        s.suppress_nack(true);
+                    }
+                }
+                let rx = self.rx.get_or_insert_with(|| {
+                    ProtectedRx::new(ssrc, ssrc ^ 0x5355_4253, protect::HOP_PLAYOUT_DELAY * 2)
+                });
+                rx.handle_carried(now, &p.payload, &params);
+                self.pump(now);
+            }
+            _ => {}
+        }
+    }
+
+    fn tick(&mut self, now: Instant) -> Option<Instant> {
+        let due = self.rx.as_ref().and_then(ProtectedRx::poll_timeout);
+        if due.is_some_and(|t| t <= now) {
+            if let Some(rx) = &mut self.rx {
+                rx.handle_timeout(now);
+            }
+            self.pump(now);
+        }
+        self.rx.as_ref().and_then(ProtectedRx::poll_timeout)
+    }
+
+    fn queue_more(&mut self) -> bool {
+        let Some(rx) = &mut self.rx else { return false };
+        let Some(fb) = rx.poll_feedback() else {
+            return false;
+        };
+        let (own, media) = (rx.receiver_ssrc(), rx.media_ssrc);
+        protect::send_feedback(&mut self.rtc, own, media, fb);
+        true
+    }
+
+    fn count_sent(&mut self, _bytes: usize) {}
+}
+
+/// Figures of one run, as issue 4 asks for them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Figures {
+    pub width: usize,
+    pub height: usize,
+    pub fps_avg: f64,
+    pub fps_worst_1s: u64,
+    pub corrupt_frames: u64,
+    pub freeze_ms: u64,
+    pub p95_latency_ms: f64,
+    pub audio_residual_loss: f64,
+}
+
+/// Figures over the window `[from, to)` of display time; frame `n` was captured at
+/// `epoch + n · FRAME_INTERVAL`, audio frame `m` at `epoch + m · AUDIO_INTERVAL`.
+pub fn figures(rx: &LossReceiver, epoch: Instant, from: Instant, to: Instant) -> Figures {
+    let shown: Vec<&Shown> = rx
+        .shown
+        .iter()
+        .filter(|s| s.at >= from && s.at < to)
+        .collect();
+    let secs = to.saturating_duration_since(from).as_secs_f64().max(1e-9);
+    let good: Vec<&&Shown> = shown.iter().filter(|s| s.psnr >= CORRUPT_PSNR_DB).collect();
+    let corrupt = (shown.len() - good.len()) as u64 + rx.decode_errors;
+    let buckets = secs.floor().max(1.0) as usize;
+    let mut per_s = vec![0u64; buckets];
+    for s in &good {
+        let i = s.at.saturating_duration_since(from).as_secs() as usize;
+        if let Some(b) = per_s.get_mut(i) {
+            *b += 1;
+        }
+    }
+    let mut freeze = Duration::ZERO;
+    let mut last = from;
+    for s in good.iter().map(|s| s.at).chain([to]) {
+        let gap = s.saturating_duration_since(last);
+        if gap > Duration::from_millis(200) {
+            freeze += gap;
+        }
+        last = s;
+    }
+    let mut lat: Vec<f64> = good
+        .iter()
+        .map(|s| {
+            let cap = epoch + FRAME_INTERVAL * s.frame as u32;
+            s.at.saturating_duration_since(cap).as_secs_f64() * 1e3
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let p95 = lat
+        .get(((lat.len() as f64 * 0.95).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or(f64::NAN);
+    let (width, height) = good
+        .iter()
+        .map(|s| (s.width, s.height))
+        .min_by_key(|&(w, h)| w * h)
+        .unwrap_or((0, 0));
+    // Audio frames captured in the window, with a margin for the last ones in flight.
+    let a0 = (from.saturating_duration_since(epoch).as_millis() / 20) as u64;
+    let a1 = (to.saturating_duration_since(epoch).as_millis() / 20) as u64;
+    let a1 = a1.saturating_sub(25).max(a0);
+    let expected = a1 - a0;
+    let got = (a0..a1).filter(|m| rx.audio.contains(m)).count() as u64;
+    Figures {
+        width,
+        height,
+        fps_avg: good.len() as f64 / secs,
+        fps_worst_1s: per_s.iter().copied().min().unwrap_or(0),
+        corrupt_frames: corrupt,
+        freeze_ms: freeze.as_millis() as u64,
+        p95_latency_ms: p95,
+        audio_residual_loss: if expected == 0 {
+            f64::NAN
+        } else {
+            1.0 - got as f64 / expected as f64
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamp_survives_encoding_and_packetisation() {
+        let pat = TestPattern::new(640, 360);
+        let mut enc = H264Encoder::new(encoder_config(360)).unwrap();
+        let mut dec = H264Decoder::new().unwrap();
+        for n in [0u64, 1, 2, 77_777, 77_778] {
+            let src = pat.frame(n);
+            assert_eq!(pat.read_stamp(&src), Some(n));
+            let pic = enc.encode(&src).unwrap().unwrap();
+            let pkts = packetize(&pic.data);
+            assert!(pkts.iter().all(|p| p.len() <= MAX_RTP_PAYLOAD));
+            let au = depacketize(pkts.iter().map(Vec::as_slice)).unwrap();
+            let out = dec.decode(&au).unwrap().unwrap();
+            assert_eq!(pat.read_stamp(&out), Some(n));
+            assert!(src.psnr_y(&out).unwrap() > 32.0);
+        }
+        // A different frame's source is far from this picture: PSNR detects a wrong frame.
+        let other = pat.frame(40);
+        assert!(pat.frame(3).psnr_y(&other).unwrap() < CORRUPT_PSNR_DB);
+    }
+
+    #[test]
+    fn audio_redundancy_round_trip() {
+        let p = audio_packet(10, 3);
+        assert_eq!(audio_frames_in(&p), vec![10, 9, 8, 7]);
+        let mut bad = p.clone();
+        bad[8 + AUDIO_FRAME_BYTES + 1] ^= 1;
+        assert_eq!(audio_frames_in(&bad), vec![10, 8, 7]);
+        assert_eq!(audio_frames_in(&audio_packet(1, 3)), vec![1, 0]);
+    }
+}
