@@ -440,6 +440,7 @@ pub fn encoder_config(height: usize) -> H264EncoderConfig {
         scene_change_detect: false,
         adaptive_quant: false,
         background_detection: false,
+        ..H264EncoderConfig::default()
     }
 }
 
