@@ -200,12 +200,14 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
             kind: MediaKind::Audio,
             source: TrackSource::Mic,
             label: None,
+            audience: None,
         },
         TrackDecl {
             mid: vmid.to_string(),
             kind: MediaKind::Video,
             source: TrackSource::Camera,
             label: None,
+            audience: None,
         },
     ];
     let answer = sfu.publish(pp, offer, decls).await?;
