@@ -108,6 +108,8 @@ type PeerKey = u32;
 const TICK: Duration = Duration::from_millis(100);
 const ALLOC_EVERY: Duration = Duration::from_millis(500);
 const RATE_WINDOW: Duration = Duration::from_secs(1);
+/// Due timeouts a drain handles inline before leaving the rest to the shell (see `drain_peer`).
+const MAX_INLINE_TIMEOUTS: usize = 256;
 
 struct Peer {
     rtc: Rtc,
@@ -653,7 +655,7 @@ impl Sfu {
     /// Polls one peer until it has nothing more, queueing transmits and events.
     fn drain(&mut self, key: PeerKey) {
         if let Some(peer) = self.peers.get_mut(&key) {
-            drain_peer(peer, key, &mut self.out, &mut self.deferred);
+            drain_peer(peer, key, self.last_now, &mut self.out, &mut self.deferred);
         }
     }
 
@@ -663,7 +665,7 @@ impl Sfu {
             for key in std::mem::take(&mut self.dirty) {
                 if let Some(peer) = self.peers.get_mut(&key) {
                     peer.dirty = false;
-                    drain_peer(peer, key, &mut self.out, &mut self.deferred);
+                    drain_peer(peer, key, self.last_now, &mut self.out, &mut self.deferred);
                 }
             }
             self.run_deferred(self.last_now);
@@ -1177,7 +1179,7 @@ impl Sfu {
                 }
                 tx.flush_into(&mut speer.rtc, mid, down.pt, now);
                 self.counters.rtp_forwarded += 1;
-                drain_peer(speer, skey, &mut self.out, &mut self.deferred);
+                drain_peer(speer, skey, now, &mut self.out, &mut self.deferred);
                 continue;
             }
             let mut w = RtpWrite::new(out_pt.into(), o.seq.into(), o.ts, inp.arrival, pkt.payload.clone())
@@ -1282,7 +1284,7 @@ impl Sfu {
             }
             if let Some(speer) = self.peers.get_mut(&skey) {
                 tx.flush_into(&mut speer.rtc, mid, down.pt, now);
-                drain_peer(speer, skey, &mut self.out, &mut self.deferred);
+                drain_peer(speer, skey, now, &mut self.out, &mut self.deferred);
             }
         }
         for (tid, l) in wanted {
@@ -1324,7 +1326,7 @@ impl Sfu {
                 tx.handle_timeout(now);
                 if let Some(speer) = self.peers.get_mut(&skey) {
                     tx.flush_into(&mut speer.rtc, mid, down.pt, now);
-                    drain_peer(speer, skey, &mut self.out, &mut self.deferred);
+                    drain_peer(speer, skey, now, &mut self.out, &mut self.deferred);
                 }
             }
         }
@@ -1528,13 +1530,27 @@ fn ceiling_for(pref: &Preference, t: &Track, simulcast: bool) -> Option<Layer> {
     Some(by_quality.min(by_size))
 }
 
-/// Polls one peer until it has nothing more, queueing transmits and events.
-fn drain_peer(peer: &mut Peer, key: PeerKey, out: &mut VecDeque<Output>, deferred: &mut VecDeque<(PeerKey, Event)>) {
+/// Polls one peer until it has nothing more for now, queueing transmits and events.
+///
+/// With BWE on, str0m's pacer releases one packet per timeout and then asks to be woken at
+/// once. Such due timeouts are handled here, inside the same drain, so every packet queued
+/// on a subscriber leaves in this batch: otherwise each one costs a trip through the
+/// shell's loop, a scan of all peers and a `sendmmsg` of its own.
+fn drain_peer(peer: &mut Peer, key: PeerKey, now: Instant, out: &mut VecDeque<Output>, deferred: &mut VecDeque<(PeerKey, Event)>) {
+    let mut rounds = 0;
     loop {
         match peer.rtc.poll_output() {
             Ok(str0m::Output::Timeout(t)) => {
                 peer.timeout = t;
-                break;
+                // Bounded: a timer str0m keeps due without progress is left to the shell.
+                if t > now || rounds == MAX_INLINE_TIMEOUTS {
+                    break;
+                }
+                rounds += 1;
+                if let Err(e) = peer.rtc.handle_input(str0m::Input::Timeout(now)) {
+                    tracing::debug!(participant = peer.participant.0, error = %e, "peer timeout failed");
+                    break;
+                }
             }
             Ok(str0m::Output::Transmit(t)) => out.push_back(Output::Transmit(Transmit {
                 source: t.source,
