@@ -236,6 +236,7 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
     // Later events (quality reports, speaker changes) are not needed.
     tokio::spawn(async move { while events.recv().await.is_some() {} });
 
+    let receiver_up = receiver.connected.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let st = stop.clone();
     let s_thread = std::thread::Builder::new()
@@ -263,10 +264,19 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
+    // Loss is on media, not on call set-up: the receiver's ICE/DTLS must be up first too
+    // (under 50 % loss a handshake can take longer than the whole window).
+    while !receiver_up.load(Ordering::Relaxed) {
+        if now() > t0 + Duration::from_secs(15) {
+            stop.store(true, Ordering::Relaxed);
+            bail!("{scenario}/{}: the receiver never connected", method.name());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let lossy = |i| link(seed * 16 + 8 + i, loss);
     up.set_config(lossy(0), lossy(1));
     down.set_config(lossy(3), lossy(2));
-    let from = start + Duration::from_secs(o.warmup);
+    let from = start.max(now()) + Duration::from_secs(o.warmup);
     let to = from + Duration::from_secs(o.seconds);
     // Frames captured just before `to` may still be in recovery: let them land.
     tokio::time::sleep_until((to + Duration::from_millis(600)).into()).await;

@@ -12,9 +12,12 @@
 //! - [`Method::NackOnly`]: what other SFUs and browsers do: str0m's own H.264 packetiser,
 //!   NACK/RTX, PLI, and for audio one earlier frame per packet (Opus in-band FEC).
 //!
-//! The encoder emits a single temporal layer (see `media::codec::openh264`): every frame
-//! is a reference, so all frames are marked temporal layer 0 (the protection then gives
-//! every frame the base layer's share).
+//! Each frame's temporal layer goes into the frame marking ([`TEMPORAL_LAYERS`] of them),
+//! so the protection can weigh layers and a receiver that loses a top-layer frame loses
+//! only that frame. The terminals send one layer for now: with three (T0 T2 T1 T2 …),
+//! random50 fell from 26 to 5.8 fps, because the layered FEC sizing leaves upper-layer
+//! frames short of repair and too many base frames miss the deadline with them; see
+//! `docs/benchmarks.md`.
 //!
 //! The terminals are sans-IO objects; [`run`] is the thin blocking shell that owns a UDP
 //! socket and the clock for one of them on its own thread.
@@ -440,9 +443,13 @@ pub fn encoder_config(height: usize) -> H264EncoderConfig {
         scene_change_detect: false,
         adaptive_quant: false,
         background_detection: false,
+        temporal_layers: TEMPORAL_LAYERS,
         ..H264EncoderConfig::default()
     }
 }
+
+/// Temporal layers of the sent video (the encoder does 1..=4; why 1: module docs).
+pub const TEMPORAL_LAYERS: u8 = 1;
 
 /// The sending terminal.
 pub struct LossSender {
@@ -622,7 +629,12 @@ impl LossSender {
                             .map_err(|e| SimError::Protocol(e.to_string()))?,
                     );
                 }
-                self.tl0_idx = self.tl0_idx.wrapping_add(1);
+                // TL0PICIDX counts base-layer frames; upper-layer frames carry the index
+                // of the base frame they build on.
+                if pic.temporal_id == 0 {
+                    self.tl0_idx = self.tl0_idx.wrapping_add(1);
+                }
+                let top = pic.temporal_id + 1 == TEMPORAL_LAYERS;
                 let Some(tx) = &mut self.tx else {
                     return Ok(());
                 };
@@ -633,9 +645,11 @@ impl LossSender {
                         start: i == 0,
                         end: i + 1 == count,
                         independent: pic.keyframe,
-                        discardable: false,
-                        base_sync: false,
-                        tid: 0,
+                        // Nothing references the top layer.
+                        discardable: top && TEMPORAL_LAYERS > 1,
+                        // T1 predicts from T0 only.
+                        base_sync: pic.temporal_id == 1,
+                        tid: pic.temporal_id,
                         lid: 0,
                         tl0_pic_idx: self.tl0_idx,
                     };
@@ -794,6 +808,8 @@ pub struct LossReceiver {
     pub audio_newest: Option<u64>,
     /// Regenerated source pictures of recently shown frame numbers.
     sources: HashMap<u64, I420Frame>,
+    /// Set once ICE and DTLS are up; shared so the shell's owner can wait for it.
+    pub connected: Arc<AtomicBool>,
 }
 
 impl LossReceiver {
@@ -825,6 +841,7 @@ impl LossReceiver {
             audio: HashSet::new(),
             audio_newest: None,
             sources: HashMap::new(),
+            connected: Arc::default(),
         })
     }
 
@@ -954,6 +971,7 @@ impl Terminal for LossReceiver {
 
     fn on_event(&mut self, now: Instant, ev: Event) {
         match ev {
+            Event::Connected => self.connected.store(true, Ordering::Relaxed),
             Event::MediaData(d) => match d.params.spec().codec {
                 Codec::Opus => self.on_audio(&d.data),
                 Codec::H264 => {

@@ -2,9 +2,9 @@
 //! crate), set up for real-time conferencing.
 //!
 //! Temporal layers: `openh264` 0.9 hard-codes `iTemporalLayerNum = 1` when it
-//! (re)initialises the encoder, and the parameter is reachable only through
-//! `Encoder::raw_api()`, which is `unsafe`; this crate denies unsafe code, so the wrapper
-//! emits a single temporal layer for now (see `docs/mcu.md`).
+//! (re)initialises the encoder; the parameter is reachable only through
+//! `Encoder::raw_api()`. The one `unsafe` block that sets it lives in [`svc`], right
+//! after each (re)initialisation, and each picture reports its temporal id.
 
 use openh264::OpenH264API;
 use openh264::decoder::{DecodedYUV, Decoder, DecoderConfig};
@@ -188,6 +188,10 @@ pub struct H264EncoderConfig {
     /// Highest QP rate control may pick (0..=51, >= `min_qp`). Capping it bounds how bad
     /// the first pictures get while rate control is still learning the content.
     pub max_qp: u8,
+    /// Temporal layers, 1..=4 (dyadic: with 3, pictures go T0 T2 T1 T2 …). A receiver or
+    /// an SFU may drop the upper layers and still decode the rest, and a lost T2 picture
+    /// breaks nothing else: the loss protection leans on this.
+    pub temporal_layers: u8,
 }
 
 /// OpenH264 rate-control mode.
@@ -236,6 +240,7 @@ impl Default for H264EncoderConfig {
             long_term_reference: false,
             min_qp: 0,
             max_qp: 51,
+            temporal_layers: 1,
         }
     }
 }
@@ -247,12 +252,17 @@ pub struct EncodedPicture {
     pub data: Vec<u8>,
     /// The picture is an IDR: a receiver can start decoding here.
     pub keyframe: bool,
+    /// Temporal layer of the picture (0 = base; always 0 with one temporal layer).
+    pub temporal_id: u8,
 }
 
 /// An OpenH264 encoder for camera-like content with a bitrate target.
 pub struct H264Encoder {
     inner: Encoder,
     cfg: H264EncoderConfig,
+    /// Picture size the temporal layers were last applied at: the library re-initialises
+    /// (back to one layer) when the size changes.
+    svc_applied_for: Option<(usize, usize)>,
 }
 
 impl std::fmt::Debug for H264Encoder {
@@ -277,6 +287,9 @@ impl H264Encoder {
             return Err(Error::Config(
                 "H.264 QP range must satisfy min <= max <= 51",
             ));
+        }
+        if !(1..=4).contains(&cfg.temporal_layers) {
+            return Err(Error::Config("H.264 temporal layers must be 1..=4"));
         }
         let config = EncoderConfig::new()
             .bitrate(BitRate::from_bps(cfg.bitrate_bps))
@@ -308,7 +321,11 @@ impl H264Encoder {
             .num_threads(cfg.threads);
         let inner =
             Encoder::with_api_config(OpenH264API::from_source(), config).map_err(codec_err)?;
-        Ok(Self { inner, cfg })
+        Ok(Self {
+            inner,
+            cfg,
+            svc_applied_for: None,
+        })
     }
 
     /// The settings this encoder was built with.
@@ -323,6 +340,8 @@ impl H264Encoder {
 
     /// Encodes one picture. `Ok(None)` when rate control skipped it.
     pub fn encode(&mut self, frame: &I420Frame) -> Result<Option<EncodedPicture>, Error> {
+        let size = (frame.width(), frame.height());
+        let first_at_size = self.svc_applied_for != Some(size);
         let bs = self.inner.encode(frame).map_err(codec_err)?;
         let keyframe = match bs.frame_type() {
             FrameType::IDR | FrameType::I => true,
@@ -335,11 +354,68 @@ impl H264Encoder {
                 });
             }
         };
+        let temporal_id = bs.layer(0).map_or(0, |l| l.raw_info().uiTemporalId);
         let data = bs.to_vec();
+        if first_at_size && self.cfg.temporal_layers > 1 {
+            // The picture just coded (re)initialised the library with one layer; from the
+            // next one on (which the reset makes an IDR) the layers are in effect.
+            svc::set_temporal_layers(&mut self.inner, self.cfg.temporal_layers)?;
+        }
+        self.svc_applied_for = Some(size);
         if data.is_empty() {
             return Ok(None);
         }
-        Ok(Some(EncodedPicture { data, keyframe }))
+        Ok(Some(EncodedPicture {
+            data,
+            keyframe,
+            temporal_id,
+        }))
+    }
+}
+
+mod svc {
+    //! The only `unsafe` of the media crate: OpenH264's option calls, which take a raw
+    //! pointer to the parameter struct.
+    #![allow(unsafe_code)]
+
+    use openh264::encoder::Encoder;
+    use openh264_sys2::{ENCODER_OPTION_SVC_ENCODE_PARAM_EXT, SEncParamExt, cmResultSuccess};
+
+    use crate::Error;
+
+    /// Re-applies the running encoder's parameters with `layers` temporal layers.
+    pub(super) fn set_temporal_layers(enc: &mut Encoder, layers: u8) -> Result<(), Error> {
+        let fail = |what: &str, rc: i32| Error::Codec {
+            codec: "h264",
+            message: format!("{what} of the SVC parameters failed ({rc})"),
+        };
+        let mut params = SEncParamExt::default();
+        // SAFETY: `enc` is initialised (it has just encoded a picture, which initialises
+        // it), `raw_api` points at the live encoder, and each call reads or writes exactly
+        // one `SEncParamExt` through a pointer to this properly aligned, owned struct,
+        // which outlives the call. Only the temporal layer count changes; every other
+        // field is the library's own current value.
+        let rc = unsafe {
+            enc.raw_api().get_option(
+                ENCODER_OPTION_SVC_ENCODE_PARAM_EXT,
+                std::ptr::addr_of_mut!(params).cast(),
+            )
+        };
+        if rc != cmResultSuccess {
+            return Err(fail("reading", rc));
+        }
+        params.iTemporalLayerNum = i32::from(layers);
+        // SAFETY: as above.
+        let rc = unsafe {
+            enc.raw_api().set_option(
+                ENCODER_OPTION_SVC_ENCODE_PARAM_EXT,
+                std::ptr::addr_of_mut!(params).cast(),
+            )
+        };
+        if rc != cmResultSuccess {
+            return Err(fail("writing", rc));
+        }
+        Ok(())
     }
 }
 
@@ -451,6 +527,69 @@ mod tests {
         assert!(
             avg >= 35.0 && min >= 32.0,
             "avg {avg:.1} dB, min {min:.1} dB"
+        );
+    }
+
+    #[test]
+    fn temporal_layers_let_a_receiver_drop_upper_layers() {
+        let (w, h) = (640, 360);
+        let cfg = H264EncoderConfig {
+            bitrate_bps: 1_500_000,
+            allow_frame_skip: false,
+            temporal_layers: 3,
+            ..Default::default()
+        };
+        let mut enc = H264Encoder::new(cfg).expect("encoder");
+        // Decoders that take every layer, only T0+T1, and only T0.
+        let mut decs: Vec<H264Decoder> = (0..3)
+            .map(|_| H264Decoder::new().expect("decoder"))
+            .collect();
+        let mut tids = Vec::new();
+        let mut shown = [0usize; 3];
+        for t in 0..40 {
+            let src = moving_pattern(w, h, t);
+            let pic = enc
+                .encode(&src)
+                .expect("encode")
+                .expect("no skip configured");
+            tids.push(pic.temporal_id);
+            for (max_tid, dec) in decs.iter_mut().enumerate() {
+                if usize::from(pic.temporal_id) > max_tid {
+                    continue;
+                }
+                // A dropped layer must leave the rest decodable: no error, right picture.
+                let out = dec.decode(&pic.data).expect("decode").expect("a picture");
+                let psnr = src.psnr_y(&out).expect("same size");
+                assert!(
+                    psnr >= 32.0,
+                    "frame {t} (T{}) at ≤T{max_tid}: {psnr:.1} dB",
+                    pic.temporal_id
+                );
+                shown[max_tid] += 1;
+            }
+        }
+        // After the first picture (coded before the layers take effect) the pattern is
+        // dyadic: T0 T2 T1 T2.
+        let tail = &tids[8..16];
+        assert_eq!(tail.iter().filter(|&&t| t == 0).count(), 2, "{tids:?}");
+        assert_eq!(tail.iter().filter(|&&t| t == 1).count(), 2, "{tids:?}");
+        assert_eq!(tail.iter().filter(|&&t| t == 2).count(), 4, "{tids:?}");
+        assert!(shown[0] < shown[1] && shown[1] < shown[2], "{shown:?}");
+        // One layer stays one layer.
+        let mut one = H264Encoder::new(H264EncoderConfig::default()).expect("encoder");
+        for t in 0..6 {
+            let pic = one
+                .encode(&moving_pattern(w, h, t))
+                .expect("encode")
+                .expect("picture");
+            assert_eq!(pic.temporal_id, 0);
+        }
+        assert!(
+            H264Encoder::new(H264EncoderConfig {
+                temporal_layers: 5,
+                ..Default::default()
+            })
+            .is_err()
         );
     }
 
