@@ -309,10 +309,13 @@ impl AdminState {
         Ok(())
     }
 
+    /// Everything `d` refers to exists and its terminals are free; `exclude`: the meeting
+    /// being updated (0 for a new one), whose own bookings are no conflict.
     async fn validate_refs(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         d: &MeetingDraft,
+        exclude: i64,
     ) -> ApiResult<()> {
         self.ensure_exist(tx, "orgs", &[d.org_id], "org_id").await?;
         self.ensure_exist(tx, "users", &[d.host_id], "host_id")
@@ -326,7 +329,7 @@ impl AdminState {
         let org_ids: Vec<i64> = d.invitees.orgs.iter().map(|o| o.id).collect();
         self.ensure_exist(tx, "orgs", &org_ids, "invitees.orgs")
             .await?;
-        self.check_terminal_conflicts(tx, d, 0).await
+        self.check_terminal_conflicts(tx, d, exclude).await
     }
 
     /// Store the co-hosts and invitees of meeting `id`; `fresh`: a new meeting, with
@@ -409,7 +412,7 @@ impl AdminState {
         if self.inner.db.kind() == DbKind::Sqlite || !d.invitees.terminals.is_empty() {
             lock_row(&mut tx, "lock:meetings").await?;
         }
-        self.validate_refs(&mut tx, d).await?;
+        self.validate_refs(&mut tx, d, 0).await?;
         let id = self.new_id();
         let now = self.now_ms();
         let mut number = None;
@@ -460,25 +463,7 @@ impl AdminState {
         d.validate()?;
         let mut tx = self.inner.db.pool.begin().await?;
         lock_row(&mut tx, "lock:meetings").await?;
-        self.ensure_exist(&mut tx, "orgs", &[d.org_id], "org_id")
-            .await?;
-        self.ensure_exist(&mut tx, "users", &[d.host_id], "host_id")
-            .await?;
-        self.ensure_exist(&mut tx, "users", &d.cohost_ids, "cohost_ids")
-            .await?;
-        self.ensure_exist(&mut tx, "users", &d.invitees.users, "invitees.users")
-            .await?;
-        self.ensure_exist(
-            &mut tx,
-            "terminals",
-            &d.invitees.terminals,
-            "invitees.terminals",
-        )
-        .await?;
-        let org_ids: Vec<i64> = d.invitees.orgs.iter().map(|o| o.id).collect();
-        self.ensure_exist(&mut tx, "orgs", &org_ids, "invitees.orgs")
-            .await?;
-        self.check_terminal_conflicts(&mut tx, d, id).await?;
+        self.validate_refs(&mut tx, d, id).await?;
         sqlx::query(
             "UPDATE meetings SET title = $1, org_id = $2, host_id = $3, starts_at = $4, duration_min = $5, \
              recurrence = $6, passcode = $7, directory_only = $8, locked = $9, layout = $10, recording = $11, \

@@ -385,35 +385,34 @@ mod svc {
 
     /// Re-applies the running encoder's parameters with `layers` temporal layers.
     pub(super) fn set_temporal_layers(enc: &mut Encoder, layers: u8) -> Result<(), Error> {
-        let fail = |what: &str, rc: i32| Error::Codec {
-            codec: "h264",
-            message: format!("{what} of the SVC parameters failed ({rc})"),
-        };
         let mut params = SEncParamExt::default();
-        // SAFETY: `enc` is initialised (it has just encoded a picture, which initialises
-        // it), `raw_api` points at the live encoder, and each call reads or writes exactly
-        // one `SEncParamExt` through a pointer to this properly aligned, owned struct,
-        // which outlives the call. Only the temporal layer count changes; every other
-        // field is the library's own current value.
-        let rc = unsafe {
-            enc.raw_api().get_option(
-                ENCODER_OPTION_SVC_ENCODE_PARAM_EXT,
-                std::ptr::addr_of_mut!(params).cast(),
-            )
-        };
-        if rc != cmResultSuccess {
-            return Err(fail("reading", rc));
-        }
+        svc_params(enc, &mut params, false)?;
+        // Only the temporal layer count changes; every other field is the library's own.
         params.iTemporalLayerNum = i32::from(layers);
-        // SAFETY: as above.
+        svc_params(enc, &mut params, true)
+    }
+
+    /// Reads (`write` false) or writes the encoder's `SEncParamExt`.
+    fn svc_params(enc: &mut Encoder, params: &mut SEncParamExt, write: bool) -> Result<(), Error> {
+        let ptr = std::ptr::from_mut(params).cast();
+        // SAFETY: `enc` is initialised (callers run after it has encoded a picture, which
+        // initialises it), `raw_api` points at the live encoder, and the call reads or
+        // writes exactly one `SEncParamExt` through `ptr`, which points at a properly
+        // aligned struct borrowed for the whole call.
         let rc = unsafe {
-            enc.raw_api().set_option(
-                ENCODER_OPTION_SVC_ENCODE_PARAM_EXT,
-                std::ptr::addr_of_mut!(params).cast(),
-            )
+            let api = enc.raw_api();
+            if write {
+                api.set_option(ENCODER_OPTION_SVC_ENCODE_PARAM_EXT, ptr)
+            } else {
+                api.get_option(ENCODER_OPTION_SVC_ENCODE_PARAM_EXT, ptr)
+            }
         };
         if rc != cmResultSuccess {
-            return Err(fail("writing", rc));
+            let what = if write { "writing" } else { "reading" };
+            return Err(Error::Codec {
+                codec: "h264",
+                message: format!("{what} of the SVC parameters failed ({rc})"),
+            });
         }
         Ok(())
     }
