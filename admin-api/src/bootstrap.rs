@@ -101,8 +101,9 @@ pub(crate) async fn run(state: &AdminState) -> Result<String, Error> {
     for (role, username, password, display) in admins {
         let id = state.new_id();
         sqlx::query(
-            "INSERT INTO users (id, username, name, name_initials, org_id, role, scope_org_id, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $5, $7, $7)",
+            "INSERT INTO users (id, username, name, name_initials, org_id, org_path, role, scope_org_id, \
+             created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, (SELECT path FROM orgs WHERE id = $5), $6, $5, $7, $7)",
         )
         .bind(id)
         .bind(username)

@@ -20,20 +20,29 @@ pub struct Db {
     write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
-/// Migrations, in order. Each is applied once, in a transaction, and its checksum kept
-/// so an edited migration is detected instead of silently diverging.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "init", include_str!("../migrations/0001_init.sql")),
+/// Migrations, in order: (version, description, SQL for both dialects, PostgreSQL's own
+/// SQL where the two differ). Each is applied once, in a transaction, and the checksum of
+/// the SQL applied kept so an edited migration is detected instead of silently diverging.
+const MIGRATIONS: &[(i64, &str, &str, Option<&str>)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql"), None),
     (
         2,
         "recordings",
         include_str!("../migrations/0002_recordings.sql"),
+        None,
     ),
-    (3, "totp", include_str!("../migrations/0003_totp.sql")),
+    (3, "totp", include_str!("../migrations/0003_totp.sql"), None),
     (
         4,
         "user listing index",
         include_str!("../migrations/0004_user_listing.sql"),
+        None,
+    ),
+    (
+        5,
+        "user tree order",
+        include_str!("../migrations/0005_user_tree.sql"),
+        Some(include_str!("../migrations/0005_user_tree.pg.sql")),
     ),
 ];
 
@@ -127,7 +136,11 @@ impl Db {
                  description TEXT NOT NULL, checksum TEXT NOT NULL)",
             )
             .await?;
-            for &(version, description, sql) in MIGRATIONS {
+            for &(version, description, common, postgres) in MIGRATIONS {
+                let sql = match (self.kind, postgres) {
+                    (DbKind::Postgres, Some(pg)) => pg,
+                    _ => common,
+                };
                 let checksum = hex::encode(sha2::Sha256::digest(sql.as_bytes()));
                 let applied: Option<String> =
                     sqlx::query_scalar("SELECT checksum FROM schema_migrations WHERE version = $1")

@@ -110,6 +110,7 @@ async fn org_tree_moves_without_cycles(b: Backend) {
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+    let villager = app.user(&sys, village, "bayar", "巴雅尔", json!({})).await;
     // Move the county subtree under "other": every descendant's path follows.
     let moved = app
         .ok(
@@ -137,6 +138,20 @@ async fn org_tree_moves_without_cycles(b: Backend) {
         )
         .await;
     assert_eq!(kids.as_array().unwrap().len(), 1);
+    // Its people moved with it: listed under the new parent, not under the old one.
+    let under_other = app
+        .ok("GET", &format!("/api/v1/users?org_id={other}"), &sys, None)
+        .await;
+    assert_eq!(under_other.as_array().unwrap().len(), 1);
+    assert_eq!(under_other[0]["id"], villager);
+    assert_eq!(
+        under_other[0]["org_path"],
+        format!("/{root}/{other}/{county}/{town}/{village}/")
+    );
+    let under_city = app
+        .ok("GET", &format!("/api/v1/users?org_id={city}"), &sys, None)
+        .await;
+    assert_eq!(under_city.as_array().unwrap().len(), 0);
     // A non-empty org cannot be deleted; an empty one can; the root cannot move.
     let (s, v) = app
         .call("DELETE", &format!("/api/v1/orgs/{town}"), Some(&sys), None)
@@ -145,6 +160,26 @@ async fn org_tree_moves_without_cycles(b: Backend) {
         (s, v["code"].as_str()),
         (StatusCode::CONFLICT, Some("org_not_empty"))
     );
+    // The village still has its member; once they move out it can go.
+    let (s, v) = app
+        .call(
+            "DELETE",
+            &format!("/api/v1/orgs/{village}"),
+            Some(&sys),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("org_not_empty"))
+    );
+    app.ok(
+        "PATCH",
+        &format!("/api/v1/users/{villager}"),
+        &sys,
+        Some(json!({"org_id": town})),
+    )
+    .await;
     app.ok("DELETE", &format!("/api/v1/orgs/{village}"), &sys, None)
         .await;
     let (s, _) = app
@@ -242,6 +277,72 @@ async fn users_terminals_and_search(b: Backend) {
         .await;
     assert_eq!(hits.as_array().unwrap().len(), 1);
     assert_eq!(hits[0]["id"], u);
+    // Tree order (the default) groups by organisation, the org's own members first;
+    // name order sorts across the subtree (齐 U+9F50 sorts after 张 U+5F20).
+    app.user(&sys, a, "qi.bs", "齐白石", json!({})).await;
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let tree = app
+        .ok("GET", &format!("/api/v1/users?org_id={a}"), &sys, None)
+        .await;
+    assert_eq!(names(&tree), ["Батбаяр ᠪᠠᠲᠤ", "齐白石", "张三丰"]);
+    let by_name = app
+        .ok(
+            "GET",
+            &format!("/api/v1/users?org_id={a}&order=name"),
+            &sys,
+            None,
+        )
+        .await;
+    assert_eq!(names(&by_name), ["Батбаяр ᠪᠠᠲᠤ", "张三丰", "齐白石"]);
+    let page2 = app
+        .ok(
+            "GET",
+            &format!("/api/v1/users?org_id={a}&limit=2&offset=2"),
+            &sys,
+            None,
+        )
+        .await;
+    assert_eq!(names(&page2), ["张三丰"]);
+    let (s, _) = app
+        .call(
+            "GET",
+            &format!("/api/v1/users?org_id={a}&order=shoe_size"),
+            Some(&sys),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // A user moved to another organisation is listed under the new one only.
+    let moved = app
+        .ok(
+            "PATCH",
+            &format!("/api/v1/users/{u}"),
+            &sys,
+            Some(json!({"org_id": b_org})),
+        )
+        .await;
+    assert_eq!(moved["org_path"], format!("/{root}/{b_org}/"));
+    let in_b = app
+        .ok("GET", &format!("/api/v1/users?org_id={b_org}"), &sys, None)
+        .await;
+    assert_eq!(names(&in_b), ["张三丰", "李四"]);
+    let in_a = app
+        .ok("GET", &format!("/api/v1/users?org_id={a}"), &sys, None)
+        .await;
+    assert_eq!(names(&in_a), ["Батбаяр ᠪᠠᠲᠤ", "齐白石"]);
+    app.ok(
+        "PATCH",
+        &format!("/api/v1/users/{u}"),
+        &sys,
+        Some(json!({"org_id": a1})),
+    )
+    .await;
     // SQL-ish and LIKE-ish input is just text.
     for q in ["' OR 1=1 --", "%", "_", "\\", "'; DROP TABLE users; --"] {
         let path = format!("/api/v1/users?org_id={a}&q={}", urlencode(q));

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 const USAGE: &str = "usage: bench admin [--quick] [--users N] [--concurrency C] [--db sqlite|postgres|both] \
 [--server-threads T] [--client-threads T] [--login-rounds R] [--rounds R] [--think-ms MS] \
-[--login-load F] [--no-closed-loop]";
+[--login-load F] [--no-closed-loop] [--keep-db]";
 
 /// Password of every bench account: passes the default policy (12+ chars, 3 classes).
 const PASSWORD: &str = "Huitong-Bench-2026";
@@ -50,6 +50,9 @@ struct Opts {
     /// After the paced pass, run every operation again with no think time (each client
     /// always has a request in flight) and report the throughput reached.
     closed_loop: bool,
+    /// Leave the database behind (PostgreSQL `huitong_bench_admin`, or the SQLite file
+    /// path printed) so its plans can be inspected afterwards.
+    keep_db: bool,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
@@ -66,6 +69,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         think_ms: 1500,
         login_load: 0.5,
         closed_loop: true,
+        keep_db: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -88,6 +92,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--rounds" => o.rounds = num()?.max(1),
             "--think-ms" => o.think_ms = num()? as u64,
             "--no-closed-loop" => o.closed_loop = false,
+            "--keep-db" => o.keep_db = true,
             "--login-load" => {
                 let v = it
                     .next()
@@ -120,7 +125,11 @@ pub fn main(args: &[String]) -> Result<()> {
     if o.sqlite {
         let dir = tempfile::tempdir()?;
         let url = format!("sqlite://{}/huitong.db?mode=rwc", dir.path().display());
-        let (s, n) = run_db(&o, "sqlite", &url)?;
+        let r = run_db(&o, "sqlite", &url);
+        if o.keep_db {
+            eprintln!("[sqlite] kept {}", dir.keep().display());
+        }
+        let (s, n) = r?;
         summaries.push(s);
         notes.push(n);
     }
@@ -134,7 +143,11 @@ pub fn main(args: &[String]) -> Result<()> {
             .build()?;
         let url = rt.block_on(fresh_postgres_db(&base, "huitong_bench_admin"))?;
         let r = run_db(&o, "postgres", &url);
-        rt.block_on(drop_postgres_db(&base, "huitong_bench_admin"))?;
+        if o.keep_db {
+            eprintln!("[postgres] kept {url}");
+        } else {
+            rt.block_on(drop_postgres_db(&base, "huitong_bench_admin"))?;
+        }
         let (s, n) = r?;
         summaries.push(s);
         notes.push(n);

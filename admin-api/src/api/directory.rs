@@ -3,7 +3,7 @@
 
 use super::{Query, path_leaf};
 use crate::AdminState;
-use crate::directory::{DirectoryEntry, Org, clean, page};
+use crate::directory::{DirectoryEntry, Org, UserOrder, clean, page};
 use crate::error::{ApiError, ApiResult};
 use crate::policy::{Action, Actor, Target};
 use axum::extract::State;
@@ -15,6 +15,9 @@ pub(crate) struct SearchDirectory {
     /// Default: the whole tree.
     org_id: Option<i64>,
     q: Option<String>,
+    /// `tree` (default): grouped by organisation; `name`: by name.
+    #[param(inline)]
+    order: Option<UserOrder>,
     limit: Option<i64>,
     offset: Option<i64>,
 }
@@ -43,7 +46,15 @@ pub(crate) async fn search_directory(
     let (limit, offset) = page(q.limit, q.offset);
     let search = q.q.as_deref().map(|s| clean("q", s, 0, 100)).transpose()?;
     let users = state
-        .list_users(&path, true, search.as_deref(), true, limit, offset)
+        .list_users(
+            &path,
+            true,
+            search.as_deref(),
+            true,
+            q.order.unwrap_or_default(),
+            limit,
+            offset,
+        )
         .await?
         .into_iter()
         .filter(|u| u.status == "active")

@@ -4,7 +4,7 @@
 use super::{Done, Json, Path, Query, done};
 use crate::AdminState;
 use crate::auth::PasswordPolicy;
-use crate::directory::{clean, page};
+use crate::directory::{UserOrder, clean, page};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::policy::{Action, Actor, Role, Target};
 use axum::extract::State;
@@ -97,7 +97,15 @@ pub(crate) async fn list_accounts(
     let search = q.q.as_deref().map(|s| clean("q", s, 0, 100)).transpose()?;
     // Phone numbers do not take part in this search: they are business data.
     let users = state
-        .list_users(&path, true, search.as_deref(), true, limit, offset)
+        .list_users(
+            &path,
+            true,
+            search.as_deref(),
+            true,
+            UserOrder::Tree,
+            limit,
+            offset,
+        )
         .await?;
     Ok(axum::Json(
         users

@@ -3,8 +3,8 @@
 use super::{Json, Path, Query};
 use crate::AdminState;
 use crate::directory::{
-    AdminUserView, NewUser, UserStatus, check_email, check_username, clean, clean_phone, join_tags,
-    page,
+    AdminUserView, NewUser, UserOrder, UserStatus, check_email, check_username, clean, clean_phone,
+    join_tags, page,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::policy::{Action, Actor, Target};
@@ -20,6 +20,10 @@ pub(crate) struct ListUsers {
     subtree: Option<bool>,
     /// Name, user name, pinyin initials or phone fragment.
     q: Option<String>,
+    /// `tree` (default): grouped by organisation, depth first, by name within each;
+    /// `name`: by name across the subtree (slower on large subtrees).
+    #[param(inline)]
+    order: Option<UserOrder>,
     limit: Option<i64>,
     offset: Option<i64>,
 }
@@ -56,6 +60,7 @@ pub(crate) async fn list_users(
             q.subtree.unwrap_or(true),
             search.as_deref(),
             false,
+            q.order.unwrap_or_default(),
             limit,
             offset,
         )
