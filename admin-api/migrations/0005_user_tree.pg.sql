@@ -5,3 +5,7 @@ ALTER TABLE users ADD COLUMN org_path TEXT COLLATE "C" NOT NULL DEFAULT '';
 UPDATE users SET org_path = (SELECT path FROM orgs WHERE orgs.id = users.org_id);
 DROP INDEX users_org_name;
 CREATE INDEX users_tree ON users(org_path, name, id);
+DROP INDEX users_initials;
+DROP INDEX users_phone;
+-- Created by earlier versions outside the migrations; unused for the same reason.
+DROP INDEX IF EXISTS users_name_prefix;

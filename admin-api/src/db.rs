@@ -51,7 +51,6 @@ const MIGRATIONS: &[(i64, &str, &str, Option<&str>)] = &[
 /// the audit log append-only at the database level.
 const POSTGRES_EXTRAS: &str = r#"
 CREATE INDEX IF NOT EXISTS orgs_path_prefix ON orgs (path text_pattern_ops);
-CREATE INDEX IF NOT EXISTS users_name_prefix ON users (name text_pattern_ops);
 CREATE OR REPLACE FUNCTION huitong_audit_append_only() RETURNS trigger AS $f$
 BEGIN
     RAISE EXCEPTION 'audit_log is append-only';
@@ -92,6 +91,11 @@ impl Db {
                     // Reads from the OS page cache without a copy per page: the subtree
                     // listing reads thousands of index pages; 256 MiB of address space.
                     conn.execute("PRAGMA mmap_size = 268435456").await?;
+                    // A bulk import's transaction dirties thousands of index pages; with
+                    // the default 2 MiB cache SQLite spills them to the WAL mid-transaction
+                    // and writes them again. A limit, not an allocation: readers, which
+                    // read through mmap, stay small.
+                    conn.execute("PRAGMA cache_size = -32768").await?;
                     Ok(())
                 })
             });
