@@ -462,7 +462,8 @@ async function loadUsers() {
   const org = tree.selected?.org;
   if (!org) return;
   const users = await api('GET', `/api/v1/users${qs({
-    org_id: org.id, subtree: $('#user-subtree').checked, q: $('#user-q').value.trim(), limit: PAGE, offset: pages.users * PAGE,
+    org_id: org.id, subtree: $('#user-subtree').checked, q: $('#user-q').value.trim(),
+    order: $('#user-order').value, limit: PAGE, offset: pages.users * PAGE,
   })}`);
   $('#user-table tbody').replaceChildren(...users.map((u) => h('tr', { dataset: { id: u.id } },
     h('td', {}, u.name), h('td', {}, u.username), h('td', {}, u.title),
@@ -476,6 +477,7 @@ async function loadUsers() {
 
 $('#user-search').addEventListener('submit', (ev) => { ev.preventDefault(); pages.users = 0; attempt(loadUsers); });
 $('#user-subtree').addEventListener('change', () => { pages.users = 0; attempt(loadUsers); });
+$('#user-order').addEventListener('change', () => { pages.users = 0; attempt(loadUsers); });
 
 function userFields(u) {
   return [
