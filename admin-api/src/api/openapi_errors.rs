@@ -1,8 +1,8 @@
 //! Documents the error answers every operation can give, so the OpenAPI document states
 //! every status a client (or a schema-driven fuzzer such as schemathesis) will see:
 //! 400 for malformed parameters or bodies, 401/403 on authenticated routes, 404 where a
-//! path names a record, 409 for writes that race, 413/415 where a body is read. Each
-//! is the `ApiError` JSON body. Routes still list their own expected errors; this only
+//! path, an `…_id` query parameter or a body names a record, 409 for writes that race,
+//! 413/415 where a body is read. Each is the `ApiError` JSON body. Routes still list their own expected errors; this only
 //! adds what is missing.
 
 use utoipa::Modify;
@@ -56,7 +56,15 @@ impl Modify for CommonErrors {
                     add(op, "401", "Missing, invalid, expired or revoked token");
                     add(op, "403", "Not permitted for this account (audited)");
                 }
-                if has_path_params {
+                // A record named by the path, by an `…_id` query parameter or by an id
+                // in the body (an organisation, a host, an invitee) may not exist.
+                let names_a_record = has_path_params
+                    || op.request_body.is_some()
+                    || op
+                        .parameters
+                        .as_ref()
+                        .is_some_and(|ps| ps.iter().any(|p| p.name.ends_with("_id")));
+                if names_a_record {
                     add(op, "404", "No such record");
                 }
                 if write && !public {
