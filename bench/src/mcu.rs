@@ -36,7 +36,7 @@ use serde_json::json;
 const USAGE: &str = "usage: bench mcu [--seconds N] [--pictures 4,9,16] [--scenes talking,full_motion] \
 [--bitrate BPS] [--ours-bitrate BPS] [--ffmpeg-bitrate BPS] [--no-ffmpeg] [--no-layouts] [--no-labels] \
 [--no-stages] [--only-ours] [--complexity low|medium|high] [--scene-change on|off] [--aq on|off] \
-[--background on|off] [--frame-skip on|off] [--screen-content] [--ltr] \
+[--background on|off] [--frame-skip on|off] [--screen-content] [--ltr] [--temporal-layers N] \
 [--rc bitrate|quality|buffer|timestamp|off] [--qp MIN-MAX] [--threads N]";
 
 /// Output picture every figure is about.
@@ -135,6 +135,13 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--frame-skip" => o.encoder.allow_frame_skip = on_off(val()?)?,
             "--screen-content" => o.encoder.screen_content = true,
             "--ltr" => o.encoder.long_term_reference = true,
+            "--temporal-layers" => {
+                o.encoder.temporal_layers = val()?
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|n| (1..=4).contains(n))
+                    .ok_or_else(|| anyhow!("--temporal-layers needs 1..=4"))?
+            }
             "--rc" => {
                 o.encoder.rate_control = match val()?.as_str() {
                     "bitrate" => H264RateControl::Bitrate,

@@ -13,8 +13,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use media::codec::openh264::{H264Decoder, H264Encoder, H264EncoderConfig, I420Frame};
+use media::codec::openh264::{
+    EncodedPicture, H264Decoder, H264Encoder, H264EncoderConfig, I420Frame,
+};
 use media::codec::opus::FRAME_SAMPLES;
+use media::recovery::FrameMarking;
 use serde_json::{Value, json};
 use str0m::change::{SdpAnswer, SdpApi, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
@@ -65,6 +68,9 @@ pub struct McuClientConfig {
     pub content_bitrate_bps: u32,
     /// Mixer settings.
     pub engine: EngineConfig,
+    /// Temporal layers of every mixed output (1..=4): with 2, the SFU can send a weak
+    /// receiver the mix at half the frame rate from the same encode.
+    pub temporal_layers: u8,
 }
 
 impl Default for McuClientConfig {
@@ -79,6 +85,7 @@ impl Default for McuClientConfig {
             content_fps: 5,
             content_bitrate_bps: 1_500_000,
             engine: EngineConfig::default(),
+            temporal_layers: 2,
         }
     }
 }
@@ -237,6 +244,8 @@ pub struct McuClient {
     sub_timeout: Instant,
     out: VecDeque<ClientOutput>,
     counters: ClientCounters,
+    /// TL0PICIDX per mixed output.
+    tl0: HashMap<Mid, u8>,
     done: bool,
 }
 
@@ -260,6 +269,10 @@ fn new_rtc(now: Instant, local: SocketAddr) -> Rtc {
         .clear_codecs()
         .enable_opus(true, false)
         .enable_h264(true)
+        .set_extension(
+            sfu::protect::FRAME_MARKING_EXT_ID,
+            sfu::protect::frame_marking_extension(),
+        )
         .build(now);
     if let Ok(c) = Candidate::host(local, "udp") {
         rtc.add_local_candidate(c);
@@ -278,7 +291,11 @@ impl McuClient {
         pub_addr: SocketAddr,
         sub_addr: SocketAddr,
     ) -> Result<Self, Error> {
-        let mixer = MeetingMixer::new(now, cfg.engine.clone(), layouts, font)?;
+        let mut mixer = MeetingMixer::new(now, cfg.engine.clone(), layouts, font)?;
+        mixer.set_encoder_template(H264EncoderConfig {
+            temporal_layers: cfg.temporal_layers.clamp(1, 4),
+            ..crate::engine::default_output_encoder()
+        });
         let join = json!({"type": "join", "v": 1, "id": "join", "meeting": cfg.meeting,
             "name": cfg.name, "kind": "mcu"});
         let mut out = VecDeque::new();
@@ -318,6 +335,7 @@ impl McuClient {
             sub_timeout: now,
             out,
             counters: ClientCounters::default(),
+            tl0: HashMap::new(),
             done: false,
             cfg,
         })
@@ -883,7 +901,8 @@ impl McuClient {
                     } else {
                         self.views.get(&key).and_then(|v| v.mid)
                     };
-                    if self.write(now, mid, &picture.data) {
+                    let marking = mid.map(|m| self.marking(m, &picture));
+                    if self.write_marked(now, mid, &picture.data, marking) {
                         self.counters.mix_frames_sent += 1;
                     }
                 }
@@ -1032,7 +1051,7 @@ impl McuClient {
                             let Some(Some(mid)) = self.audio_outs.get(to).copied() else {
                                 continue;
                             };
-                            if self.write_at(now, mid, rtp, &p.payload) {
+                            if self.write_at(now, mid, rtp, &p.payload, None) {
                                 self.counters.audio_frames_sent += 1;
                             }
                         }
@@ -1047,18 +1066,65 @@ impl McuClient {
     }
 
     fn write(&mut self, now: Instant, mid: Option<Mid>, data: &[u8]) -> bool {
-        let Some(mid) = mid else { return false };
-        let ticks = now.saturating_duration_since(self.media_start).as_micros() as u64 * 9 / 100;
-        self.write_at(now, mid, MediaTime::new(ticks, Frequency::NINETY_KHZ), data)
+        self.write_marked(now, mid, data, None)
     }
 
-    fn write_at(&mut self, now: Instant, mid: Mid, time: MediaTime, data: &[u8]) -> bool {
+    fn write_marked(
+        &mut self,
+        now: Instant,
+        mid: Option<Mid>,
+        data: &[u8],
+        marking: Option<FrameMarking>,
+    ) -> bool {
+        let Some(mid) = mid else { return false };
+        let ticks = now.saturating_duration_since(self.media_start).as_micros() as u64 * 9 / 100;
+        self.write_at(
+            now,
+            mid,
+            MediaTime::new(ticks, Frequency::NINETY_KHZ),
+            data,
+            marking,
+        )
+    }
+
+    /// The picture-level frame marking of a mixed picture on the output at `mid`: its
+    /// temporal layer and the running index of base-layer pictures.
+    fn marking(&mut self, mid: Mid, picture: &EncodedPicture) -> FrameMarking {
+        let layers = self.cfg.temporal_layers.clamp(1, 4);
+        let tl0 = self.tl0.entry(mid).or_insert(0);
+        if picture.temporal_id == 0 {
+            *tl0 = tl0.wrapping_add(1);
+        }
+        FrameMarking {
+            start: true,
+            end: true,
+            independent: picture.keyframe,
+            // Dyadic pattern: nothing references the top layer, T1 references T0 only.
+            discardable: layers > 1 && picture.temporal_id + 1 == layers,
+            base_sync: picture.temporal_id == 1,
+            tid: picture.temporal_id,
+            lid: 0,
+            tl0_pic_idx: *tl0,
+        }
+    }
+
+    fn write_at(
+        &mut self,
+        now: Instant,
+        mid: Mid,
+        time: MediaTime,
+        data: &[u8],
+        marking: Option<FrameMarking>,
+    ) -> bool {
         let Some(pt) = self.pts.get(&mid).copied() else {
             return false;
         };
-        let Some(w) = self.pub_rtc.writer(mid) else {
+        let Some(mut w) = self.pub_rtc.writer(mid) else {
             return false;
         };
+        if let Some(m) = marking {
+            w = w.user_extension_value(m);
+        }
         match w.write(pt, now, time, data.to_vec()) {
             Ok(()) => true,
             Err(e) => {

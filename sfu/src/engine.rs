@@ -625,7 +625,8 @@ impl Sfu {
             .enable_h264(true)
             .enable_vp8(true)
             .enable_opus(true, false)
-            .set_stats_interval(Some(Duration::from_secs(1)));
+            .set_stats_interval(Some(Duration::from_secs(1)))
+            .set_extension(protect::FRAME_MARKING_EXT_ID, protect::frame_marking_extension());
         protect::add_tunnel_codec(cfg.codec_config());
         if role == PcRole::Subscribe {
             cfg = cfg.enable_bwe(Some(self.cfg.initial_bwe));
@@ -1041,6 +1042,8 @@ impl Sfu {
             marker: pkt.header.marker,
             audio_level: pkt.header.ext_vals.audio_level,
             voice_activity: pkt.header.ext_vals.voice_activity,
+            // A picture-level marking (see `protect::FRAME_MARKING_URI`): its layer only.
+            layer_mark: pkt.header.ext_vals.user_values.get::<FrameMarking>().map(|m| (m.tid, m.base_sync)),
             payload: pkt.payload,
             arrival: pkt.timestamp,
             marking: None,
@@ -1066,7 +1069,10 @@ impl Sfu {
                 temporal_id: Some(m.tid),
                 layer_sync: m.base_sync,
             }),
-            (None, Some(Codec::H264)) => h264::inspect(payload),
+            (None, Some(Codec::H264)) => h264::inspect(payload).map(|i| match pkt.layer_mark {
+                Some((tid, sync)) => PayloadInfo { temporal_id: Some(tid), layer_sync: sync, ..i },
+                None => i,
+            }),
             (None, Some(Codec::Vp8)) => vp8_fields.map(|d| vp8::info(&d, payload)),
             _ => Some(PayloadInfo { keyframe_start: true, frame_start: true, ..Default::default() }),
         };
@@ -1482,6 +1488,8 @@ struct Fwd {
     arrival: Instant,
     /// Frame marking of a packet completed by the uplink recovery.
     marking: Option<FrameMarking>,
+    /// Temporal layer and base-sync flag from a picture-level frame marking on plain RTP.
+    layer_mark: Option<(u8, bool)>,
 }
 
 /// A packet the uplink recovery delivered, ready for forwarding.
@@ -1497,6 +1505,7 @@ fn carried_fwd(p: &[u8], ext: &mut SeqExtender, now: Instant) -> Option<Fwd> {
         payload: Arc::from(p.get(v.payload_start..v.payload_end)?),
         arrival: now,
         marking: FrameMarking::parse(p, protect::FRAME_MARKING_ID),
+        layer_mark: None,
     })
 }
 

@@ -32,7 +32,7 @@ use media::recovery::{
 use str0m::Rtc;
 use str0m::format::{Codec, CodecConfig, PayloadParams};
 use str0m::media::{Mid, Pt};
-use str0m::rtp::{RtpWrite, Ssrc};
+use str0m::rtp::{Extension, ExtensionSerializer, ExtensionValues, RtpWrite, Ssrc};
 
 /// Payload type offered for the carrier (str0m's H.264 defaults take 115; the answer may keep another number; peers look
 /// the carrier up by [`is_carrier`]).
@@ -48,6 +48,57 @@ const CARRIER_LEVEL: u8 = 16;
 pub const HOP_PLAYOUT_DELAY: Duration = Duration::from_millis(225);
 /// Largest feedback payload put in one RTCP message (stays well under the MTU).
 const MAX_FEEDBACK: usize = 1_000;
+
+/// Frame marking (RFC 9626) as a negotiated header extension of ordinary RTP, for
+/// Huitong peers that publish temporal layers without the carrier, such as the MCU's
+/// mix: it tells the SFU each picture's temporal layer so it can thin the stream for a
+/// weak receiver. Browsers do not offer it. Written through str0m's frame-level writer,
+/// every packet of a picture carries the same value, so only the picture-level fields
+/// (`independent`, `discardable`, `base_sync`, `tid`, `tl0_pic_idx`) are meaningful on
+/// this path; the SFU finds frame starts in the H.264 payload itself.
+pub const FRAME_MARKING_URI: &str = "urn:ietf:params:rtp-hdrext:framemarking";
+/// The id both sides put in their extension map for [`FRAME_MARKING_URI`] (free in
+/// str0m's default map).
+pub const FRAME_MARKING_EXT_ID: u8 = 7;
+
+/// str0m's reader and writer of [`FrameMarking`] in `ExtensionValues::user_values`.
+#[derive(Debug)]
+struct FrameMarkingSerializer;
+
+impl ExtensionSerializer for FrameMarkingSerializer {
+    fn write_to(&self, buf: &mut [u8], ev: &ExtensionValues) -> usize {
+        match (ev.user_values.get::<FrameMarking>(), buf.get_mut(..3)) {
+            (Some(m), Some(out)) => {
+                out.copy_from_slice(&m.bytes());
+                3
+            }
+            _ => 0,
+        }
+    }
+
+    fn parse_value(&self, buf: &[u8], ev: &mut ExtensionValues) -> bool {
+        match FrameMarking::from_bytes(buf) {
+            Some(m) => {
+                ev.user_values.set(m);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn is_video(&self) -> bool {
+        true
+    }
+
+    fn is_audio(&self) -> bool {
+        false
+    }
+}
+
+/// The frame-marking extension, to register under [`FRAME_MARKING_EXT_ID`].
+pub fn frame_marking_extension() -> Extension {
+    Extension::with_serializer(FRAME_MARKING_URI, FrameMarkingSerializer)
+}
 
 /// Declares the carrier payload type in a codec configuration.
 pub fn add_tunnel_codec(c: &mut CodecConfig) {

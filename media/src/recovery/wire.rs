@@ -31,7 +31,8 @@ pub struct FrameMarking {
 }
 
 impl FrameMarking {
-    fn bytes(&self) -> [u8; 3] {
+    /// The 3 bytes of the extension element's body.
+    pub fn bytes(&self) -> [u8; 3] {
         let b0 = (u8::from(self.start) << 7)
             | (u8::from(self.end) << 6)
             | (u8::from(self.independent) << 5)
@@ -41,7 +42,8 @@ impl FrameMarking {
         [b0, self.lid, self.tl0_pic_idx]
     }
 
-    fn from_bytes(b: &[u8]) -> Option<Self> {
+    /// Parse an extension element's body (at least 3 bytes).
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
         let b0 = *b.first()?;
         Some(FrameMarking {
             start: b0 & 0x80 != 0,
