@@ -30,34 +30,46 @@ async fn scenario(server: &Server, b: &Browser) -> TestResult<()> {
     b.submit_join(&format!("http://{}/", server.http), MEETING, true)
         .await?;
     // The MCU joins as a participant named 会议画面 with kind "mcu".
-    let mcu = poll(Duration::from_secs(30), Duration::from_millis(250), || async {
-        let snap = b.snapshot().await.ok()?;
-        snap["participants"]
-            .as_array()?
-            .iter()
-            .find(|p| p["kind"] == "mcu")
-            .cloned()
-    })
+    let mcu = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let snap = b.snapshot().await.ok()?;
+            snap["participants"]
+                .as_array()?
+                .iter()
+                .find(|p| p["kind"] == "mcu")
+                .cloned()
+        },
+    )
     .await
     .ok_or("the MCU never appeared among the participants")?;
     assert_eq!(mcu["name"], "会议画面");
     let mcu_id = mcu["id"].as_str().ok_or("mcu id")?.to_owned();
 
     // Its mix is decoded at 1920×1080 and keeps coming.
-    let first = poll(Duration::from_secs(90), Duration::from_millis(250), || async {
-        let s = b.stats().await.ok()?;
-        let v = &s[mcu_id.as_str()]["video"];
-        (num(&v["frameWidth"]) == 1920.0
-            && num(&v["frameHeight"]) == 1080.0
-            && num(&v["framesDecoded"]) > 0.0)
-            .then(|| num(&v["framesDecoded"]))
-    })
+    let first = poll(
+        Duration::from_secs(90),
+        Duration::from_millis(250),
+        || async {
+            let s = b.stats().await.ok()?;
+            let v = &s[mcu_id.as_str()]["video"];
+            (num(&v["frameWidth"]) == 1920.0
+                && num(&v["frameHeight"]) == 1080.0
+                && num(&v["framesDecoded"]) > 0.0)
+                .then(|| num(&v["framesDecoded"]))
+        },
+    )
     .await
     .ok_or_else(|| format!("no 1920×1080 frames decoded from the MCU {mcu_id}"))?;
-    let rising = poll(Duration::from_secs(20), Duration::from_millis(250), || async {
-        let s = b.stats().await.ok()?;
-        (num(&s[mcu_id.as_str()]["video"]["framesDecoded"]) >= first + 10.0).then_some(())
-    })
+    let rising = poll(
+        Duration::from_secs(20),
+        Duration::from_millis(250),
+        || async {
+            let s = b.stats().await.ok()?;
+            (num(&s[mcu_id.as_str()]["video"]["framesDecoded"]) >= first + 10.0).then_some(())
+        },
+    )
     .await;
     rising.ok_or("the MCU's framesDecoded stopped rising")?;
     // The web client shows it like any participant: a camera tile of its own.
@@ -66,6 +78,47 @@ async fn scenario(server: &Server, b: &Browser) -> TestResult<()> {
     if !tiles.contains(&mcu_id) {
         return Err(format!("no tile for the MCU {mcu_id}: {tiles}"));
     }
+
+    // A picture of our own: the layout selector (shown because the meeting has an MCU)
+    // asks the MCU for layout "1"; the MCU answers with a track of its own, which the
+    // client shows instead of the shared mix and keeps decoding. Then back to the mix.
+    let shown = b
+        .js("return !document.querySelector('#mcu-layout-box').hidden;")
+        .await?;
+    if shown != Value::Bool(true) {
+        return Err("the MCU layout selector is hidden although the meeting has an MCU".into());
+    }
+    let pick = |layout: &'static str| {
+        format!(
+            "const s = document.querySelector('#mcu-layout'); s.value = '{layout}';\n\
+             s.dispatchEvent(new Event('change')); return true;"
+        )
+    };
+    b.js(&pick("1")).await?;
+    let own = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let t = b.js("return window.huitong.state.mcuTrack;").await.ok()?;
+            t.as_str().map(str::to_owned)
+        },
+    )
+    .await
+    .ok_or("no mcu_track answered the layout choice")?;
+    let before = num(&b.stats().await?[mcu_id.as_str()]["video"]["framesDecoded"]);
+    poll(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let s = b.stats().await.ok()?;
+            let v = &s[mcu_id.as_str()]["video"];
+            (num(&v["framesDecoded"]) >= before + 10.0 && num(&v["frameWidth"]) == 1920.0)
+                .then_some(())
+        },
+    )
+    .await
+    .ok_or_else(|| format!("our own MCU picture ({own}) is not being decoded"))?;
+    b.js(&pick("")).await?;
 
     // Dual stream: the browser shares (a canvas stream), the MCU publishes the content
     // as a second track of its own.
@@ -77,11 +130,15 @@ async fn scenario(server: &Server, b: &Browser) -> TestResult<()> {
          await window.huitong.startShare(c.captureStream(15)); return true;",
     )
     .await?;
-    poll(Duration::from_secs(60), Duration::from_millis(250), || async {
-        let s = b.stats().await.ok()?;
-        let c = &s[mcu_id.as_str()]["screen"];
-        (num(&c["framesDecoded"]) > 3.0 && num(&c["frameWidth"]) > 0.0).then_some(())
-    })
+    poll(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || async {
+            let s = b.stats().await.ok()?;
+            let c = &s[mcu_id.as_str()]["screen"];
+            (num(&c["framesDecoded"]) > 3.0 && num(&c["frameWidth"]) > 0.0).then_some(())
+        },
+    )
     .await
     .ok_or("the MCU's content stream was not decoded")?;
     Ok(())
@@ -117,6 +174,9 @@ async fn browser_decodes_the_mcu_mix_at_1080p_and_its_content_stream() {
     };
     let _ = timeout(Duration::from_secs(10), browser.client.clone().close()).await;
     if let Err(e) = outcome {
-        panic!("{e}\n{diag}\n--- server stderr:\n{}", server.log.tail(LOG_TAIL_LINES));
+        panic!(
+            "{e}\n{diag}\n--- server stderr:\n{}",
+            server.log.tail(LOG_TAIL_LINES)
+        );
     }
 }

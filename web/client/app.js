@@ -931,6 +931,10 @@ function renderPeople() {
   }
   ul.replaceChildren(...items);
   $('#people-count').textContent = `(${state.participants.size})`;
+  // The layout choice only means something while the meeting has an MCU.
+  const hasMcu = [...state.participants.values()].some((p) => p.kind === 'mcu');
+  $('#mcu-layout-box').hidden = !hasMcu;
+  if (!hasMcu) $('#mcu-layout').value = '';
 }
 
 async function hostAction(action, participant) {
@@ -1095,6 +1099,8 @@ function init() {
     render();
   });
   $('#people-toggle').addEventListener('click', () => { $('#people-panel').hidden = !$('#people-panel').hidden; });
+  // A picture of our own from the MCU in that layout; "shared" returns to the meeting's mix.
+  $('#mcu-layout').addEventListener('change', (ev) => mcuView(ev.target.value ? { layout: ev.target.value } : null));
   $('#mute-all').addEventListener('click', () => hostAction('mute_all'));
   $('#lock').addEventListener('click', () => hostAction(state.meeting?.locked ? 'unlock' : 'lock'));
   $('#sign-in').addEventListener('click', () => signIn());
