@@ -427,6 +427,17 @@ mod tests {
     }
 
     #[test]
+    fn numeric_ids_echo_exactly() {
+        // Found by `cargo fuzz run signaling_message`: without correctly rounded float
+        // parsing, this id came back as 3.5333333333333326e94, so the client could not
+        // match the reply to its request.
+        let lit = format!("35{}", "3".repeat(93));
+        let r = parse(&format!(r#"{{"type":"ping","id":{lit}}}"#)).unwrap();
+        let reply: Value = serde_json::from_str(&ServerMsg::Pong { re: r.id }.to_json()).unwrap();
+        assert_eq!(reply["re"].as_f64(), Some(lit.parse::<f64>().unwrap()));
+    }
+
+    #[test]
     fn malformed_inputs_map_to_stable_codes() {
         let cases = [
             ("", "bad_request"),

@@ -53,7 +53,10 @@ pub fn inspect(payload: &[u8]) -> Option<PayloadInfo> {
 }
 
 fn is_frame_opening(t: u8) -> bool {
-    matches!(t, 1 | NAL_IDR | NAL_SPS | 8 | 9 | NAL_PREFIX | NAL_SVC_SLICE)
+    matches!(
+        t,
+        1 | NAL_IDR | NAL_SPS | 8 | 9 | NAL_PREFIX | NAL_SVC_SLICE
+    )
 }
 
 fn note_nal(nal: &[u8], info: &mut PayloadInfo, first: bool) {
@@ -98,12 +101,18 @@ pub fn sps_size_in_payload(payload: &[u8]) -> Option<(u16, u16)> {
 /// Width and height (after cropping) from an SPS NAL unit including its header byte.
 pub fn sps_size(nal: &[u8]) -> Option<(u16, u16)> {
     let rbsp = unescape(nal.get(1..)?);
-    let mut r = BitReader { data: &rbsp, pos: 0 };
+    let mut r = BitReader {
+        data: &rbsp,
+        pos: 0,
+    };
     let profile_idc = r.bits(8)?;
     r.bits(16)?; // constraint flags, level_idc
     r.ue()?; // seq_parameter_set_id
     let mut chroma_format_idc = 1;
-    if matches!(profile_idc, 100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135) {
+    if matches!(
+        profile_idc,
+        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+    ) {
         chroma_format_idc = r.ue()?;
         if chroma_format_idc == 3 {
             r.bits(1)?;
@@ -162,8 +171,15 @@ pub fn sps_size(nal: &[u8]) -> Option<(u16, u16)> {
     };
     let crop_x = sub_w;
     let crop_y = sub_h * (2 - frame_mbs_only);
-    let w = (w_mbs * 16).checked_sub((cl + cr).checked_mul(crop_x)?)?;
-    let h = ((2 - frame_mbs_only) * h_map * 16).checked_sub((ct + cb).checked_mul(crop_y)?)?;
+    // Every count is an Exp-Golomb value up to 2^32 - 2 from untrusted bytes: checked
+    // arithmetic turns an absurd SPS into `None` instead of an overflow.
+    let w = w_mbs
+        .checked_mul(16)?
+        .checked_sub(cl.checked_add(cr)?.checked_mul(crop_x)?)?;
+    let h = (2 - frame_mbs_only)
+        .checked_mul(h_map)?
+        .checked_mul(16)?
+        .checked_sub(ct.checked_add(cb)?.checked_mul(crop_y)?)?;
     Some((u16::try_from(w).ok()?, u16::try_from(h).ok()?))
 }
 
@@ -292,5 +308,16 @@ mod tests {
         }
         assert!(inspect(&[]).is_none());
         assert!(inspect(&[STAP_A, 0, 9, 1]).is_none());
+    }
+
+    #[test]
+    fn huge_sps_dimensions_are_rejected_not_overflowing() {
+        // Found by `cargo fuzz run sfu_payload`: pic_width_in_mbs_minus1 near 2^31, so
+        // the width in pixels overflowed u32 (a panic wherever overflow checks are on).
+        let sps = [
+            0x67, 0x64, 0x28, 0xae, 0xac, 0xd9, 0, 0, 0, 0, 0x28, 0xf0, 0xfd, 0x3c, 0x60,
+        ];
+        assert_eq!(sps_size_in_payload(&sps), None);
+        assert_eq!(sps_size(&sps), None);
     }
 }

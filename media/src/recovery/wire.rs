@@ -231,7 +231,9 @@ impl Feedback {
                 p.extend_from_slice(LOSS_REPORT_NAME);
                 p.extend_from_slice(&media_ssrc.to_be_bytes());
                 let f = (fraction.clamp(0.0, 1.0) * 65535.0).round() as u16;
-                let b = (burstiness.clamp(0.0, 255.0) * 256.0).round() as u16;
+                // The field's whole range (8.8 fixed point): clamping lower would change
+                // values a parsed report carries when it is forwarded.
+                let b = (burstiness.clamp(0.0, f64::from(u16::MAX) / 256.0) * 256.0).round() as u16;
                 p.extend_from_slice(&f.to_be_bytes());
                 p.extend_from_slice(&b.to_be_bytes());
                 p.extend_from_slice(&expected.to_be_bytes());
@@ -384,6 +386,19 @@ mod tests {
             panic!()
         };
         assert!((fraction - 0.5).abs() < 1e-4 && (burstiness - 2.25).abs() < 1e-3);
+    }
+
+    #[test]
+    fn loss_report_round_trips_the_whole_burstiness_range() {
+        // Found by `cargo fuzz run recovery_wire`: the writer clamped burstiness at 255,
+        // so a parsed report of 255.996 (0xffff) came back as 255.0.
+        let mut p = vec![0x80, 204, 0, 5, 0, 0, 0, 1];
+        p.extend_from_slice(LOSS_REPORT_NAME);
+        p.extend_from_slice(&[0, 0, 0, 5, 0x80, 0x00, 0xff, 0xff, 0, 0, 3, 0xe8]);
+        let parsed = Feedback::parse_compound(&p);
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].to_bytes(1), p);
+        assert_eq!(Feedback::parse_compound(&parsed[0].to_bytes(1)), parsed);
     }
 
     #[test]
