@@ -89,6 +89,8 @@ pub struct MediaConfig {
     pub keyframe_interval_ms: u64,
     /// Participants this node accepts.
     pub max_participants: usize,
+    /// A media timer due this close is run at once instead of after a sleep.
+    pub timer_slack_us: u64,
 }
 
 impl Default for Config {
@@ -123,6 +125,7 @@ impl Default for MediaConfig {
             advertise_ip: None,
             keyframe_interval_ms: 500,
             max_participants: 2000,
+            timer_slack_us: 1000,
         }
     }
 }

@@ -88,6 +88,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         candidates: vec![advertised],
         keyframe_interval: std::time::Duration::from_millis(cfg.media.keyframe_interval_ms),
         max_participants: cfg.media.max_participants,
+        timer_slack: std::time::Duration::from_micros(cfg.media.timer_slack_us),
         ..Default::default()
     };
     let (sfu, events) = sfu::spawn(udp, sfu_cfg)?;

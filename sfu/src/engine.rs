@@ -44,6 +44,9 @@ pub struct SfuConfig {
     pub quality_interval: Duration,
     /// Participants one node accepts.
     pub max_participants: usize,
+    /// The shell runs a timeout this close to now at once instead of sleeping for it
+    /// (see `shell`); zero sleeps for every timeout.
+    pub timer_slack: Duration,
 }
 
 impl Default for SfuConfig {
@@ -54,6 +57,7 @@ impl Default for SfuConfig {
             initial_bwe: Bitrate::kbps(2_500),
             quality_interval: Duration::from_secs(2),
             max_participants: 2_000,
+            timer_slack: Duration::from_millis(1),
         }
     }
 }
