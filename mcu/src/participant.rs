@@ -285,15 +285,16 @@ impl McuClient {
     /// `sub_addr`. It starts by joining (see [`McuClient::poll_output`]).
     pub fn new(
         now: Instant,
-        cfg: McuClientConfig,
+        mut cfg: McuClientConfig,
         layouts: LayoutSet,
         font: Option<TextRenderer>,
         pub_addr: SocketAddr,
         sub_addr: SocketAddr,
     ) -> Result<Self, Error> {
+        cfg.temporal_layers = cfg.temporal_layers.clamp(1, 4);
         let mut mixer = MeetingMixer::new(now, cfg.engine.clone(), layouts, font)?;
         mixer.set_encoder_template(H264EncoderConfig {
-            temporal_layers: cfg.temporal_layers.clamp(1, 4),
+            temporal_layers: cfg.temporal_layers,
             ..crate::engine::default_output_encoder()
         });
         let join = json!({"type": "join", "v": 1, "id": "join", "meeting": cfg.meeting,
@@ -1090,7 +1091,7 @@ impl McuClient {
     /// The picture-level frame marking of a mixed picture on the output at `mid`: its
     /// temporal layer and the running index of base-layer pictures.
     fn marking(&mut self, mid: Mid, picture: &EncodedPicture) -> FrameMarking {
-        let layers = self.cfg.temporal_layers.clamp(1, 4);
+        let layers = self.cfg.temporal_layers;
         let tl0 = self.tl0.entry(mid).or_insert(0);
         if picture.temporal_id == 0 {
             *tl0 = tl0.wrapping_add(1);
