@@ -20,6 +20,7 @@ huitong_install() {
   echo "installing: ${missing[*]}" >&2
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  as_root apt-get clean
 }
 
 # geckodriver (Firefox's WebDriver) is not packaged by Debian; crates.io has its source.
