@@ -40,10 +40,11 @@ pub struct Opts {
     pub simulcast: bool,
     pub strace: bool,
     pub client_threads: usize,
+    pub rounds: usize,
 }
 
 const USAGE: &str = "usage: bench admin [--quick] (see bench/README.md) | bench loss (see bench/README.md) | bench sfu-forward [--publishers P] [--subscribers S] [--seconds N] \
-[--warmup W] [--no-janus] [--no-huitong] [--simulcast] [--no-strace] [--client-threads T]";
+[--warmup W] [--rounds R] [--no-janus] [--no-huitong] [--simulcast] [--no-strace] [--client-threads T]";
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
     // Defaults sized for 2 cores: 4 publishers x (3 + 16) receivers = 76 forwarded streams,
@@ -61,6 +62,10 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         simulcast: false,
         strace: true,
         client_threads: 1,
+        // The machines are shared: one pair of runs moved the ratio by +-15 %. Alternating
+        // the servers over rounds and taking the median ratio cancels slow drifts in what
+        // the rest of the machine is doing.
+        rounds: 3,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -76,6 +81,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--seconds" => o.seconds = num()?,
             "--warmup" => o.warmup = num()?,
             "--client-threads" => o.client_threads = num()?.max(1) as usize,
+            "--rounds" => o.rounds = num()?.max(1) as usize,
             "--no-janus" => o.janus = false,
             "--no-huitong" => o.huitong = false,
             "--simulcast" => o.simulcast = true,
@@ -433,70 +439,110 @@ fn sfu_forward(opts: Opts) -> Result<()> {
             None
         }
     };
-    let mut huitong = None;
-    let mut janus = None;
-    if opts.huitong {
-        match run_target(Target::Huitong, &opts, ns.as_ref()) {
-            Ok(f) => huitong = Some(f),
-            Err(e) => println!(
-                "{}",
-                json!({"bench": "sfu-forward", "server": "huitong", "error": format!("{e:#}")})
-            ),
-        }
-    }
+    let targets: Vec<Target> = [(opts.huitong, Target::Huitong), (opts.janus, Target::Janus)]
+        .into_iter()
+        .filter_map(|(on, t)| on.then_some(t))
+        .collect();
+    let mut rounds: Vec<Round> = Vec::new();
     let mut janus_error = None;
-    if opts.janus {
-        match run_target(Target::Janus, &opts, ns.as_ref()) {
-            Ok(f) => janus = Some(f),
-            Err(e) => {
-                janus_error = Some(format!("{e:#}"));
-                println!(
-                    "{}",
-                    json!({"bench": "sfu-forward", "server": "janus", "error": format!("{e:#}")})
-                )
+    for round in 0..opts.rounds {
+        // strace slows what it watches, and it runs after the window; once is enough.
+        let opts = Opts {
+            strace: opts.strace && round == 0,
+            ..opts.clone()
+        };
+        let mut r = Round::default();
+        for &target in &targets {
+            match run_target(target, &opts, ns.as_ref()) {
+                Ok(f) => {
+                    let mut line = f.json();
+                    line["round"] = json!(round + 1);
+                    println!("{line}");
+                    if let Some(s) = &f.strace {
+                        println!(
+                            "{}",
+                            json!({"bench": "sfu-forward", "server": f.target.name(), "strace": s})
+                        );
+                    }
+                    match target {
+                        Target::Huitong => r.huitong = Some(f),
+                        Target::Janus => r.janus = Some(f),
+                    }
+                }
+                Err(e) => {
+                    if target == Target::Janus {
+                        janus_error = Some(format!("{e:#}"));
+                    }
+                    println!(
+                        "{}",
+                        json!({"bench": "sfu-forward", "server": target.name(), "round": round + 1, "error": format!("{e:#}")})
+                    );
+                }
             }
         }
-    }
-    for f in [&huitong, &janus].into_iter().flatten() {
-        println!("{}", f.json());
-        if let Some(s) = &f.strace {
-            println!(
-                "{}",
-                json!({"bench": "sfu-forward", "server": f.target.name(), "strace": s})
-            );
-        }
+        rounds.push(r);
     }
     drop(ns);
 
-    println!();
-    summary(
-        &opts,
-        huitong.as_ref(),
-        janus.as_ref(),
-        janus_error.as_deref(),
-    );
+    // The round whose ratio is the median stands for the run, so the figures printed
+    // together (CPU, latency, syscalls) come from one pair of measurements.
+    let ratios: Vec<Option<f64>> = rounds.iter().map(Round::ratio).collect();
+    let mut measured: Vec<(f64, usize)> = ratios
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some(((*r)?, i)))
+        .collect();
+    measured.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let pick = measured.get(measured.len() / 2).map_or(0, |m| m.1);
+    let rep = rounds.get(pick);
+    let h = rep.and_then(|r| r.huitong.as_ref());
+    let j = rep.and_then(|r| r.janus.as_ref());
+    let h_cpu = h.and_then(Figures::cpu_per_mpkt);
+    let j_cpu = j.and_then(Figures::cpu_per_mpkt);
 
-    let h_cpu = huitong.as_ref().and_then(Figures::cpu_per_mpkt);
-    let j_cpu = janus.as_ref().and_then(Figures::cpu_per_mpkt);
-    let ratio = match (h_cpu, j_cpu) {
-        (Some(h), Some(j)) if h > 0.0 => Some(j / h),
-        _ => None,
-    };
-    let h = huitong.as_ref();
+    println!();
+    summary(&opts, h, j, janus_error.as_deref());
+    if rounds.len() > 1 {
+        let list: Vec<String> = ratios
+            .iter()
+            .map(|r| r.map_or("-".into(), |r| format!("{r:.2}")))
+            .collect();
+        println!(
+            "  rounds (huitong then janus, alternating): ratios {}; the median round is shown above",
+            list.join(", ")
+        );
+    }
     println!(
         "{}",
         json!({
             "bench": "sfu-forward",
             "publishers": opts.publishers,
             "subscribers": opts.subscribers,
+            "rounds": rounds.len(),
             "huitong_cpu_s_per_mpkt": h_cpu,
             "janus_cpu_s_per_mpkt": j_cpu,
-            "janus_ratio": ratio,
+            "janus_ratio": rep.and_then(Round::ratio),
+            "janus_ratio_rounds": ratios,
             "p99_forward_ms": h.map(|f| f.result["p99_ms"].clone()),
             "loss": h.map(|f| f.result["loss"].clone()),
         })
     );
     Ok(())
+}
+
+/// One Huitong run and one Janus run back to back.
+#[derive(Default)]
+struct Round {
+    huitong: Option<Figures>,
+    janus: Option<Figures>,
+}
+
+impl Round {
+    fn ratio(&self) -> Option<f64> {
+        let h = self.huitong.as_ref()?.cpu_per_mpkt()?;
+        let j = self.janus.as_ref()?.cpu_per_mpkt()?;
+        (h > 0.0).then(|| j / h)
+    }
 }
 
 fn summary(opts: &Opts, h: Option<&Figures>, j: Option<&Figures>, janus_error: Option<&str>) {

@@ -105,13 +105,14 @@ async fn scenario(server: &Server, b: &Browser) -> TestResult<()> {
     )
     .await
     .ok_or("no mcu_track answered the layout choice")?;
-    let before = num(&b.stats().await?[mcu_id.as_str()]["video"]["framesDecoded"]);
+    // Counted on that track itself: the MCU participant has two video tracks now.
+    let before = num(&b.stats().await?["tracks"][own.as_str()]["framesDecoded"]);
     poll(
         Duration::from_secs(30),
         Duration::from_millis(250),
         || async {
             let s = b.stats().await.ok()?;
-            let v = &s[mcu_id.as_str()]["video"];
+            let v = &s["tracks"][own.as_str()];
             (num(&v["framesDecoded"]) >= before + 10.0 && num(&v["frameWidth"]) == 1920.0)
                 .then_some(())
         },

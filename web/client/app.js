@@ -1013,9 +1013,14 @@ async function stats() {
     }
     byMid.set(mid, acc);
   });
+  // Per track as well: the MCU publishes several video tracks (the mix, pictures of
+  // their own), and per participant only the one this client shows is reported.
+  out.tracks = {};
   for (const [mid, acc] of byMid) {
     const t = subTracksByMid.get(mid);
     if (!t) continue;
+    out.tracks[t.id] = { kind: t.kind, framesDecoded: acc.framesDecoded, frameWidth: acc.frameWidth, frameHeight: acc.frameHeight };
+    if (t.kind === 'video' && t.view && !isOurMcuPicture(t)) continue;
     const p = out[t.participant] || (out[t.participant] = {});
     if (t.kind === 'audio') {
       p.audio = { totalSamplesReceived: acc.totalSamplesReceived, bytesReceived: acc.bytesReceived };
