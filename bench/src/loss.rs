@@ -321,6 +321,21 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
         ud.offered,
         ud.delivered
     );
+    // Where frames die: the SFU's own uplink recovery skips frames the receiver then
+    // never hears of (they show as missing frames, not receiver skips).
+    if let Ok(st) = sfu.stats().await {
+        let c = &st.counters;
+        eprintln!(
+            "loss {scenario}/{}: SFU uplink frames delivered {}, skipped {} ({} incomplete), gaps {}, keyframe requests to sender {} (absorbed {})",
+            method.name(),
+            c.protected_frames_up,
+            c.protected_skipped_up,
+            c.protected_incomplete_up,
+            c.protected_gaps_up,
+            c.keyframe_requests_up,
+            c.keyframe_requests_absorbed
+        );
+    }
     sfu.leave(pp);
     sfu.leave(sp);
     Ok(Run {

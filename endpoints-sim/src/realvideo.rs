@@ -14,10 +14,12 @@
 //!
 //! Each frame's temporal layer goes into the frame marking ([`TEMPORAL_LAYERS`] of them),
 //! so the protection can weigh layers and a receiver that loses a top-layer frame loses
-//! only that frame. The terminals send one layer for now: with three (T0 T2 T1 T2 …),
-//! random50 fell from 26 to 5.8 fps, because the layered FEC sizing leaves upper-layer
-//! frames short of repair and too many base frames miss the deadline with them; see
-//! `docs/benchmarks.md`.
+//! only that frame. The terminals send two layers (T0 T1 T0 T1 …): with one, every frame
+//! a hop could not complete broke the reference chain until a keyframe had crossed both
+//! hops (random50 26 fps, bursty50 17); with two, half the frames can be lost alone
+//! (29.25 / 29.25). Three (T0 T2 T1 T2) fell to 5.8 fps: the layered FEC sizing leaves
+//! T2 frames short of repair and base frames sharing their blocks miss the deadline with
+//! them. See `docs/benchmarks.md`.
 //!
 //! The terminals are sans-IO objects; [`run`] is the thin blocking shell that owns a UDP
 //! socket and the clock for one of them on its own thread.
@@ -448,8 +450,8 @@ pub fn encoder_config(height: usize) -> H264EncoderConfig {
     }
 }
 
-/// Temporal layers of the sent video (the encoder does 1..=4; why 1: module docs).
-pub const TEMPORAL_LAYERS: u8 = 1;
+/// Temporal layers of the sent video (the encoder does 1..=4; why 2: module docs).
+pub const TEMPORAL_LAYERS: u8 = 2;
 
 /// The sending terminal.
 pub struct LossSender {

@@ -103,6 +103,9 @@ pub struct Counters {
     pub protected_frames_up: u64,
     /// Frames it could not complete (or whose reference was lost): never forwarded.
     pub protected_skipped_up: u64,
+    /// Of those, frames still incomplete at their deadline (the rest waited for a keyframe
+    /// or a reference): each one is a recovery failure on the uplink.
+    pub protected_incomplete_up: u64,
     /// Runs of packets of which nothing arrived, given up by the uplink recovery.
     pub protected_gaps_up: u64,
 }
@@ -1241,7 +1244,12 @@ impl Sfu {
                     self.counters.protected_frames_up += 1;
                     fwd.extend(f.packets.iter().filter_map(|p| carried_fwd(p, ext, now)));
                 }
-                ReceiverEvent::Skipped(_) => self.counters.protected_skipped_up += 1,
+                ReceiverEvent::Skipped(s) => {
+                    self.counters.protected_skipped_up += 1;
+                    if s.reason == media::recovery::SkipReason::Incomplete {
+                        self.counters.protected_incomplete_up += 1;
+                    }
+                }
                 ReceiverEvent::Gap { .. } => self.counters.protected_gaps_up += 1,
                 ReceiverEvent::KeyframeRequested => {}
             }
