@@ -636,7 +636,6 @@ impl LossSender {
                 if pic.temporal_id == 0 {
                     self.tl0_idx = self.tl0_idx.wrapping_add(1);
                 }
-                let top = pic.temporal_id + 1 == TEMPORAL_LAYERS;
                 let Some(tx) = &mut self.tx else {
                     return Ok(());
                 };
@@ -646,14 +645,12 @@ impl LossSender {
                     let marking = FrameMarking {
                         start: i == 0,
                         end: i + 1 == count,
-                        independent: pic.keyframe,
-                        // Nothing references the top layer.
-                        discardable: top && TEMPORAL_LAYERS > 1,
-                        // T1 predicts from T0 only.
-                        base_sync: pic.temporal_id == 1,
-                        tid: pic.temporal_id,
-                        lid: 0,
-                        tl0_pic_idx: self.tl0_idx,
+                        ..FrameMarking::picture(
+                            pic.temporal_id,
+                            TEMPORAL_LAYERS,
+                            pic.keyframe,
+                            self.tl0_idx,
+                        )
                     };
                     let fp = FramePacket {
                         timestamp: ts,

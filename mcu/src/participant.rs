@@ -1096,17 +1096,7 @@ impl McuClient {
         if picture.temporal_id == 0 {
             *tl0 = tl0.wrapping_add(1);
         }
-        FrameMarking {
-            start: true,
-            end: true,
-            independent: picture.keyframe,
-            // Dyadic pattern: nothing references the top layer, T1 references T0 only.
-            discardable: layers > 1 && picture.temporal_id + 1 == layers,
-            base_sync: picture.temporal_id == 1,
-            tid: picture.temporal_id,
-            lid: 0,
-            tl0_pic_idx: *tl0,
-        }
+        FrameMarking::picture(picture.temporal_id, layers, picture.keyframe, *tl0)
     }
 
     fn write_at(

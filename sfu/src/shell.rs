@@ -145,12 +145,17 @@ async fn run(
                 Output::Event(e) => {
                     let _ = events.send(e);
                 }
-                Output::Timeout(t) if early < MAX_EARLY && !slack.is_zero() && t <= now() + slack => {
+                Output::Timeout(t) => {
+                    if early == MAX_EARLY || slack.is_zero() {
+                        break t;
+                    }
+                    let n = now();
+                    if t > n + slack {
+                        break t;
+                    }
                     early += 1;
-                    let at = clock.at(t.max(now()));
-                    sfu.handle_input(Input::Timeout(at));
+                    sfu.handle_input(Input::Timeout(clock.at(t.max(n))));
                 }
-                Output::Timeout(t) => break t,
             }
         };
         // Everything one batch of input produced leaves together (see `udp`).

@@ -31,6 +31,22 @@ pub struct FrameMarking {
 }
 
 impl FrameMarking {
+    /// The marking of a whole picture of a stream with `layers` dyadic temporal layers
+    /// (OpenH264's pattern): nothing references the top layer and T1 predicts from T0
+    /// only. `start`/`end` are set for the picture; a packetiser sets them per packet.
+    pub fn picture(tid: u8, layers: u8, keyframe: bool, tl0_pic_idx: u8) -> Self {
+        FrameMarking {
+            start: true,
+            end: true,
+            independent: keyframe,
+            discardable: layers > 1 && tid + 1 == layers,
+            base_sync: tid == 1,
+            tid,
+            lid: 0,
+            tl0_pic_idx,
+        }
+    }
+
     /// The 3 bytes of the extension element's body.
     pub fn bytes(&self) -> [u8; 3] {
         let b0 = (u8::from(self.start) << 7)
