@@ -5,8 +5,9 @@
 # aws-lc), pkg-config, clang (bindgen).
 HUITONG_BUILD_PKGS="nasm cmake pkg-config clang libclang-dev"
 # What the tests drive: headless Chromium + ChromeDriver and Firefox ESR, PostgreSQL (the
-# admin plane's tests run on SQLite and PostgreSQL), the CJK font the MCU draws names with.
-HUITONG_TEST_PKGS="chromium chromium-driver firefox-esr postgresql fonts-wqy-microhei"
+# admin plane's tests run on SQLite and PostgreSQL), the CJK font the MCU draws names with,
+# FFmpeg (its libavcodec is the MCU's H.264 decoder when installed: media::codec::libav).
+HUITONG_TEST_PKGS="chromium chromium-driver firefox-esr postgresql fonts-wqy-microhei ffmpeg"
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi; }

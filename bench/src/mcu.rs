@@ -29,7 +29,8 @@ use ::mcu::layout::LayoutSet;
 use ::mcu::text::{DEFAULT_FONT, TextRenderer};
 use anyhow::{Context, Result, anyhow, bail};
 use media::codec::openh264::{
-    H264Complexity, H264Decoder, H264Encoder, H264EncoderConfig, H264RateControl, I420Frame,
+    DecoderBackend, H264Complexity, H264Decoder, H264Encoder, H264EncoderConfig, H264RateControl,
+    I420Frame,
 };
 use serde_json::json;
 
@@ -45,6 +46,11 @@ const OUT_H: usize = 1080;
 const FPS: u32 = 30;
 /// Bump when the scene generators change so cached inputs are regenerated.
 const SCENE_VERSION: u32 = 1;
+
+/// The backend `MeetingMixer` ends up with for `b` on this host.
+fn resolved_decoder(b: DecoderBackend) -> DecoderBackend {
+    H264Decoder::with_backend(b).map_or(b, |d| d.backend())
+}
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -62,6 +68,8 @@ struct Opts {
     /// into decode + xstack and encode with a second, encoder-less ffmpeg run.
     stages: bool,
     encoder: H264EncoderConfig,
+    /// The mixer's H.264 decoder (`--decoder auto|openh264|libav`).
+    decoder: DecoderBackend,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +99,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         labels: true,
         stages: true,
         encoder: default_output_encoder(),
+        decoder: DecoderBackend::Auto,
     };
     let (mut ours_bitrate, mut ff_bitrate) = (None, None);
     let mut it = args.iter();
@@ -135,6 +144,14 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--frame-skip" => o.encoder.allow_frame_skip = on_off(val()?)?,
             "--screen-content" => o.encoder.screen_content = true,
             "--ltr" => o.encoder.long_term_reference = true,
+            "--decoder" => {
+                o.decoder = match val()?.as_str() {
+                    "auto" => DecoderBackend::Auto,
+                    "openh264" => DecoderBackend::OpenH264,
+                    "libav" => DecoderBackend::Libav,
+                    v => bail!("unknown decoder {v} (auto, openh264, libav)"),
+                }
+            }
             "--temporal-layers" => {
                 o.encoder.temporal_layers = val()?
                     .parse::<u8>()
@@ -533,7 +550,11 @@ fn run_ours(inputs: &[Input], layouts: &[&str], opts: &Opts, psnr: bool) -> Resu
     } else {
         None
     };
-    let mut m = MeetingMixer::new(t0, EngineConfig::default(), LayoutSet::default(), font)?;
+    let cfg = EngineConfig {
+        decoder: opts.decoder,
+        ..EngineConfig::default()
+    };
+    let mut m = MeetingMixer::new(t0, cfg, LayoutSet::default(), font)?;
     m.set_encoder_template(opts.encoder);
     for (i, _) in inputs.iter().enumerate() {
         m.add_participant(i as u64 + 1, NAMES[i % NAMES.len()], true);
@@ -1010,15 +1031,17 @@ pub fn main(args: &[String]) -> Result<()> {
             "bitrate_bps": opts.bitrate_bps,
             "ffmpeg_bitrate_bps": opts.ffmpeg_bitrate_bps,
             "encoder": format!("{:?}", opts.encoder),
+            "decoder": format!("{:?}", resolved_decoder(opts.decoder)),
             "load_average_start": load_start,
             "load_average_end": load_avg(),
         })
     );
     eprintln!();
     eprintln!(
-        "== mcu summary (1080p30 out, {} s of media per run, ours {} kbit/s, ffmpeg {} kbit/s, one thread each) ==",
+        "== mcu summary (1080p30 out, {} s of media per run, ours {} kbit/s decoding with {:?}, ffmpeg {} kbit/s, one thread each) ==",
         opts.seconds,
         opts.bitrate_bps / 1000,
+        resolved_decoder(opts.decoder),
         opts.ffmpeg_bitrate_bps / 1000
     );
     for s in &summary {

@@ -13,6 +13,8 @@ use media::codec::openh264::{
 };
 use media::speaker::SpeakerConfig;
 
+pub use media::codec::openh264::DecoderBackend;
+
 use crate::Error;
 use crate::compose::{Compositor, Placeholder, TileContent, TileSpec};
 use crate::layout::{Layout, LayoutSet, PixelRect, TileRole};
@@ -141,6 +143,10 @@ pub struct EngineConfig {
     pub speaker: SpeakerConfig,
     /// Initial mode.
     pub mode: Mode,
+    /// Which library decodes the venues' video. `Auto` takes libavcodec when the host has
+    /// it: decoding is a third of the mix's CPU and libavcodec's decoder needs about half
+    /// of OpenH264's (`docs/mcu.md`).
+    pub decoder: DecoderBackend,
 }
 
 impl Default for EngineConfig {
@@ -150,6 +156,7 @@ impl Default for EngineConfig {
             stale_after: Duration::from_secs(1),
             speaker: SpeakerConfig::default(),
             mode: Mode::VoiceActivated,
+            decoder: DecoderBackend::Auto,
         }
     }
 }
@@ -422,7 +429,7 @@ impl MeetingMixer {
         };
         let decoder = match p.decoder.as_mut() {
             Some(d) => d,
-            None => match H264Decoder::new() {
+            None => match H264Decoder::with_backend(self.cfg.decoder) {
                 Ok(d) => p.decoder.insert(d),
                 Err(e) => {
                     self.counters.decode_errors += 1;

@@ -1251,7 +1251,7 @@ impl McuClient {
                 return;
             };
             if c.decoder.is_none() {
-                c.decoder = H264Decoder::new().ok();
+                c.decoder = H264Decoder::with_backend(self.cfg.engine.decoder).ok();
             }
             let Some(dec) = c.decoder.as_mut() else {
                 return;

@@ -46,6 +46,32 @@ pub struct McuConfig {
     pub font: Option<PathBuf>,
     /// Extra layouts: a JSON file as described in docs/mcu.md.
     pub layouts_file: Option<PathBuf>,
+    /// H.264 decoder for the venues' video.
+    pub decoder: McuDecoder,
+}
+
+/// Which library decodes the venues' video in the MCU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum McuDecoder {
+    /// FFmpeg's libavcodec when installed (about half the decode CPU), else OpenH264.
+    #[default]
+    Auto,
+    /// OpenH264, built in.
+    Openh264,
+    /// libavcodec only; a meeting's mix fails to decode without it.
+    Libavcodec,
+}
+
+impl McuDecoder {
+    pub fn backend(self) -> mcu::engine::DecoderBackend {
+        use mcu::engine::DecoderBackend;
+        match self {
+            Self::Auto => DecoderBackend::Auto,
+            Self::Openh264 => DecoderBackend::OpenH264,
+            Self::Libavcodec => DecoderBackend::Libav,
+        }
+    }
 }
 
 impl Default for McuConfig {
@@ -61,6 +87,7 @@ impl Default for McuConfig {
             content_bitrate_bps: 1_500_000,
             font: Some(PathBuf::from("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")),
             layouts_file: None,
+            decoder: McuDecoder::Auto,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use mcu::engine::TerminalSettings;
+use mcu::engine::{EngineConfig, TerminalSettings};
 use mcu::layout::LayoutSet;
 use mcu::participant::McuClientConfig;
 use mcu::shell::{McuCommand, McuHandle, SignalChannel};
@@ -67,6 +67,10 @@ pub fn start(hub: Arc<Hub>, cfg: McuConfig, media_ip: IpAddr) -> anyhow::Result<
                         },
                         content_fps: cfg.content_fps,
                         content_bitrate_bps: cfg.content_bitrate_bps,
+                        engine: EngineConfig {
+                            decoder: cfg.decoder.backend(),
+                            ..EngineConfig::default()
+                        },
                         ..McuClientConfig::default()
                     };
                     let text = font.clone().and_then(|b| TextRenderer::from_bytes(b).ok());

@@ -3,6 +3,7 @@
 pub mod g711;
 pub mod g722;
 pub mod h264;
+pub mod libav;
 pub mod openh264;
 pub mod opus;
 pub mod vp8;

@@ -15,6 +15,7 @@ use openh264::encoder::{
 use openh264::formats::YUVSource;
 
 use crate::Error;
+use crate::codec::libav::LibavH264Decoder;
 
 fn codec_err(e: openh264::Error) -> Error {
     Error::Codec {
@@ -374,8 +375,8 @@ impl H264Encoder {
 }
 
 mod svc {
-    //! The only `unsafe` of the media crate: OpenH264's option calls, which take a raw
-    //! pointer to the parameter struct.
+    //! OpenH264's option calls, which take a raw pointer to the parameter struct (the
+    //! media crate's other `unsafe` is `codec::libav`).
     #![allow(unsafe_code)]
 
     use openh264::encoder::Encoder;
@@ -418,29 +419,75 @@ mod svc {
     }
 }
 
-/// An OpenH264 decoder returning packed I420 pictures.
+/// Which library decodes H.264.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecoderBackend {
+    /// OpenH264, built into the binary.
+    #[default]
+    OpenH264,
+    /// FFmpeg's libavcodec, opened at run time ([`crate::codec::libav`]): about a third
+    /// less CPU per picture. Fails when the library is not installed.
+    Libav,
+    /// libavcodec when this host has it, else OpenH264.
+    Auto,
+}
+
+/// An H.264 decoder returning packed I420 pictures.
 pub struct H264Decoder {
-    inner: Decoder,
+    inner: DecoderInner,
+}
+
+enum DecoderInner {
+    OpenH264(Decoder),
+    Libav(LibavH264Decoder),
 }
 
 impl std::fmt::Debug for H264Decoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("H264Decoder").finish_non_exhaustive()
+        f.debug_struct("H264Decoder")
+            .field("backend", &self.backend())
+            .finish_non_exhaustive()
     }
 }
 
 impl H264Decoder {
-    /// A decoder with OpenH264's error concealment on.
+    /// An OpenH264 decoder with its error concealment on.
     pub fn new() -> Result<Self, Error> {
-        let inner = Decoder::with_api_config(OpenH264API::from_source(), DecoderConfig::new())
-            .map_err(codec_err)?;
+        Self::with_backend(DecoderBackend::OpenH264)
+    }
+
+    /// A decoder of the given backend (`Auto`: libavcodec if it loads).
+    pub fn with_backend(backend: DecoderBackend) -> Result<Self, Error> {
+        let inner = match backend {
+            DecoderBackend::OpenH264 => DecoderInner::OpenH264(
+                Decoder::with_api_config(OpenH264API::from_source(), DecoderConfig::new())
+                    .map_err(codec_err)?,
+            ),
+            DecoderBackend::Libav => DecoderInner::Libav(LibavH264Decoder::new()?),
+            DecoderBackend::Auto => match LibavH264Decoder::new() {
+                Ok(d) => DecoderInner::Libav(d),
+                Err(_) => return Self::with_backend(DecoderBackend::OpenH264),
+            },
+        };
         Ok(Self { inner })
+    }
+
+    /// The library this decoder runs on (never `Auto`).
+    pub fn backend(&self) -> DecoderBackend {
+        match self.inner {
+            DecoderInner::OpenH264(_) => DecoderBackend::OpenH264,
+            DecoderInner::Libav(_) => DecoderBackend::Libav,
+        }
     }
 
     /// Decodes one Annex-B access unit. `Ok(None)` when the decoder needs more data
     /// (parameter sets only, or a picture still being assembled).
     pub fn decode(&mut self, access_unit: &[u8]) -> Result<Option<I420Frame>, Error> {
-        match self.inner.decode(access_unit) {
+        let dec = match &mut self.inner {
+            DecoderInner::OpenH264(d) => d,
+            DecoderInner::Libav(d) => return d.decode(access_unit),
+        };
+        match dec.decode(access_unit) {
             Ok(Some(pic)) => {
                 let (w, h) = pic.dimensions();
                 if w < 2 || h < 2 {
@@ -458,7 +505,7 @@ impl H264Decoder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A textured background with a bright square moving by `t` pixels: real content for
