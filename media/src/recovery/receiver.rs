@@ -51,6 +51,11 @@ pub struct ReceiverConfig {
     pub report_interval: Duration,
     /// Keyframe requests are repeated this often until a keyframe arrives.
     pub keyframe_retry: Duration,
+    /// Extra time a keyframe gets past `playout_delay` (frames behind it wait). Skipping
+    /// a keyframe costs every frame until the next one completes, a PLI round trip plus
+    /// another large frame through the same loss; waiting a few more repair rounds for
+    /// the one in flight costs a short freeze instead.
+    pub keyframe_grace: Duration,
 }
 
 impl ReceiverConfig {
@@ -77,6 +82,7 @@ impl ReceiverConfig {
             feedback_copies: 3,
             report_interval: Duration::from_millis(250),
             keyframe_retry: Duration::from_millis(150),
+            keyframe_grace: Duration::from_millis(250),
         }
     }
 }
@@ -610,7 +616,10 @@ impl ProtectedReceiver {
             }
             self.note_highest(now, ext, true);
             self.missing.remove(&ext);
-            let deadline = self.deadline_for(now, ts);
+            let mut deadline = self.deadline_for(now, ts);
+            if mark.independent {
+                deadline += self.cfg.keyframe_grace;
+            }
             let f = self.frames.entry(ts).or_insert(FrameState {
                 tid: mark.tid,
                 keyframe: mark.independent,
