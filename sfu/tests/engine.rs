@@ -496,3 +496,20 @@ fn frame_marked_h264_temporal_layers_thin_the_stream_for_a_weak_receiver() {
     assert!(got.iter().all(|l| *l == 0), "only the base layer should flow: {got:?}");
     assert!(w.clients[s].frames.iter().filter(|f| f.0 >= t_low).all(|f| f.2), "a frame reached the decoder incomplete");
 }
+
+#[test]
+fn forwarded_packets_leave_in_the_cycle_they_arrive_in() {
+    let mut w = World::new_h264();
+    let (p, _, vmid) = w.join(0, true);
+    let (_, s, _) = w.join(1, false);
+    let mut n = 0;
+    w.publish_h264_for(p, vmid.unwrap(), Duration::from_secs(2), &mut n);
+    let start = w.now;
+    w.publish_h264_for(p, vmid.unwrap(), Duration::from_secs(2), &mut n);
+    let t: Vec<Instant> = w.clients[s].frames.iter().filter(|f| f.0 >= start).map(|f| f.0).collect();
+    assert!(t.len() > 50, "{} frames", t.len());
+    // A frame is written every 33 ms and each link takes 10 ms: a packet the SFU kept
+    // back until the subscriber's next timer would show as an uneven gap.
+    let gaps: Vec<Duration> = t.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.iter().all(|g| *g == Duration::from_millis(33)), "frame gaps {gaps:?}");
+}
