@@ -372,9 +372,6 @@ fn json_line(r: &Run) -> serde_json::Value {
         "p95_latency_ms": if f.p95_latency_ms.is_finite() { json!(round(f.p95_latency_ms, 1)) } else { json!(null) },
         "overhead": round(r.overhead, 3),
         "audio_residual_loss": if f.audio_residual_loss.is_finite() { json!(round(f.audio_residual_loss, 4)) } else { json!(null) },
-        "fps_worst_1s_immediate": f.fps_worst_1s_immediate,
-        "freeze_ms_immediate": f.freeze_ms_immediate,
-        "p95_latency_ms_immediate": if f.p95_latency_ms_immediate.is_finite() { json!(round(f.p95_latency_ms_immediate, 1)) } else { json!(null) },
     })
 }
 

@@ -1050,84 +1050,6 @@ pub struct Figures {
     pub freeze_ms: u64,
     pub p95_latency_ms: f64,
     pub audio_residual_loss: f64,
-    /// The same three figures with every picture shown the moment it is decoded (no
-    /// playout buffer): frames that waited for a repair round come out in a burst.
-    pub fps_worst_1s_immediate: u64,
-    pub freeze_ms_immediate: u64,
-    pub p95_latency_ms_immediate: f64,
-}
-
-/// Frames over which the playout delay is chosen (two seconds at 30 fps).
-const PLAYOUT_WINDOW: usize = 60;
-
-/// When a player shows each decoded picture, given when it was decoded and captured (in
-/// decoding order). Like a WebRTC receiver's jitter buffer, it holds pictures to a target
-/// delay, the 95th percentile of the last two seconds' decode delays, so that pictures
-/// held up by a repair round do not come out in a burst; a picture later than the target
-/// is shown as soon as it is decoded, and never before the one ahead of it.
-fn playout(ready: &[(Instant, Instant)]) -> Vec<Instant> {
-    let mut recent: std::collections::VecDeque<Duration> = std::collections::VecDeque::new();
-    let mut out: Vec<Instant> = Vec::with_capacity(ready.len());
-    for &(at, cap) in ready {
-        let mut sorted: Vec<Duration> = recent.iter().copied().collect();
-        sorted.sort();
-        let target = sorted
-            .get((sorted.len() * 95 / 100).min(sorted.len().saturating_sub(1)))
-            .copied();
-        let mut show = target.map_or(at, |d| at.max(cap + d));
-        if let Some(&prev) = out.last() {
-            show = show.max(prev);
-        }
-        out.push(show);
-        recent.push_back(at.saturating_duration_since(cap));
-        if recent.len() > PLAYOUT_WINDOW {
-            recent.pop_front();
-        }
-    }
-    out
-}
-
-/// Worst 1-s window, freeze time and p95 glass-to-glass latency of pictures shown at
-/// `at` (captured at `cap`), over `[from, to)`.
-fn display_figures(shown: &[(Instant, Instant)], from: Instant, to: Instant) -> (u64, u64, f64) {
-    let secs = to.saturating_duration_since(from).as_secs_f64().max(1e-9);
-    let buckets = secs.floor().max(1.0) as usize;
-    let mut per_s = vec![0u64; buckets];
-    for &(at, _) in shown {
-        let i = at.saturating_duration_since(from).as_secs() as usize;
-        if let Some(b) = per_s.get_mut(i) {
-            *b += 1;
-        }
-    }
-    let mut freeze = Duration::ZERO;
-    let mut last = from;
-    let mut times: Vec<Instant> = shown
-        .iter()
-        .map(|s| s.0)
-        .filter(|t| *t >= from && *t < to)
-        .collect();
-    times.sort();
-    for t in times.into_iter().chain([to]) {
-        let gap = t.saturating_duration_since(last);
-        if gap > Duration::from_millis(200) {
-            freeze += gap;
-        }
-        last = t;
-    }
-    let mut lat: Vec<f64> = shown
-        .iter()
-        .map(|&(at, cap)| at.saturating_duration_since(cap).as_secs_f64() * 1e3)
-        .collect();
-    lat.sort_by(f64::total_cmp);
-    let p95 = lat
-        .get(((lat.len() as f64 * 0.95).ceil() as usize).saturating_sub(1))
-        .copied()
-        .unwrap_or(f64::NAN);
-    (
-        per_s.iter().copied().min().unwrap_or(0),
-        freeze.as_millis() as u64,
-        p95,
-    )
 }
 
 /// Figures over the window `[from, to)` of display time; frame `n` was captured at
@@ -1141,23 +1063,35 @@ pub fn figures(rx: &LossReceiver, epoch: Instant, from: Instant, to: Instant) ->
     let secs = to.saturating_duration_since(from).as_secs_f64().max(1e-9);
     let good: Vec<&&Shown> = shown.iter().filter(|s| s.psnr >= CORRUPT_PSNR_DB).collect();
     let corrupt = (shown.len() - good.len()) as u64 + rx.decode_errors;
-    let captured = |s: &Shown| epoch + FRAME_INTERVAL * s.frame as u32;
-    let immediate: Vec<(Instant, Instant)> = good.iter().map(|s| (s.at, captured(s))).collect();
-    // The player's schedule runs over every decoded picture, warm-up included, so the
-    // window starts with a settled target.
-    let all: Vec<(Instant, Instant)> = rx
-        .shown
+    let buckets = secs.floor().max(1.0) as usize;
+    let mut per_s = vec![0u64; buckets];
+    for s in &good {
+        let i = s.at.saturating_duration_since(from).as_secs() as usize;
+        if let Some(b) = per_s.get_mut(i) {
+            *b += 1;
+        }
+    }
+    let mut freeze = Duration::ZERO;
+    let mut last = from;
+    for s in good.iter().map(|s| s.at).chain([to]) {
+        let gap = s.saturating_duration_since(last);
+        if gap > Duration::from_millis(200) {
+            freeze += gap;
+        }
+        last = s;
+    }
+    let mut lat: Vec<f64> = good
         .iter()
-        .filter(|s| s.psnr >= CORRUPT_PSNR_DB && s.at < to)
-        .map(|s| (s.at, captured(s)))
+        .map(|s| {
+            let cap = epoch + FRAME_INTERVAL * s.frame as u32;
+            s.at.saturating_duration_since(cap).as_secs_f64() * 1e3
+        })
         .collect();
-    let played: Vec<(Instant, Instant)> = playout(&all)
-        .into_iter()
-        .zip(all.iter().map(|a| a.1))
-        .filter(|(t, _)| *t >= from && *t < to)
-        .collect();
-    let (worst, freeze, p95) = display_figures(&played, from, to);
-    let (worst_i, freeze_i, p95_i) = display_figures(&immediate, from, to);
+    lat.sort_by(f64::total_cmp);
+    let p95 = lat
+        .get(((lat.len() as f64 * 0.95).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or(f64::NAN);
     let (width, height) = good
         .iter()
         .map(|s| (s.width, s.height))
@@ -1173,13 +1107,10 @@ pub fn figures(rx: &LossReceiver, epoch: Instant, from: Instant, to: Instant) ->
         width,
         height,
         fps_avg: good.len() as f64 / secs,
-        fps_worst_1s: worst,
+        fps_worst_1s: per_s.iter().copied().min().unwrap_or(0),
         corrupt_frames: corrupt,
-        freeze_ms: freeze,
+        freeze_ms: freeze.as_millis() as u64,
         p95_latency_ms: p95,
-        fps_worst_1s_immediate: worst_i,
-        freeze_ms_immediate: freeze_i,
-        p95_latency_ms_immediate: p95_i,
         audio_residual_loss: if expected == 0 {
             f64::NAN
         } else {
@@ -1221,36 +1152,5 @@ mod tests {
         bad[8 + AUDIO_FRAME_BYTES + 1] ^= 1;
         assert_eq!(audio_frames_in(&bad), vec![10, 8, 7]);
         assert_eq!(audio_frames_in(&audio_packet(1, 3)), vec![1, 0]);
-    }
-
-    #[test]
-    #[allow(clippy::disallowed_methods)] // any origin will do for virtual times
-    fn playout_smooths_a_burst_and_shows_late_pictures_at_once() {
-        let t0 = Instant::now();
-        let ms = |n: u64| Duration::from_millis(n);
-        // Two seconds decoded 80 ms after capture, then three pictures held by a repair
-        // round and decoded together, then on time again.
-        let mut ready: Vec<(Instant, Instant)> = (0..60)
-            .map(|i| (t0 + ms(33 * i + 80), t0 + ms(33 * i)))
-            .collect();
-        for i in 60..63 {
-            ready.push((t0 + ms(33 * 62 + 200), t0 + ms(33 * i)));
-        }
-        ready.extend((63..70).map(|i| (t0 + ms(33 * i + 80), t0 + ms(33 * i))));
-        let shown = playout(&ready);
-        // Steady pictures keep the 80 ms delay: 33 ms apart.
-        assert_eq!(shown[59] - shown[58], ms(33));
-        // The late ones are not shown before they are decoded, nor out of order...
-        for (s, r) in shown.iter().zip(&ready) {
-            assert!(*s >= r.0);
-        }
-        assert!(shown.windows(2).all(|w| w[1] >= w[0]));
-        // ...and after them the player has raised its delay to cover such a round, so the
-        // pictures that follow come out evenly again instead of in a burst.
-        assert!(shown[69] > ready[69].0);
-        assert!(
-            shown[64..].windows(2).all(|w| w[1] - w[0] == ms(33)),
-            "{shown:?}"
-        );
     }
 }
