@@ -144,8 +144,8 @@ pub struct EngineConfig {
     /// Initial mode.
     pub mode: Mode,
     /// Which library decodes the venues' video. `Auto` takes libavcodec when the host has
-    /// it: decoding is a third of the mix's CPU and libavcodec's decoder needs about half
-    /// of OpenH264's (`docs/mcu.md`).
+    /// it: decoding is a third of the mix's CPU and libavcodec's decoder needs about a
+    /// third less than OpenH264's (`docs/mcu.md`).
     pub decoder: DecoderBackend,
 }
 

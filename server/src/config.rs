@@ -54,7 +54,7 @@ pub struct McuConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum McuDecoder {
-    /// FFmpeg's libavcodec when installed (about half the decode CPU), else OpenH264.
+    /// FFmpeg's libavcodec when installed (about a third less decode CPU), else OpenH264.
     #[default]
     Auto,
     /// OpenH264, built in.

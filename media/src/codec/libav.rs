@@ -1,7 +1,7 @@
 //! H.264 decoding with FFmpeg's libavcodec, loaded at run time.
 //!
 //! The MCU decodes every tile of every meeting; libavcodec's H.264 decoder does that in
-//! about half the CPU of OpenH264's (`docs/mcu.md`). It is not linked: the library is
+//! about a third less CPU than OpenH264's (`docs/mcu.md`). It is not linked: the library is
 //! opened with `dlopen` when a decoder is first asked for, so the build needs neither
 //! FFmpeg's headers nor bindgen, and a host without FFmpeg falls back to OpenH264
 //! ([`crate::codec::openh264::H264Decoder`] picks the backend). Debian's libavcodec is
@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 use libloading::Library;
 
 use crate::Error;
-use crate::codec::openh264::I420Frame;
+use crate::codec::openh264::{I420Frame, pack_plane};
 
 /// `AV_CODEC_ID_H264`.
 const CODEC_ID_H264: c_int = 27;
@@ -305,14 +305,12 @@ unsafe fn copy_out(f: &AvFrameHead) -> Result<I420Frame, Error> {
                 message: "libavcodec returned a picture without planes".into(),
             });
         }
-        let mut out = Vec::with_capacity(pw * ph);
-        for row in 0..ph {
-            // SAFETY: row < plane height, pw <= stride: inside the plane.
-            let src =
-                unsafe { std::slice::from_raw_parts(f.data[i].add(row * stride as usize), pw) };
-            out.extend_from_slice(src);
-        }
-        Ok(out)
+        let stride = stride as usize;
+        // SAFETY: the plane has at least `ph` rows of `stride` bytes (`ph` is at most its
+        // height, rounded down to even), and `pw <= stride`: the last row's `pw` bytes end
+        // inside it.
+        let bytes = unsafe { std::slice::from_raw_parts(f.data[i], stride * (ph - 1) + pw) };
+        Ok(pack_plane(bytes, stride, pw, ph))
     };
     I420Frame::from_planes(
         w,

@@ -115,21 +115,24 @@ impl I420Frame {
         let (w, h) = d.dimensions();
         let (w, h) = (w & !1, h & !1);
         let (sy, su, sv) = d.strides();
-        let copy = |plane: &[u8], stride: usize, pw: usize, ph: usize| {
-            let mut out = Vec::with_capacity(pw * ph);
-            for row in 0..ph {
-                out.extend_from_slice(&plane[row * stride..row * stride + pw]);
-            }
-            out
-        };
         Self {
             width: w,
             height: h,
-            y: copy(d.y(), sy, w, h),
-            u: copy(d.u(), su, w / 2, h / 2),
-            v: copy(d.v(), sv, w / 2, h / 2),
+            y: pack_plane(d.y(), sy, w, h),
+            u: pack_plane(d.u(), su, w / 2, h / 2),
+            v: pack_plane(d.v(), sv, w / 2, h / 2),
         }
     }
+}
+
+/// The `pw` × `ph` picture of a plane stored `stride` bytes per row, rows packed.
+/// `plane` holds at least `stride · (ph − 1) + pw` bytes.
+pub(crate) fn pack_plane(plane: &[u8], stride: usize, pw: usize, ph: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(pw * ph);
+    for row in 0..ph {
+        out.extend_from_slice(&plane[row * stride..row * stride + pw]);
+    }
+    out
 }
 
 impl YUVSource for I420Frame {
