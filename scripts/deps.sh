@@ -6,8 +6,9 @@
 HUITONG_BUILD_PKGS="nasm cmake pkg-config clang libclang-dev"
 # What the tests drive: headless Chromium + ChromeDriver and Firefox ESR, PostgreSQL (the
 # admin plane's tests run on SQLite and PostgreSQL), the CJK font the MCU draws names with,
-# FFmpeg (its libavcodec is the MCU's H.264 decoder when installed: media::codec::libav).
-HUITONG_TEST_PKGS="chromium chromium-driver firefox-esr postgresql fonts-wqy-microhei ffmpeg"
+# FFmpeg (its libavcodec is the MCU's H.264 decoder when installed: media::codec::libav) and
+# libx264 (the MCU's optional encoder: media::codec::x264).
+HUITONG_TEST_PKGS="chromium chromium-driver firefox-esr postgresql fonts-wqy-microhei ffmpeg libx264-164"
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi; }

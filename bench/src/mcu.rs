@@ -29,8 +29,8 @@ use ::mcu::layout::LayoutSet;
 use ::mcu::text::{DEFAULT_FONT, TextRenderer};
 use anyhow::{Context, Result, anyhow, bail};
 use media::codec::openh264::{
-    DecoderBackend, H264Complexity, H264Decoder, H264Encoder, H264EncoderConfig, H264RateControl,
-    I420Frame,
+    DecoderBackend, EncoderBackend, H264Complexity, H264Decoder, H264Encoder, H264EncoderConfig,
+    H264RateControl, I420Frame,
 };
 use serde_json::json;
 
@@ -38,7 +38,8 @@ const USAGE: &str = "usage: bench mcu [--seconds N] [--pictures 4,9,16] [--scene
 [--bitrate BPS] [--ours-bitrate BPS] [--ffmpeg-bitrate BPS] [--no-ffmpeg] [--no-layouts] [--no-labels] \
 [--no-stages] [--only-ours] [--complexity low|medium|high] [--scene-change on|off] [--aq on|off] \
 [--background on|off] [--frame-skip on|off] [--screen-content] [--ltr] [--temporal-layers N] \
-[--rc bitrate|quality|buffer|timestamp|off] [--qp MIN-MAX] [--threads N]";
+[--rc bitrate|quality|buffer|timestamp|off] [--qp MIN-MAX] [--threads N] [--encoder openh264|x264] \
+[--decoder auto|openh264|libav]";
 
 /// Output picture every figure is about.
 const OUT_W: usize = 1920;
@@ -46,6 +47,13 @@ const OUT_H: usize = 1080;
 const FPS: u32 = 30;
 /// Bump when the scene generators change so cached inputs are regenerated.
 const SCENE_VERSION: u32 = 1;
+
+fn encoder_name(b: EncoderBackend) -> &'static str {
+    match b {
+        EncoderBackend::OpenH264 => "openh264",
+        EncoderBackend::X264 => "x264",
+    }
+}
 
 /// The backend `MeetingMixer` ends up with for `b` on this host.
 fn resolved_decoder(b: DecoderBackend) -> DecoderBackend {
@@ -144,6 +152,13 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--frame-skip" => o.encoder.allow_frame_skip = on_off(val()?)?,
             "--screen-content" => o.encoder.screen_content = true,
             "--ltr" => o.encoder.long_term_reference = true,
+            "--encoder" => {
+                o.encoder.backend = match val()?.as_str() {
+                    "openh264" => EncoderBackend::OpenH264,
+                    "x264" => EncoderBackend::X264,
+                    v => bail!("unknown encoder {v} (openh264, x264)"),
+                }
+            }
             "--decoder" => {
                 o.decoder = match val()?.as_str() {
                     "auto" => DecoderBackend::Auto,
@@ -552,6 +567,7 @@ fn run_ours(inputs: &[Input], layouts: &[&str], opts: &Opts, psnr: bool) -> Resu
     };
     let cfg = EngineConfig {
         decoder: opts.decoder,
+        encoder: opts.encoder.backend,
         ..EngineConfig::default()
     };
     let mut m = MeetingMixer::new(t0, cfg, LayoutSet::default(), font)?;
@@ -583,7 +599,8 @@ fn run_ours(inputs: &[Input], layouts: &[&str], opts: &Opts, psnr: bool) -> Resu
         frames,
         ..OurRun::default()
     };
-    let mut rx = H264Decoder::new()?;
+    // libavcodec when installed: it decodes every profile x264 may code.
+    let mut rx = H264Decoder::with_backend(DecoderBackend::Auto)?;
     let mut shown: Option<I420Frame> = None;
     let wall0 = wall_now();
     for k in 0..frames {
@@ -911,6 +928,7 @@ pub fn main(args: &[String]) -> Result<()> {
                 "pictures": pictures,
                 "scene": scene.name(),
                 "output": "1080p30",
+                "encoder": encoder_name(opts.encoder.backend),
                 "cores_per_meeting": round(cores, 3),
                 "ffmpeg_cores_per_meeting": ff_cores.map(|c| round(c, 3)),
                 "ffmpeg_ratio": ff_cores.map(|c| round(c / cores, 2)),
@@ -1038,10 +1056,11 @@ pub fn main(args: &[String]) -> Result<()> {
     );
     eprintln!();
     eprintln!(
-        "== mcu summary (1080p30 out, {} s of media per run, ours {} kbit/s decoding with {:?}, ffmpeg {} kbit/s, one thread each) ==",
+        "== mcu summary (1080p30 out, {} s of media per run, ours {} kbit/s decoding with {:?} and encoding with {}, ffmpeg {} kbit/s, one thread each) ==",
         opts.seconds,
         opts.bitrate_bps / 1000,
         resolved_decoder(opts.decoder),
+        encoder_name(opts.encoder.backend),
         opts.ffmpeg_bitrate_bps / 1000
     );
     for s in &summary {

@@ -29,7 +29,9 @@ use str0m::{Candidate, Event, Rtc};
 
 use crate::Error;
 use crate::audio::{AudioCodec, AudioSession, MixerConfig};
-use crate::engine::{EngineConfig, MeetingMixer, Output as MixOutput, OutputKey, TerminalSettings};
+use crate::engine::{
+    EncoderBackend, EngineConfig, MeetingMixer, Output as MixOutput, OutputKey, TerminalSettings,
+};
 use crate::layout::LayoutSet;
 use crate::mode::ParticipantId;
 use crate::text::TextRenderer;
@@ -291,7 +293,11 @@ impl McuClient {
         pub_addr: SocketAddr,
         sub_addr: SocketAddr,
     ) -> Result<Self, Error> {
-        cfg.temporal_layers = cfg.temporal_layers.clamp(1, 4);
+        cfg.temporal_layers = match cfg.engine.encoder {
+            EncoderBackend::OpenH264 => cfg.temporal_layers.clamp(1, 4),
+            // x264 has no temporal scalability: every picture is base layer.
+            EncoderBackend::X264 => 1,
+        };
         let mut mixer = MeetingMixer::new(now, cfg.engine.clone(), layouts, font)?;
         mixer.set_encoder_template(H264EncoderConfig {
             temporal_layers: cfg.temporal_layers,

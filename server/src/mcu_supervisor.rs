@@ -32,6 +32,12 @@ pub fn start(hub: Arc<Hub>, cfg: McuConfig, media_ip: IpAddr) -> anyhow::Result<
             .with_context(|| format!("mcu.layouts_file {}", f.display()))?;
     }
     layouts.get(&cfg.layout).with_context(|| "mcu.layout")?;
+    // Every mix would fail at its first picture; say so once, before accepting meetings.
+    if !mcu::engine::encoder_available(cfg.encoder.backend()) {
+        anyhow::bail!(
+            "mcu.encoder = \"x264\" but libx264 build 164 (Debian libx264-164) is not installed"
+        );
+    }
     let font = match &cfg.font {
         Some(f) => match std::fs::read(f) {
             Ok(bytes) => Some(bytes),
@@ -69,6 +75,7 @@ pub fn start(hub: Arc<Hub>, cfg: McuConfig, media_ip: IpAddr) -> anyhow::Result<
                         content_bitrate_bps: cfg.content_bitrate_bps,
                         engine: EngineConfig {
                             decoder: cfg.decoder.backend(),
+                            encoder: cfg.encoder.backend(),
                             ..EngineConfig::default()
                         },
                         ..McuClientConfig::default()

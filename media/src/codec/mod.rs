@@ -7,6 +7,7 @@ pub mod libav;
 pub mod openh264;
 pub mod opus;
 pub mod vp8;
+pub mod x264;
 
 /// Facts about one RTP payload that drive forwarding decisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
