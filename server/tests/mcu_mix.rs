@@ -211,13 +211,14 @@ async fn expect(ws: &mut Ws, what: &str, pred: impl Fn(&Value) -> bool) -> Value
 }
 
 /// `huitong serve` whose MCU mixes at MIX_W × MIX_H, 10 fps.
-fn start_mcu_server(bitrate_bps: &str) -> common::Server {
+fn start_mcu_server(bitrate_bps: &str, encoder: &str) -> common::Server {
     let (w, h) = (MIX_W.to_string(), MIX_H.to_string());
     start_server(&[
         ("HUITONG_MCU__WIDTH", w.as_str()),
         ("HUITONG_MCU__HEIGHT", h.as_str()),
         ("HUITONG_MCU__FPS", "10"),
         ("HUITONG_MCU__BITRATE_BPS", bitrate_bps),
+        ("HUITONG_MCU__ENCODER", encoder),
     ])
 }
 
@@ -318,7 +319,24 @@ fn now() -> Instant {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_terminals_mixed_into_quadrants_by_the_mcu_participant() {
-    let server = start_mcu_server("1500000");
+    quadrants_mixed_by("openh264").await;
+}
+
+/// The same meeting with `[mcu] encoder = "x264"`: the server starts, and the mix it
+/// publishes (one temporal layer, no frame marking) reaches the receiver intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_x264_encoded_mix_reaches_the_receiver() {
+    if std::env::var_os("HUITONG_REQUIRE_X264").is_none()
+        && !mcu::engine::encoder_available(mcu::engine::EncoderBackend::X264)
+    {
+        eprintln!("libx264 not installed: skipped");
+        return;
+    }
+    quadrants_mixed_by("x264").await;
+}
+
+async fn quadrants_mixed_by(encoder: &str) {
+    let server = start_mcu_server("1500000", encoder);
     let epoch = now();
     let (mut host, mcu_id) = host_with_mcu(&server).await;
     let track = expect(&mut host, "the mix track", |v| {
@@ -408,7 +426,7 @@ type Decoded = Arc<Mutex<HashMap<String, Vec<(usize, usize)>>>>;
 /// own, and each decodes its picture at the size it asked for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn participants_get_their_own_pictures_and_equal_ones_share_a_track() {
-    let server = start_mcu_server("1000000");
+    let server = start_mcu_server("1000000", "openh264");
     let epoch = now();
     let (mut host, mcu_id) = host_with_mcu(&server).await;
     let venues = join_venues(&server, epoch, 2).await;
@@ -517,7 +535,7 @@ async fn each_terminal_hears_the_others_through_the_mcu_and_not_itself() {
     use media::codec::opus::{FRAME_SAMPLES, OpusDecoder, OpusEncoder};
     use media::tone::{sine, tone_share};
 
-    let server = start_mcu_server("500000");
+    let server = start_mcu_server("500000", "openh264");
     let epoch = now();
     let (_host, mcu_id) = host_with_mcu(&server).await;
     let tones = [440.0, 700.0, 1100.0];

@@ -2,11 +2,13 @@
 //!
 //! The encoder is two thirds of the MCU's CPU, and OpenH264 spends more per bit than x264:
 //! on the 9-picture talking mix, x264's `ultrafast` preset with 4×4 intra partitions codes
-//! 1.7 dB more PSNR than OpenH264's low-complexity mode at the same 2 Mbit/s, for a third
+//! 1.4 dB more PSNR than OpenH264's low-complexity mode at the same 2 Mbit/s, for a quarter
 //! less encode CPU (`docs/mcu.md`). Every complexity codes Constrained Baseline, the
-//! profile OpenH264 codes and every H.264 receiver (browsers, room systems) decodes. Like [`crate::codec::libav`] it is not
-//! linked: the library is opened with `dlopen`, so the build needs neither headers nor
-//! bindgen. libx264 is GPL; an operator opts in (`[mcu] encoder = "x264"`).
+//! profile OpenH264 codes and every H.264 receiver (browsers, room systems) decodes.
+//!
+//! Like [`crate::codec::libav`] it is not linked: the library is opened with `dlopen`, so
+//! the build needs neither headers nor bindgen. libx264 is GPL; an operator opts in
+//! (`[mcu] encoder = "x264"`).
 //!
 //! x264's parameter and picture structs change with its API build, so only build 164 is
 //! accepted: the entry point is looked up by its build-suffixed name
