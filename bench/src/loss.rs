@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Each relay (`endpoints_sim::relay`) runs one seeded `media::netem` per direction:
-//! 20 ± 3 ms each way, so 40 ms RTT per link, and the scenario's loss on every datagram
+//! 20 ± 3 ms each way by default (`--link-delay-ms`), so 40 ms RTT per link and 80 ms
+//! end to end, and the scenario's loss on every datagram
 //! both ways (media, repair, RTX, RTCP feedback, STUN alike). Loss starts when the sender
 //! starts its media (ICE/DTLS set-up is not what is measured); the first `--warmup`
 //! seconds are not counted.
@@ -30,7 +31,7 @@ use serde_json::json;
 use sfu::{MediaKind, ParticipantId, SfuConfig, SfuEvent, TrackDecl, TrackSource};
 
 const USAGE: &str = "usage: bench loss [--seconds N] [--warmup W] [--height 1080|720] \
-[--scenarios random0,random10,random30,random50,bursty50,random70] [--methods huitong,nack_only]";
+[--link-delay-ms D] [--scenarios random0,random10,random30,random50,bursty50,random70] [--methods huitong,nack_only]";
 
 const ALL_SCENARIOS: [&str; 6] = [
     "random0", "random10", "random30", "random50", "bursty50", "random70",
@@ -40,6 +41,8 @@ struct Opts {
     seconds: u64,
     warmup: u64,
     height: usize,
+    /// One-way delay of each link (both links, both ways; ±3 ms jitter on top).
+    link_delay_ms: u64,
     scenarios: Vec<String>,
     methods: Vec<Method>,
 }
@@ -49,6 +52,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         seconds: 20,
         warmup: 2,
         height: 1080,
+        link_delay_ms: 20,
         scenarios: ALL_SCENARIOS.iter().map(|s| s.to_string()).collect(),
         methods: vec![Method::Huitong, Method::NackOnly],
     };
@@ -62,6 +66,7 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--seconds" => o.seconds = val()?.parse().context("--seconds")?,
             "--warmup" => o.warmup = val()?.parse().context("--warmup")?,
             "--height" => o.height = val()?.parse().context("--height")?,
+            "--link-delay-ms" => o.link_delay_ms = val()?.parse().context("--link-delay-ms")?,
             "--scenarios" => {
                 o.scenarios = val()?.split(',').map(str::to_string).collect();
                 for s in &o.scenarios {
@@ -120,9 +125,9 @@ fn scenario_loss(s: &str) -> Result<LossModel> {
     }
 }
 
-fn link(seed: u64, loss: LossModel) -> NetemConfig {
+fn link(delay_ms: u64, seed: u64, loss: LossModel) -> NetemConfig {
     NetemConfig::new()
-        .latency(Duration::from_millis(20))
+        .latency(Duration::from_millis(delay_ms))
         .jitter(Duration::from_millis(3))
         .loss(loss)
         .seed(seed)
@@ -169,7 +174,7 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
     let sfu_sock = UdpSocket::bind(SocketAddr::new(lo, 0))?;
     let (sfu, mut events) = sfu::spawn(sfu_sock, SfuConfig::default())?;
     let sfu_addr = sfu.local_addr();
-    let none = |i| link(seed * 16 + i, LossModel::None);
+    let none = |i| link(o.link_delay_ms, seed * 16 + i, LossModel::None);
     let up = Relay::spawn(lo, sfu_addr, none(0), none(1)).await?;
     let down = Relay::spawn(lo, sfu_addr, none(2), none(3)).await?;
 
@@ -273,7 +278,7 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let lossy = |i| link(seed * 16 + 8 + i, loss);
+    let lossy = |i| link(o.link_delay_ms, seed * 16 + 8 + i, loss);
     up.set_config(lossy(0), lossy(1));
     down.set_config(lossy(3), lossy(2));
     let from = start.max(now()) + Duration::from_secs(o.warmup);
@@ -357,10 +362,11 @@ fn round(x: f64, digits: i32) -> f64 {
     (x * m).round() / m
 }
 
-fn json_line(r: &Run) -> serde_json::Value {
+fn json_line(r: &Run, link_delay_ms: u64) -> serde_json::Value {
     let f = &r.fig;
     json!({
         "bench": "loss",
+        "link_delay_ms": link_delay_ms,
         "scenario": r.scenario,
         "method": r.method.name(),
         "width": f.width,
@@ -388,7 +394,7 @@ pub fn main(args: &[String]) -> Result<()> {
             let seed = 1_000 + i as u64;
             match rt.block_on(run_one(&o, sc, seed, m)) {
                 Ok(r) => {
-                    println!("{}", json_line(&r));
+                    println!("{}", json_line(&r, o.link_delay_ms));
                     runs.push(r);
                 }
                 Err(e) => eprintln!("loss {sc}/{}: {e:#}", m.name()),
@@ -398,8 +404,8 @@ pub fn main(args: &[String]) -> Result<()> {
     let load_after = loadavg();
     println!();
     println!(
-        "loss bench: {}p30 live OpenH264, {} s measured after {} s warm-up, 20±3 ms each way per link, loss on both links both ways",
-        o.height, o.seconds, o.warmup
+        "loss bench: {}p30 live OpenH264, {} s measured after {} s warm-up, {}±3 ms each way per link, loss on both links both ways",
+        o.height, o.seconds, o.warmup, o.link_delay_ms
     );
     println!("load average before {load_before}, after {load_after}");
     println!(

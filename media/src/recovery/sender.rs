@@ -64,8 +64,8 @@ pub struct SenderConfig {
 }
 
 impl SenderConfig {
-    /// Defaults for 30 fps video: FEC blocks of ≥ 48 packets or 3 frames (≤ 67 ms
-    /// added to the first frame of a block), hybrid sizing.
+    /// Defaults for 30 fps video: a FEC block closes after each base-layer frame, or at 96
+    /// packets, 4 frames or 120 ms, whichever comes first; hybrid sizing.
     pub fn new(media_ssrc: u32, fec_ssrc: u32, rtx_ssrc: u32) -> Self {
         SenderConfig {
             media_ssrc,
