@@ -1,9 +1,9 @@
 //! H.264 encoding with libx264, loaded at run time.
 //!
 //! The encoder is two thirds of the MCU's CPU, and OpenH264 spends more per bit than x264:
-//! on the 9-picture talking mix, x264's `ultrafast` preset with 4×4 intra partitions codes
-//! 1.4 dB more PSNR than OpenH264's low-complexity mode at the same 2 Mbit/s, for a quarter
-//! less encode CPU (`docs/mcu.md`). Every complexity codes Constrained Baseline, the
+//! on the 9-picture talking mix, x264's `ultrafast` preset (with 4×4 intra blocks in P
+//! pictures) codes 1.4 dB more PSNR than OpenH264's low-complexity mode at the same
+//! 2 Mbit/s, for a quarter less encode CPU (`docs/mcu.md`). Every complexity codes Constrained Baseline, the
 //! profile OpenH264 codes and every H.264 receiver (browsers, room systems) decodes.
 //!
 //! Like [`crate::codec::libav`] it is not linked: the library is opened with `dlopen`, so
@@ -163,6 +163,16 @@ pub fn available() -> bool {
     api().is_ok()
 }
 
+/// A picture as `x264_picture_init` leaves it: zeroed, with x264's defaults.
+fn blank_picture(api: &Api) -> Picture {
+    let mut pic = std::mem::MaybeUninit::<Picture>::uninit();
+    // SAFETY: x264_picture_init writes every byte of the struct.
+    unsafe {
+        (api.picture_init)(pic.as_mut_ptr());
+        pic.assume_init()
+    }
+}
+
 fn x264_err(message: String) -> Error {
     Error::Codec {
         codec: "h264",
@@ -171,8 +181,9 @@ fn x264_err(message: String) -> Error {
 }
 
 /// The preset and the settings on top of it for each complexity. `Low` is `ultrafast`
-/// with 4×4 intra partitions put back: on the composed talking canvas +0.1 dB for no
-/// measurable CPU (`docs/mcu.md`). CABAC would add 0.3 dB for 15 % more CPU, but needs
+/// with 4×4 intra blocks allowed in P pictures (`partitions` sets the inter analysis
+/// only; IDRs keep `ultrafast`'s 16×16 intra): on the composed talking canvas +0.1 dB
+/// for no measurable CPU (`docs/mcu.md`). CABAC would add 0.3 dB for 15 % more CPU, but needs
 /// Main profile, which a room system that negotiated Baseline cannot decode.
 fn preset(c: H264Complexity) -> (&'static str, &'static [(&'static str, &'static str)]) {
     match c {
@@ -206,9 +217,11 @@ fn settings(cfg: &H264EncoderConfig) -> Vec<(&'static str, String)> {
         ("qpmin", cfg.min_qp.to_string()),
         ("qpmax", cfg.max_qp.to_string()),
     ];
-    if !cfg.scene_change_detect {
-        s.push(("scenecut", "0".into()));
-    }
+    // 40 is x264's own default threshold; `ultrafast` alone would leave it off.
+    s.push((
+        "scenecut",
+        if cfg.scene_change_detect { "40" } else { "0" }.into(),
+    ));
     match cfg.rate_control {
         H264RateControl::Off => s.push(("qp", "26".into())),
         H264RateControl::Quality => s.push(("bitrate", kbps)),
@@ -234,8 +247,8 @@ pub struct X264Encoder {
     force_idr: bool,
 }
 
-// SAFETY: the encoder handle is owned by this value alone; with one thread x264 keeps no
-// thread affinity, and with more it joins its own threads before returning.
+// SAFETY: the encoder handle is owned by this value alone and x264 keeps no thread
+// affinity; its worker threads (with `threads` > 1) belong to the handle, not the caller.
 unsafe impl Send for X264Encoder {}
 
 impl std::fmt::Debug for X264Encoder {
@@ -346,12 +359,7 @@ impl X264Encoder {
         // I420Frame guarantees even sizes and packed planes of exactly these lengths.
         let stride =
             |n: usize| c_int::try_from(n).map_err(|_| Error::FrameSize("picture too wide"));
-        let mut pic = std::mem::MaybeUninit::<Picture>::uninit();
-        // SAFETY: x264_picture_init writes every byte of the struct.
-        let mut pic = unsafe {
-            (self.api.picture_init)(pic.as_mut_ptr());
-            pic.assume_init()
-        };
+        let mut pic = blank_picture(self.api);
         pic.img = Image {
             csp: CSP_I420,
             planes: 3,
@@ -371,13 +379,14 @@ impl X264Encoder {
         } else {
             TYPE_AUTO
         };
-        let mut out = std::mem::MaybeUninit::<Picture>::uninit();
+        // x264 fills only some fields of the output picture; the rest stay as initialised.
+        let mut out = blank_picture(self.api);
         let mut nals: *mut Nal = ptr::null_mut();
         let mut count: c_int = 0;
         // SAFETY: `enc` is open; `pic` describes planes valid for the call and the sizes
         // the encoder was opened at; x264 writes `nals`, `count` and `out`.
         let size = unsafe {
-            (self.api.encoder_encode)(self.enc, &mut nals, &mut count, &mut pic, out.as_mut_ptr())
+            (self.api.encoder_encode)(self.enc, &mut nals, &mut count, &mut pic, &mut out)
         };
         if size < 0 {
             return Err(x264_err(format!("x264_encoder_encode failed ({size})")));
@@ -385,8 +394,6 @@ impl X264Encoder {
         if size == 0 || nals.is_null() {
             return Ok(None);
         }
-        // SAFETY: a positive return means `out` was filled in.
-        let out = unsafe { out.assume_init() };
         let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         for i in 0..usize::try_from(count).unwrap_or(0) {
             // SAFETY: x264 returns `count` NAL descriptors whose payloads stay valid until
