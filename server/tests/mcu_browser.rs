@@ -147,12 +147,30 @@ async fn scenario(server: &Server, b: &Browser) -> TestResult<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_decodes_the_mcu_mix_at_1080p_and_its_content_stream() {
+    browser_decodes_the_mix("openh264").await;
+}
+
+/// The same with `[mcu] encoder = "x264"`: Chromium decodes libx264's Constrained
+/// Baseline mix like OpenH264's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_decodes_the_x264_encoded_mix() {
+    if std::env::var_os("HUITONG_REQUIRE_X264").is_none()
+        && !mcu::engine::encoder_available(mcu::engine::EncoderBackend::X264)
+    {
+        eprintln!("libx264 not installed: skipped");
+        return;
+    }
+    browser_decodes_the_mix("x264").await;
+}
+
+async fn browser_decodes_the_mix(encoder: &str) {
     check_tools().unwrap_or_else(|e| panic!("{e}"));
     let server = Server::start_with(&[
         ("HUITONG_SIGNALING__MCU_AUTO__LAYOUT", "pip"),
         ("HUITONG_MCU__WIDTH", "1920"),
         ("HUITONG_MCU__HEIGHT", "1080"),
         ("HUITONG_MCU__FPS", "10"),
+        ("HUITONG_MCU__ENCODER", encoder),
     ])
     .await
     .unwrap_or_else(|e| panic!("{e}"));
