@@ -38,7 +38,7 @@ const USAGE: &str = "usage: bench mcu [--seconds N] [--pictures 4,9,16] [--scene
 [--bitrate BPS] [--ours-bitrate BPS] [--ffmpeg-bitrate BPS] [--no-ffmpeg] [--no-layouts] [--no-labels] \
 [--no-stages] [--only-ours] [--complexity low|medium|high] [--scene-change on|off] [--aq on|off] \
 [--background on|off] [--frame-skip on|off] [--screen-content] [--ltr] [--temporal-layers N] \
-[--rc bitrate|quality|buffer|timestamp|off] [--qp MIN-MAX] [--threads N] [--encoder openh264|x264] \
+[--rc bitrate|quality|buffer|timestamp|off] [--qp MIN-MAX] [--threads N] [--encoder openh264|x264|x264-high] \
 [--decoder auto|openh264|libav]";
 
 /// Output picture every figure is about.
@@ -52,6 +52,7 @@ fn encoder_name(b: EncoderBackend) -> &'static str {
     match b {
         EncoderBackend::OpenH264 => "openh264",
         EncoderBackend::X264 => "x264",
+        EncoderBackend::X264High => "x264-high",
     }
 }
 
@@ -156,7 +157,8 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
                 o.encoder.backend = match val()?.as_str() {
                     "openh264" => EncoderBackend::OpenH264,
                     "x264" => EncoderBackend::X264,
-                    v => bail!("unknown encoder {v} (openh264, x264)"),
+                    "x264-high" => EncoderBackend::X264High,
+                    v => bail!("unknown encoder {v} (openh264, x264, x264-high)"),
                 }
             }
             "--decoder" => {

@@ -255,7 +255,7 @@ pub fn default_output_encoder() -> H264EncoderConfig {
 pub fn encoder_available(backend: EncoderBackend) -> bool {
     match backend {
         EncoderBackend::OpenH264 => true,
-        EncoderBackend::X264 => media::codec::x264::available(),
+        EncoderBackend::X264 | EncoderBackend::X264High => media::codec::x264::available(),
     }
 }
 
@@ -272,7 +272,7 @@ fn output_encoder(
         backend,
         temporal_layers: match backend {
             EncoderBackend::OpenH264 => template.temporal_layers,
-            EncoderBackend::X264 => 1,
+            EncoderBackend::X264 | EncoderBackend::X264High => 1,
         },
         ..*template
     }
@@ -885,6 +885,7 @@ mod tests {
             return;
         }
         quadrants(EncoderBackend::X264);
+        quadrants(EncoderBackend::X264High);
     }
 
     /// Four sources in a 2×2 mix coded by `encoder`: each quadrant shows its source's
@@ -935,7 +936,7 @@ mod tests {
                 if picture.keyframe {
                     // x264 names itself in an SEI on its first keyframe.
                     let x264 = picture.data.windows(11).any(|w| w == b"x264 - core");
-                    assert_eq!(x264, encoder == EncoderBackend::X264);
+                    assert_eq!(x264, encoder != EncoderBackend::OpenH264);
                 }
                 last = rx.decode(&picture.data).expect("decode mix");
             }

@@ -296,7 +296,7 @@ impl McuClient {
         cfg.temporal_layers = match cfg.engine.encoder {
             EncoderBackend::OpenH264 => cfg.temporal_layers.clamp(1, 4),
             // x264 has no temporal scalability: every picture is base layer.
-            EncoderBackend::X264 => 1,
+            EncoderBackend::X264 | EncoderBackend::X264High => 1,
         };
         let mut mixer = MeetingMixer::new(now, cfg.engine.clone(), layouts, font)?;
         mixer.set_encoder_template(H264EncoderConfig {

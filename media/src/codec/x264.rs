@@ -3,8 +3,10 @@
 //! The encoder is two thirds of the MCU's CPU, and OpenH264 spends more per bit than x264:
 //! on the 9-picture talking mix, x264's `ultrafast` preset (with 4×4 intra blocks in P
 //! pictures) codes 1.4 dB more PSNR than OpenH264's low-complexity mode at the same
-//! 2 Mbit/s, for a quarter less encode CPU (`docs/mcu.md`). Every complexity codes Constrained Baseline, the
-//! profile OpenH264 codes and every H.264 receiver (browsers, room systems) decodes.
+//! 2 Mbit/s, for a quarter less encode CPU (`docs/mcu.md`). `EncoderBackend::X264` codes
+//! Constrained Baseline at every complexity, the profile OpenH264 codes and every H.264
+//! receiver (browsers, room systems) decodes; `X264High` keeps CABAC (Main or High
+//! profile) for deployments whose receivers all decode it.
 //!
 //! Like [`crate::codec::libav`] it is not linked: the library is opened with `dlopen`, so
 //! the build needs neither headers nor bindgen. libx264 is GPL; an operator opts in
@@ -26,7 +28,7 @@ use libloading::Library;
 
 use crate::Error;
 use crate::codec::openh264::{
-    EncodedPicture, H264Complexity, H264EncoderConfig, H264RateControl, I420Frame,
+    EncodedPicture, EncoderBackend, H264Complexity, H264EncoderConfig, H264RateControl, I420Frame,
 };
 
 /// The libx264 API build whose struct layouts this module mirrors (Debian 12 and 13 ship it).
@@ -183,13 +185,18 @@ fn x264_err(message: String) -> Error {
 /// The preset and the settings on top of it for each complexity. `Low` is `ultrafast`
 /// with 4×4 intra blocks allowed in P pictures (`partitions` sets the inter analysis
 /// only; IDRs keep `ultrafast`'s 16×16 intra): on the composed talking canvas +0.1 dB
-/// for no measurable CPU (`docs/mcu.md`). CABAC would add 0.3 dB for 15 % more CPU, but needs
-/// Main profile, which a room system that negotiated Baseline cannot decode.
-fn preset(c: H264Complexity) -> (&'static str, &'static [(&'static str, &'static str)]) {
-    match c {
-        H264Complexity::Low => ("ultrafast", &[("partitions", "i4x4")]),
-        H264Complexity::Medium => ("superfast", &[]),
-        H264Complexity::High => ("veryfast", &[]),
+/// for no measurable CPU (`docs/mcu.md`). With `high` (the `X264High` backend) `Low` also
+/// gets CABAC back (+0.3 dB on talking, +1.8 dB on full motion, for about 15 % more
+/// CPU), which needs Main profile.
+fn preset(
+    c: H264Complexity,
+    high: bool,
+) -> (&'static str, &'static [(&'static str, &'static str)]) {
+    match (c, high) {
+        (H264Complexity::Low, false) => ("ultrafast", &[("partitions", "i4x4")]),
+        (H264Complexity::Low, true) => ("ultrafast", &[("partitions", "i4x4"), ("cabac", "1")]),
+        (H264Complexity::Medium, _) => ("superfast", &[]),
+        (H264Complexity::High, _) => ("veryfast", &[]),
     }
 }
 
@@ -288,7 +295,8 @@ impl X264Encoder {
 
     fn open(&mut self, width: usize, height: usize) -> Result<(), Error> {
         self.close();
-        let (name, extra) = preset(self.cfg.complexity);
+        let high = self.cfg.backend == EncoderBackend::X264High;
+        let (name, extra) = preset(self.cfg.complexity, high);
         let mut p = Param([0; PARAM_SIZE]);
         let cname = CString::new(name).map_err(|e| x264_err(e.to_string()))?;
         // SAFETY: `p` is a writable, aligned buffer of sizeof(x264_param_t) for build 164;
@@ -324,12 +332,14 @@ impl X264Encoder {
         p.set(PARAM_WIDTH, w);
         p.set(PARAM_HEIGHT, h);
         // Baseline turns off what the presets above Low enable (CABAC, 8×8 transform):
-        // the output decodes wherever OpenH264's does.
+        // the output decodes wherever OpenH264's does. "high" lets x264 keep them and
+        // signal the lowest profile that covers them (Main for Low + CABAC).
+        let profile = if high { c"high" } else { c"baseline" };
         // SAFETY: as above.
-        if unsafe { (self.api.apply_profile)(&mut p, c"baseline".as_ptr()) } != 0 {
-            return Err(x264_err(
-                "x264 cannot code these settings in Baseline profile".into(),
-            ));
+        if unsafe { (self.api.apply_profile)(&mut p, profile.as_ptr()) } != 0 {
+            return Err(x264_err(format!(
+                "x264 cannot code these settings in {profile:?} profile"
+            )));
         }
         // SAFETY: `p` is a fully initialised parameter set; x264 copies it.
         let enc = unsafe { (self.api.encoder_open)(&mut p) };
@@ -422,7 +432,7 @@ impl Drop for X264Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::openh264::H264Decoder;
+    use crate::codec::openh264::{DecoderBackend, H264Decoder};
 
     /// Skips when libx264 is missing, unless the environment says it must be there.
     fn have_x264() -> bool {
@@ -573,6 +583,40 @@ mod tests {
             // profile_idc 66 with constraint_set1 (Constrained Baseline).
             assert_eq!(p.data[sps], 66, "{complexity:?}");
             assert_ne!(p.data[sps + 1] & 0x40, 0, "{complexity:?}");
+        }
+    }
+
+    #[test]
+    fn the_high_backend_codes_cabac_and_decodes() {
+        if !have_x264() {
+            return;
+        }
+        // Low + CABAC is Main (77); the presets above Low add the 8×8 transform: High (100).
+        for (complexity, want) in [(H264Complexity::Low, 77), (H264Complexity::High, 100)] {
+            let mut enc = X264Encoder::new(H264EncoderConfig {
+                complexity,
+                backend: EncoderBackend::X264High,
+                ..cfg()
+            })
+            .unwrap();
+            let mut dec = H264Decoder::with_backend(DecoderBackend::Auto).unwrap();
+            for n in 0..10 {
+                let src = picture(320, 240, n);
+                let p = enc.encode(&src).unwrap().unwrap();
+                if n == 0 {
+                    let sps = p
+                        .data
+                        .windows(4)
+                        .position(|w| w == [0, 0, 1, 0x67])
+                        .unwrap();
+                    assert_eq!(p.data[sps + 4], want, "{complexity:?}");
+                }
+                let got = dec.decode(&p.data).unwrap().expect("a picture");
+                assert!(
+                    got.psnr_y(&src).unwrap() > 32.0,
+                    "{complexity:?} picture {n}"
+                );
+            }
         }
     }
 
