@@ -186,7 +186,7 @@ fn x264_err(message: String) -> Error {
 /// with 4×4 intra blocks allowed in P pictures (`partitions` sets the inter analysis
 /// only; IDRs keep `ultrafast`'s 16×16 intra): on the composed talking canvas +0.1 dB
 /// for no measurable CPU (`docs/mcu.md`). With `high` (the `X264High` backend) `Low` also
-/// gets CABAC back (+0.3 dB on talking, +1.8 dB on full motion, for about 15 % more
+/// gets CABAC back (+0.3 dB on talking, +1.8–3.8 dB on full motion, for up to 15 % more
 /// CPU), which needs Main profile.
 fn preset(
     c: H264Complexity,
