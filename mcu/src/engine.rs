@@ -270,9 +270,10 @@ fn output_encoder(
         bitrate_bps: key.bitrate_bps,
         fps: key.fps as f32,
         backend,
-        temporal_layers: match backend {
-            EncoderBackend::OpenH264 => template.temporal_layers,
-            EncoderBackend::X264 | EncoderBackend::X264High => 1,
+        temporal_layers: if backend.temporal_scalable() {
+            template.temporal_layers
+        } else {
+            1
         },
         ..*template
     }

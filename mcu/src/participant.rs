@@ -29,9 +29,7 @@ use str0m::{Candidate, Event, Rtc};
 
 use crate::Error;
 use crate::audio::{AudioCodec, AudioSession, MixerConfig};
-use crate::engine::{
-    EncoderBackend, EngineConfig, MeetingMixer, Output as MixOutput, OutputKey, TerminalSettings,
-};
+use crate::engine::{EngineConfig, MeetingMixer, Output as MixOutput, OutputKey, TerminalSettings};
 use crate::layout::LayoutSet;
 use crate::mode::ParticipantId;
 use crate::text::TextRenderer;
@@ -293,10 +291,11 @@ impl McuClient {
         pub_addr: SocketAddr,
         sub_addr: SocketAddr,
     ) -> Result<Self, Error> {
-        cfg.temporal_layers = match cfg.engine.encoder {
-            EncoderBackend::OpenH264 => cfg.temporal_layers.clamp(1, 4),
-            // x264 has no temporal scalability: every picture is base layer.
-            EncoderBackend::X264 | EncoderBackend::X264High => 1,
+        // Without temporal scalability every picture is base layer.
+        cfg.temporal_layers = if cfg.engine.encoder.temporal_scalable() {
+            cfg.temporal_layers.clamp(1, 4)
+        } else {
+            1
         };
         let mut mixer = MeetingMixer::new(now, cfg.engine.clone(), layouts, font)?;
         mixer.set_encoder_template(H264EncoderConfig {

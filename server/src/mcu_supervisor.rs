@@ -35,7 +35,8 @@ pub fn start(hub: Arc<Hub>, cfg: McuConfig, media_ip: IpAddr) -> anyhow::Result<
     // Every mix would fail at its first picture; say so once, before accepting meetings.
     if !mcu::engine::encoder_available(cfg.encoder.backend()) {
         anyhow::bail!(
-            "mcu.encoder = \"x264\" but libx264 build 164 (Debian libx264-164) is not installed"
+            "mcu.encoder = {:?} but libx264 build 164 (Debian libx264-164) is not installed",
+            cfg.encoder
         );
     }
     let font = match &cfg.font {

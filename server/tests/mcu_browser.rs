@@ -154,10 +154,7 @@ async fn browser_decodes_the_mcu_mix_at_1080p_and_its_content_stream() {
 /// Baseline mix like OpenH264's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_decodes_the_x264_encoded_mix() {
-    if std::env::var_os("HUITONG_REQUIRE_X264").is_none()
-        && !mcu::engine::encoder_available(mcu::engine::EncoderBackend::X264)
-    {
-        eprintln!("libx264 not installed: skipped");
+    if !common::x264_or_skip() {
         return;
     }
     browser_decodes_the_mix("x264").await;

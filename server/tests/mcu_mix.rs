@@ -326,10 +326,7 @@ async fn four_terminals_mixed_into_quadrants_by_the_mcu_participant() {
 /// publishes (one temporal layer, no frame marking) reaches the receiver intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_x264_encoded_mix_reaches_the_receiver() {
-    if std::env::var_os("HUITONG_REQUIRE_X264").is_none()
-        && !mcu::engine::encoder_available(mcu::engine::EncoderBackend::X264)
-    {
-        eprintln!("libx264 not installed: skipped");
+    if !common::x264_or_skip() {
         return;
     }
     quadrants_mixed_by("x264").await;

@@ -217,6 +217,14 @@ pub enum EncoderBackend {
     X264High,
 }
 
+impl EncoderBackend {
+    /// Whether the library codes temporal layers (`H264EncoderConfig::temporal_layers`
+    /// above 1); x264 has no temporal scalability.
+    pub fn temporal_scalable(self) -> bool {
+        self == EncoderBackend::OpenH264
+    }
+}
+
 /// OpenH264 rate-control mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum H264RateControl {

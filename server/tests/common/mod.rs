@@ -28,6 +28,17 @@ impl Drop for Server {
     }
 }
 
+/// Whether the x264 tests can run: libx264 loads, or `HUITONG_REQUIRE_X264` is set (CI),
+/// in which case they run and fail without it instead of being skipped.
+pub fn x264_or_skip() -> bool {
+    let run = std::env::var_os("HUITONG_REQUIRE_X264").is_some()
+        || mcu::engine::encoder_available(mcu::engine::EncoderBackend::X264);
+    if !run {
+        eprintln!("libx264 not installed: skipped");
+    }
+    run
+}
+
 /// Starts `huitong serve` with `env` added to the test defaults and waits for READY.
 pub fn start_server(env: &[(&str, &str)]) -> Server {
     let data = tempfile::tempdir().expect("temp dir");
