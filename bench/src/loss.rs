@@ -159,6 +159,8 @@ struct Run {
     method: Method,
     fig: Figures,
     overhead: f64,
+    /// The same for what the SFU sent the receiver (everything on that socket path).
+    overhead_downlink: f64,
     /// Measured loss on [up link up, up link down, down link down, down link up].
     link_loss: [f64; 4],
     frames_sent: u64,
@@ -293,6 +295,20 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
         .join()
         .map_err(|_| anyhow!("receiver thread panicked"))??;
     let fig = realvideo::figures(&receiver, start, from, to);
+    if let Some(st) = sender.protection_stats() {
+        // What the sender's overhead is made of: the video's own repair, against the
+        // socket total (audio redundancy, carrier and SRTP headers, RTCP).
+        eprintln!(
+            "loss {scenario}/{}: sender video packets: media {} kB, FEC {} kB, RTX {} kB ({:.3}x of the packets' bytes; encoded video {} kB); socket total {} kB",
+            method.name(),
+            st.media_bytes / 1000,
+            st.fec_bytes / 1000,
+            st.rtx_bytes / 1000,
+            st.overhead(),
+            sender.video_bytes / 1000,
+            sender.bytes_sent / 1000,
+        );
+    }
     eprintln!(
         "loss {scenario}/{}: frames in {}, to decoder {}, shown {}, decoder errors {}, skipped {} {:?} rx {:?}",
         method.name(),
@@ -340,6 +356,12 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
             c.keyframe_requests_up,
             c.keyframe_requests_absorbed
         );
+        eprintln!(
+            "loss {scenario}/{}: SFU uplink recovery {:?}; downlink protection {:?}",
+            method.name(),
+            st.uplink_protection,
+            st.downlink_protection
+        );
     }
     sfu.leave(pp);
     sfu.leave(sp);
@@ -348,6 +370,7 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
         method,
         fig,
         overhead: sender.bytes_sent as f64 / sender.media_bytes.max(1) as f64,
+        overhead_downlink: dd.offered_bytes as f64 / sender.media_bytes.max(1) as f64,
         link_loss: [frac(uu), frac(ud), frac(dd), frac(du)],
         frames_sent: sender.frames_sent,
         keyframes_sent: sender.keyframes_sent,
@@ -377,6 +400,7 @@ fn json_line(r: &Run, link_delay_ms: u64) -> serde_json::Value {
         "freeze_ms": f.freeze_ms,
         "p95_latency_ms": if f.p95_latency_ms.is_finite() { json!(round(f.p95_latency_ms, 1)) } else { json!(null) },
         "overhead": round(r.overhead, 3),
+        "overhead_downlink": round(r.overhead_downlink, 3),
         "audio_residual_loss": if f.audio_residual_loss.is_finite() { json!(round(f.audio_residual_loss, 4)) } else { json!(null) },
     })
 }
@@ -409,7 +433,7 @@ pub fn main(args: &[String]) -> Result<()> {
     );
     println!("load average before {load_before}, after {load_after}");
     println!(
-        "{:<9} {:<9} {:>9} {:>6} {:>7} {:>7} {:>8} {:>8} {:>7} {:>9} {:>14} {:>6} {:>5}",
+        "{:<9} {:<9} {:>9} {:>6} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>9} {:>14} {:>6} {:>5}",
         "scenario",
         "method",
         "size",
@@ -419,6 +443,7 @@ pub fn main(args: &[String]) -> Result<()> {
         "freeze",
         "p95 ms",
         "ovh",
+        "dl ovh",
         "audio loss",
         "link loss %",
         "idr",
@@ -427,7 +452,7 @@ pub fn main(args: &[String]) -> Result<()> {
     for r in &runs {
         let f = &r.fig;
         println!(
-            "{:<9} {:<9} {:>9} {:>6.2} {:>7} {:>7} {:>8} {:>8.0} {:>7.2} {:>9.2}% {:>14} {:>6} {:>5.1}",
+            "{:<9} {:<9} {:>9} {:>6.2} {:>7} {:>7} {:>8} {:>8.0} {:>7.2} {:>7.2} {:>9.2}% {:>14} {:>6} {:>5.1}",
             r.scenario,
             r.method.name(),
             format!("{}x{}", f.width, f.height),
@@ -437,6 +462,7 @@ pub fn main(args: &[String]) -> Result<()> {
             f.freeze_ms,
             f.p95_latency_ms,
             r.overhead,
+            r.overhead_downlink,
             f.audio_residual_loss * 100.0,
             r.link_loss
                 .iter()

@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use media::fec::RtpView;
-use media::recovery::{FecSizing, FrameMarking, ReceiverEvent, SenderEvent, SkipReason};
-use sfu::protect::{self, FramePacket, ProtectedRx, ProtectedTx};
+use media::recovery::{FrameMarking, ReceiverEvent, SenderEvent, SkipReason};
+use sfu::protect::{self, FramePacket, ProtectedRx, ProtectedTx, TxPolicy};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
@@ -203,7 +203,7 @@ impl FecPublisher {
                 .map(|p| *p.pt())
                 .ok_or_else(|| SimError::Protocol("no H.264".into()))?;
             let rtx = protect::rtx_pt_for(params, pt);
-            let tx = ProtectedTx::new(ssrc, pt, rtx, FecSizing::Hybrid, (ssrc as u16) & 0x7fff)
+            let tx = ProtectedTx::new(ssrc, pt, rtx, TxPolicy::ENDPOINT, (ssrc as u16) & 0x7fff)
                 .map_err(|e| SimError::Protocol(e.to_string()))?;
             self.tx = Some(tx);
         }

@@ -34,8 +34,8 @@ use media::codec::openh264::{
     H264Complexity, H264Decoder, H264Encoder, H264EncoderConfig, I420Frame,
 };
 use media::fec::RtpView;
-use media::recovery::{FecSizing, FrameMarking, ReceiverEvent, SenderEvent};
-use sfu::protect::{self, FramePacket, ProtectedRx, ProtectedTx};
+use media::recovery::{FrameMarking, ReceiverEvent, SenderEvent};
+use sfu::protect::{self, FramePacket, ProtectedRx, ProtectedTx, TxPolicy};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid, Pt};
@@ -234,7 +234,10 @@ pub fn nal_units(au: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-/// RTP payloads of one access unit: single NAL unit packets, FU-A for large units.
+/// RTP payloads of one access unit: single NAL unit packets, FU-A for large units,
+/// split into fragments of about equal size (as libwebrtc does): a FEC repair packet
+/// is as long as the longest packet of its block, so a short last fragment beside
+/// full ones makes every repair longer than the average source it stands for.
 pub fn packetize(au: &[u8]) -> Vec<Vec<u8>> {
     let mut out = vec![];
     for nal in nal_units(au) {
@@ -243,7 +246,8 @@ pub fn packetize(au: &[u8]) -> Vec<Vec<u8>> {
             continue;
         }
         let (hdr, body) = (nal[0], &nal[1..]);
-        let chunks: Vec<&[u8]> = body.chunks(MAX_RTP_PAYLOAD - 2).collect();
+        let count = body.len().div_ceil(MAX_RTP_PAYLOAD - 2);
+        let chunks: Vec<&[u8]> = body.chunks(body.len().div_ceil(count)).collect();
         for (i, c) in chunks.iter().enumerate() {
             let mut p = Vec::with_capacity(c.len() + 2);
             p.push((hdr & 0xe0) | 28);
@@ -478,6 +482,8 @@ pub struct LossSender {
     pub bytes_sent: u64,
     /// Media bytes: encoded H.264 access units plus one copy of each audio frame.
     pub media_bytes: u64,
+    /// Of which encoded H.264.
+    pub video_bytes: u64,
     pub frames_sent: u64,
     pub keyframes_sent: u64,
     pub keyframe_requests: u64,
@@ -522,11 +528,18 @@ impl LossSender {
             connected: false,
             bytes_sent: 0,
             media_bytes: 0,
+            video_bytes: 0,
             frames_sent: 0,
             keyframes_sent: 0,
             keyframe_requests: 0,
             encode_time: Duration::ZERO,
         })
+    }
+
+    /// What the video's loss protection put on the wire (inner packets: media, repair
+    /// and RTX), once it has started.
+    pub fn protection_stats(&self) -> Option<media::recovery::SenderStats> {
+        self.tx.as_ref().map(ProtectedTx::stats)
     }
 
     /// The publish offer (audio then video, send-only) and the two mids.
@@ -599,6 +612,7 @@ impl LossSender {
         let Some(pic) = pic else { return Ok(()) };
         let now = clock();
         self.media_bytes += pic.data.len() as u64;
+        self.video_bytes += pic.data.len() as u64;
         self.frames_sent += 1;
         self.keyframes_sent += u64::from(pic.keyframe);
         let (Some(mid), Some(pt)) = (self.video_mid, self.video_pt) else {
@@ -627,7 +641,7 @@ impl LossSender {
                         .ok_or_else(|| SimError::Protocol("no send stream".into()))?;
                     let rtx = protect::rtx_pt_for(self.rtc.codec_config().params(), *pt);
                     self.tx = Some(
-                        ProtectedTx::new(ssrc, *pt, rtx, FecSizing::Hybrid, (ssrc as u16) & 0x7fff)
+                        ProtectedTx::new(ssrc, *pt, rtx, TxPolicy::ENDPOINT, (ssrc as u16) & 0x7fff)
                             .map_err(|e| SimError::Protocol(e.to_string()))?,
                     );
                 }
@@ -1134,6 +1148,12 @@ mod tests {
             let pic = enc.encode(&src).unwrap().unwrap();
             let pkts = packetize(&pic.data);
             assert!(pkts.iter().all(|p| p.len() <= MAX_RTP_PAYLOAD));
+            // FU-A fragments of one unit differ by at most a byte or two (the last
+            // takes the remainder).
+            let fu: Vec<usize> = pkts.iter().filter(|p| p[0] & 0x1f == 28).map(Vec::len).collect();
+            if let (Some(lo), Some(hi)) = (fu.iter().min(), fu.iter().max()) {
+                assert!(hi - lo <= fu.len(), "fragments {fu:?}");
+            }
             let au = depacketize(pkts.iter().map(Vec::as_slice)).unwrap();
             let out = dec.decode(&au).unwrap().unwrap();
             assert_eq!(pat.read_stamp(&out), Some(n));

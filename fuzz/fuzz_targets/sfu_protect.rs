@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use media::fec::RtpView;
-use media::recovery::{FecSizing, FrameMarking, ReceiverEvent};
-use sfu::protect::{FramePacket, HOP_PLAYOUT_DELAY, ProtectedRx, ProtectedTx};
+use media::recovery::{FrameMarking, ReceiverEvent};
+use sfu::protect::{FramePacket, HOP_PLAYOUT_DELAY, ProtectedRx, ProtectedTx, TxPolicy};
 
 const MEDIA_SSRC: u32 = 0x0102_0304;
 const MEDIA_PT: u8 = 96;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(mut tx) = ProtectedTx::new(MEDIA_SSRC, MEDIA_PT, 97, FecSizing::Hybrid, 0xfff0) else {
+    let Ok(mut tx) = ProtectedTx::new(MEDIA_SSRC, MEDIA_PT, 97, TxPolicy::ENDPOINT, 0xfff0) else {
         return;
     };
     let mut rx = ProtectedRx::new(MEDIA_SSRC, 0x0a0b_0c0d, HOP_PLAYOUT_DELAY);

@@ -165,6 +165,8 @@ impl NetemConfig {
 pub struct NetemStats {
     /// Packets offered with `send`.
     pub offered: u64,
+    /// Their bytes.
+    pub offered_bytes: u64,
     /// Packets dropped by the loss model.
     pub lost: u64,
     /// Packets (originals or copies) dropped because the bottleneck queue was full.
@@ -253,6 +255,7 @@ impl<T: AsRef<[u8]> + Clone> Netem<T> {
     /// Offer a packet to the link at time `now`.
     pub fn send(&mut self, now: Instant, packet: T) {
         self.stats.offered += 1;
+        self.stats.offered_bytes += packet.as_ref().len() as u64;
         if self.lose() {
             self.stats.lost += 1;
             return;

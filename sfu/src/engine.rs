@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use media::codec::{PayloadInfo, h264, vp8};
-use media::recovery::{FecSizing, FrameMarking, ReceiverEvent, SenderEvent};
+use media::recovery::{FrameMarking, ReceiverEvent, ReceiverStats, SenderEvent, SenderStats};
 use media::speaker::{SpeakerConfig, SpeakerDetector};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -25,7 +25,7 @@ use str0m::{Candidate, Event, IceConnectionState, Rtc, RtcConfig};
 use crate::alloc::{Demand, allocate};
 use crate::forward::{Forwarder, InPacket, Layer, Verdict};
 use crate::keyframe::KeyframeGate;
-use crate::protect::{self, FramePacket, ProtectedRx, ProtectedTx, SeqExtender};
+use crate::protect::{self, FramePacket, ProtectedRx, ProtectedTx, SeqExtender, TxPolicy};
 use crate::{
     ParticipantId, PcRole, Preference, Quality, QualityStat, RoomId, SfuError, SfuEvent,
     TrackDecl, TrackId, TrackInfo, TrackMapping, TrackSource,
@@ -47,6 +47,9 @@ pub struct SfuConfig {
     /// The shell runs a timeout this close to now at once instead of sleeping for it
     /// (see `shell`); zero sleeps for every timeout.
     pub timer_slack: Duration,
+    /// FEC sizing of protected downlinks (latency bought with repair, see
+    /// [`TxPolicy::SFU_DOWNLINK`]).
+    pub downlink_protection: TxPolicy,
 }
 
 impl Default for SfuConfig {
@@ -58,6 +61,7 @@ impl Default for SfuConfig {
             quality_interval: Duration::from_secs(2),
             max_participants: 2_000,
             timer_slack: Duration::from_millis(1),
+            downlink_protection: TxPolicy::SFU_DOWNLINK,
         }
     }
 }
@@ -280,6 +284,27 @@ impl Sfu {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// What the loss protection of the published streams has received and asked for,
+    /// summed (ended tracks drop out).
+    pub fn uplink_protection_stats(&self) -> ReceiverStats {
+        let mut sum = ReceiverStats::default();
+        for st in self.tracks.values().filter_map(|t| Some(t.protect.as_ref()?.1.as_ref()?.stats())) {
+            sum += st;
+        }
+        sum
+    }
+
+    /// What the loss protection of the open downlinks has put on the wire, summed
+    /// (media, repair and retransmissions; ended subscriptions drop out).
+    pub fn downlink_protection_stats(&self) -> SenderStats {
+        let mut sum = SenderStats::default();
+        let live = self.participants.values().flat_map(|p| p.subs.values());
+        for st in live.filter_map(|s| Some(s.protect.as_ref()?.tx.as_ref()?.stats())) {
+            sum += st;
+        }
+        sum
     }
 
     pub fn participant_count(&self) -> usize {
@@ -1177,7 +1202,7 @@ impl Sfu {
                     let ssrc = speer.rtc.direct_api().stream_tx_by_mid(mid, None).map(|s| *s.ssrc());
                     let rtx_pt = protect::rtx_pt_for(speer.rtc.codec_config().params(), out_pt);
                     // The first sequence numbers only need to differ between streams.
-                    down.tx = ssrc.and_then(|s| ProtectedTx::new(s, out_pt, rtx_pt, FecSizing::Hybrid, (s as u16) & 0x7fff).ok());
+                    down.tx = ssrc.and_then(|s| ProtectedTx::new(s, out_pt, rtx_pt, self.cfg.downlink_protection, (s as u16) & 0x7fff).ok());
                 }
                 let Some(tx) = &mut down.tx else { continue };
                 let fp = FramePacket { timestamp: o.ts, marker: pkt.marker, marking, payload: &pkt.payload };

@@ -325,14 +325,39 @@ pub struct ProtectedTx {
     frame_key: bool,
 }
 
+/// How a [`ProtectedTx`] trades repair bytes for latency.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TxPolicy {
+    pub sizing: FecSizing,
+    /// [`media::recovery::SenderConfig::round_penalty_scale`].
+    pub round_penalty_scale: f64,
+}
+
+impl TxPolicy {
+    /// A terminal sending its own media: the byte-minimising hybrid rule.
+    pub const ENDPOINT: TxPolicy = TxPolicy {
+        sizing: FecSizing::Hybrid,
+        round_penalty_scale: 1.0,
+    };
+    /// The SFU's downlink: a frame forwarded here has already spent part of its
+    /// latency budget in its uplink's repair rounds, so this hop buys fewer rounds
+    /// with more repair (`docs/recovery.md`, *Two hops*).
+    pub const SFU_DOWNLINK: TxPolicy = TxPolicy {
+        sizing: FecSizing::Hybrid,
+        round_penalty_scale: DOWNLINK_ROUND_PENALTY_SCALE,
+    };
+}
+
+/// See [`TxPolicy::SFU_DOWNLINK`].
+pub const DOWNLINK_ROUND_PENALTY_SCALE: f64 = 4.0;
+
 impl ProtectedTx {
-    /// `sizing` is [`FecSizing::Hybrid`] normally; `seed` picks the first sequence
-    /// numbers (random in production, fixed in tests).
+    /// `seed` picks the first sequence numbers (random in production, fixed in tests).
     pub fn new(
         media_ssrc: u32,
         media_pt: u8,
         rtx_pt: u8,
-        sizing: FecSizing,
+        policy: TxPolicy,
         seed: u16,
     ) -> Result<Self, media::Error> {
         let mut cfg = SenderConfig::new(
@@ -342,7 +367,8 @@ impl ProtectedTx {
         );
         cfg.fec_payload_type = CARRIER_PT;
         cfg.rtx_payload_type = rtx_pt;
-        cfg.sizing = sizing;
+        cfg.sizing = policy.sizing;
+        cfg.round_penalty_scale = policy.round_penalty_scale;
         let tx = ProtectedSender::new(cfg, seed.wrapping_mul(7), seed.wrapping_mul(13))?;
         Ok(ProtectedTx {
             media_ssrc,

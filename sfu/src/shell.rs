@@ -6,6 +6,7 @@
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::time::Instant;
 
+use media::recovery::{ReceiverStats, SenderStats};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::{Counters, Input, Output, Sfu, SfuConfig};
@@ -32,6 +33,10 @@ pub struct Stats {
     pub counters: Counters,
     pub participants: usize,
     pub peers: usize,
+    /// [`Sfu::uplink_protection_stats`].
+    pub uplink_protection: ReceiverStats,
+    /// [`Sfu::downlink_protection_stats`].
+    pub downlink_protection: SenderStats,
 }
 
 /// Cheap, cloneable access to a running SFU.
@@ -235,6 +240,8 @@ fn handle_command(sfu: &mut Sfu, t: Instant, cmd: Command) {
                 counters: sfu.counters().clone(),
                 participants: sfu.participant_count(),
                 peers: sfu.peer_count(),
+                uplink_protection: sfu.uplink_protection_stats(),
+                downlink_protection: sfu.downlink_protection_stats(),
             });
         }
     }

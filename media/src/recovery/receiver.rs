@@ -170,6 +170,22 @@ pub struct ReceiverStats {
     pub keyframe_requests: u64,
 }
 
+impl std::ops::AddAssign for ReceiverStats {
+    fn add_assign(&mut self, o: ReceiverStats) {
+        self.media_packets += o.media_packets;
+        self.fec_packets += o.fec_packets;
+        self.rtx_packets += o.rtx_packets;
+        self.fec_recovered += o.fec_recovered;
+        self.redundant += o.redundant;
+        self.unmarked += o.unmarked;
+        self.frames_delivered += o.frames_delivered;
+        self.frames_skipped += o.frames_skipped;
+        self.nacks_sent += o.nacks_sent;
+        self.nacked_seqs += o.nacked_seqs;
+        self.keyframe_requests += o.keyframe_requests;
+    }
+}
+
 #[derive(Debug)]
 struct FrameState {
     tid: u8,

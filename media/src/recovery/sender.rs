@@ -61,6 +61,11 @@ pub struct SenderConfig {
     pub initial_loss: f64,
     /// Weight of a new loss report in the smoothed estimate.
     pub report_weight: f64,
+    /// Scales the price [`FecSizing::Hybrid`] puts on a block needing a NACK round
+    /// (1 = the byte-minimising rule of [`hybrid_design_loss`]). Above 1 the sender
+    /// buys latency with repair: an SFU's downlink uses it because a frame there has
+    /// already spent its uplink's repair rounds.
+    pub round_penalty_scale: f64,
 }
 
 impl SenderConfig {
@@ -83,6 +88,7 @@ impl SenderConfig {
             keyframe_request_hold: Duration::from_millis(300),
             initial_loss: 0.5,
             report_weight: 0.3,
+            round_penalty_scale: 1.0,
         }
     }
 }
@@ -117,6 +123,21 @@ pub struct SenderStats {
     pub plis_received: u64,
     /// Loss reports received.
     pub reports_received: u64,
+}
+
+impl std::ops::AddAssign for SenderStats {
+    fn add_assign(&mut self, o: SenderStats) {
+        self.media_packets += o.media_packets;
+        self.media_bytes += o.media_bytes;
+        self.fec_packets += o.fec_packets;
+        self.fec_bytes += o.fec_bytes;
+        self.rtx_packets += o.rtx_packets;
+        self.rtx_bytes += o.rtx_bytes;
+        self.nacks_received += o.nacks_received;
+        self.rtx_missing += o.rtx_missing;
+        self.plis_received += o.plis_received;
+        self.reports_received += o.reports_received;
+    }
 }
 
 impl SenderStats {
@@ -214,7 +235,7 @@ impl ProtectedSender {
                 self.loss,
                 self.burstiness,
                 KEYFRAME_BLOCK,
-                KEYFRAME_ROUND_PENALTY_SCALE,
+                KEYFRAME_ROUND_PENALTY_SCALE * self.cfg.round_penalty_scale,
             );
             fec.set_channel(design, self.burstiness);
             self.queue_repairs(repairs);
@@ -355,7 +376,7 @@ impl ProtectedSender {
                         self.cfg.min_k.min(64)
                     }
                 });
-                hybrid_design_loss(p, b, k)
+                design_loss(p, b, k, self.cfg.round_penalty_scale)
             }
         };
         if let Some(fec) = &mut self.fec {
@@ -573,6 +594,28 @@ mod tests {
         assert_eq!(s.poll_event(), None);
         s.handle_feedback(now + Duration::from_millis(400), &pli);
         assert_eq!(s.poll_event(), Some(SenderEvent::KeyframeRequested));
+    }
+
+    #[test]
+    fn a_higher_round_price_buys_more_repair() {
+        let repairs = |scale: f64| {
+            let mut cfg = SenderConfig::new(1, 2, 3);
+            cfg.round_penalty_scale = scale;
+            let mut s = ProtectedSender::new(cfg, 0, 0).unwrap();
+            let now = t0();
+            // 16 base-layer blocks of 30 packets at the 50 % prior.
+            let mut n = 0;
+            for f in 0..16u16 {
+                s.push_frame(now, &frame(f * 30, 30, u32::from(f) * 3000), 0, false).unwrap();
+                n += drain(&mut s).len() - 30;
+            }
+            n
+        };
+        let (cheap, quick) = (repairs(1.0), repairs(4.0));
+        assert!(quick > cheap + cheap / 10, "{cheap} → {quick}");
+        let d1 = design_loss(0.5, 1.0, 30, 1.0);
+        let d4 = design_loss(0.5, 1.0, 30, 4.0);
+        assert!(d1 < d4 && d4 <= 0.5, "{d1} {d4}");
     }
 
     #[test]
