@@ -295,6 +295,23 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
         .join()
         .map_err(|_| anyhow!("receiver thread panicked"))??;
     let fig = realvideo::figures(&receiver, start, from, to);
+    {
+        // Audio frames lost for good, as runs: independent loss gives runs of one or
+        // two; long runs mean something dropped audio in a block.
+        let frame = |t: Instant| (t.saturating_duration_since(start).as_millis() / 20) as u64;
+        let (a0, a1) = (frame(from), frame(to).saturating_sub(25));
+        let mut runs: Vec<(u64, u64)> = vec![];
+        for m in (a0..a1).filter(|m| !receiver.audio.contains(m)) {
+            match runs.last_mut() {
+                Some((first, len)) if *first + *len == m => *len += 1,
+                _ => runs.push((m, 1)),
+            }
+        }
+        eprintln!(
+            "loss {scenario}/{}: audio frames lost (first, run length): {runs:?}",
+            method.name()
+        );
+    }
     if let Some(st) = sender.protection_stats() {
         // What the sender's overhead is made of: the video's own repair, against the
         // socket total (audio redundancy, carrier and SRTP headers, RTCP).
