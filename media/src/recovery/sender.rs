@@ -426,6 +426,12 @@ impl ProtectedSender {
 /// little repair to make that rarer.
 const NACK_ROUND_PENALTY: f64 = 0.15;
 
+/// How steeply the round price grows above 50 % loss, as a power of `0.5/(1 − p)`:
+/// each round then delivers less and a block needs more of them before its deadline.
+/// 4 (×7.7 at 70 %) rather than 1 (×1.7): over real sockets at 70 % the SFU's uplink lost
+/// base-layer frames to exhausted rounds and 720p ran at 18 fps (`docs/recovery.md`).
+const HIGH_LOSS_ROUND_EXPONENT: i32 = 4;
+
 /// Keyframes are split into blocks of about this many sources at 50 % loss.
 const KEYFRAME_BLOCK: usize = 64;
 
@@ -439,7 +445,7 @@ const KEYFRAME_ROUND_PENALTY_SCALE: f64 = 3.0;
 /// source — `(k + r(p_d))/k` for repair, plus the expected shortfall
 /// `E[max(0, k − X)]` (`X` the arrivals of the `k + r` packets at the true loss `p`)
 /// retransmitted at `1/(1−p)` copies each, plus [`NACK_ROUND_PENALTY`] ×
-/// `v^0.75 · max(1, 0.5/(1−p))` times the probability a NACK round is needed at all,
+/// `v^0.75 · max(1, 0.5/(1−p))^4` times the probability a NACK round is needed at all,
 /// `v` the variance inflation of the channel (above 50 % loss a round delivers less, so
 /// blocks need more of them). Burstiness is handled as in `media::fec::adapt` (fewer effective
 /// independent trials).
@@ -463,7 +469,10 @@ fn design_loss(p: f64, burstiness: f64, k: usize, penalty_scale: f64) -> f64 {
     // needs NACK needs more rounds: weigh a round by the channel's variance inflation.
     // Above 50 % loss a request round delivers less and more blocks need a second one
     // before their deadline: the price of needing rounds grows like the rounds needed.
-    let penalty = penalty_scale * NACK_ROUND_PENALTY * vif.powf(0.75) * (0.5 / (1.0 - p)).max(1.0);
+    let penalty = penalty_scale
+        * NACK_ROUND_PENALTY
+        * vif.powf(0.75)
+        * (0.5 / (1.0 - p)).max(1.0).powi(HIGH_LOSS_ROUND_EXPONENT);
     let mut best = (f64::INFINITY, p);
     let steps = 80;
     for i in 0..=steps {
