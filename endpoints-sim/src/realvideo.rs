@@ -641,8 +641,14 @@ impl LossSender {
                         .ok_or_else(|| SimError::Protocol("no send stream".into()))?;
                     let rtx = protect::rtx_pt_for(self.rtc.codec_config().params(), *pt);
                     self.tx = Some(
-                        ProtectedTx::new(ssrc, *pt, rtx, TxPolicy::ENDPOINT, (ssrc as u16) & 0x7fff)
-                            .map_err(|e| SimError::Protocol(e.to_string()))?,
+                        ProtectedTx::new(
+                            ssrc,
+                            *pt,
+                            rtx,
+                            TxPolicy::ENDPOINT,
+                            (ssrc as u16) & 0x7fff,
+                        )
+                        .map_err(|e| SimError::Protocol(e.to_string()))?,
                     );
                 }
                 // TL0PICIDX counts base-layer frames; upper-layer frames carry the index
@@ -1150,7 +1156,11 @@ mod tests {
             assert!(pkts.iter().all(|p| p.len() <= MAX_RTP_PAYLOAD));
             // FU-A fragments of one unit differ by at most a byte or two (the last
             // takes the remainder).
-            let fu: Vec<usize> = pkts.iter().filter(|p| p[0] & 0x1f == 28).map(Vec::len).collect();
+            let fu: Vec<usize> = pkts
+                .iter()
+                .filter(|p| p[0] & 0x1f == 28)
+                .map(Vec::len)
+                .collect();
             if let (Some(lo), Some(hi)) = (fu.iter().min(), fu.iter().max()) {
                 assert!(hi - lo <= fu.len(), "fragments {fu:?}");
             }

@@ -422,7 +422,11 @@ fn half_loss_on_uplink_and_downlink_does_not_compound() {
         o.p95_latency
     );
     assert!(o.up_overhead <= 2.2, "uplink overhead {:.3}", o.up_overhead);
-    assert!(o.down_overhead <= 2.9, "downlink overhead {:.3}", o.down_overhead);
+    assert!(
+        o.down_overhead <= 2.9,
+        "downlink overhead {:.3}",
+        o.down_overhead
+    );
 }
 
 /// The "RTT 40 ms" read end to end: 10 ms each way on each link.

@@ -150,6 +150,10 @@ pub struct MediaConfig {
     pub max_participants: usize,
     /// A media timer due this close is run at once instead of after a sleep.
     pub timer_slack_us: u64,
+    /// Price of a NACK round on loss-protected downlinks, relative to a terminal's own
+    /// uplink ([`sfu::protect::TxPolicy::SFU_DOWNLINK`]): higher sends more FEC from the
+    /// SFU and repairs sooner.
+    pub downlink_fec_round_price: f64,
 }
 
 impl Default for Config {
@@ -185,6 +189,7 @@ impl Default for MediaConfig {
             keyframe_interval_ms: 500,
             max_participants: 2000,
             timer_slack_us: 1000,
+            downlink_fec_round_price: sfu::protect::DOWNLINK_ROUND_PENALTY_SCALE,
         }
     }
 }
@@ -245,6 +250,13 @@ mod tests {
             assert_eq!(c.media.udp_listen, "127.0.0.1:9999".parse().unwrap());
             assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
             assert_eq!(c.http.listen.port(), 8080);
+            assert_eq!(
+                c.media.downlink_fec_round_price,
+                sfu::protect::DOWNLINK_ROUND_PENALTY_SCALE
+            );
+            jail.set_env("HUITONG_MEDIA__DOWNLINK_FEC_ROUND_PRICE", "2.5");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.media.downlink_fec_round_price, 2.5);
             Ok(())
         });
     }
@@ -261,6 +273,9 @@ mod tests {
     #[test]
     fn shipped_example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/huitong.toml");
-        Config::load(Some(&path)).expect("deploy/huitong.toml must match Config");
+        let c = Config::load(Some(&path)).expect("deploy/huitong.toml must match Config");
+        // The example states the defaults.
+        let default = MediaConfig::default().downlink_fec_round_price;
+        assert_eq!(c.media.downlink_fec_round_price, default);
     }
 }

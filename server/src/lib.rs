@@ -84,8 +84,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("binding media UDP {}", cfg.media.udp_listen))?;
     let udp_addr = udp.local_addr()?;
     let advertised = SocketAddr::new(advertise_ip(&cfg), udp_addr.port());
+    let price = cfg.media.downlink_fec_round_price;
+    anyhow::ensure!(
+        price.is_finite() && price >= 0.0,
+        "media.downlink_fec_round_price must be a number ≥ 0, not {price}"
+    );
     let sfu_cfg = sfu::SfuConfig {
         candidates: vec![advertised],
+        downlink_protection: sfu::protect::TxPolicy {
+            round_penalty_scale: price,
+            ..sfu::protect::TxPolicy::SFU_DOWNLINK
+        },
         keyframe_interval: std::time::Duration::from_millis(cfg.media.keyframe_interval_ms),
         max_participants: cfg.media.max_participants,
         timer_slack: std::time::Duration::from_micros(cfg.media.timer_slack_us),

@@ -615,7 +615,8 @@ mod tests {
             // 16 base-layer blocks of 30 packets at the 50 % prior.
             let mut n = 0;
             for f in 0..16u16 {
-                s.push_frame(now, &frame(f * 30, 30, u32::from(f) * 3000), 0, false).unwrap();
+                s.push_frame(now, &frame(f * 30, 30, u32::from(f) * 3000), 0, false)
+                    .unwrap();
                 n += drain(&mut s).len() - 30;
             }
             n
