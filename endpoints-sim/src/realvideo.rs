@@ -246,8 +246,16 @@ pub fn packetize(au: &[u8]) -> Vec<Vec<u8>> {
             continue;
         }
         let (hdr, body) = (nal[0], &nal[1..]);
+        // `count` fragments whose sizes differ by at most one byte.
         let count = body.len().div_ceil(MAX_RTP_PAYLOAD - 2);
-        let chunks: Vec<&[u8]> = body.chunks(body.len().div_ceil(count)).collect();
+        let (base, extra) = (body.len() / count, body.len() % count);
+        let mut chunks: Vec<&[u8]> = Vec::with_capacity(count);
+        let mut rest = body;
+        for i in 0..count {
+            let (c, r) = rest.split_at(base + usize::from(i < extra));
+            chunks.push(c);
+            rest = r;
+        }
         for (i, c) in chunks.iter().enumerate() {
             let mut p = Vec::with_capacity(c.len() + 2);
             p.push((hdr & 0xe0) | 28);
@@ -1154,15 +1162,15 @@ mod tests {
             let pic = enc.encode(&src).unwrap().unwrap();
             let pkts = packetize(&pic.data);
             assert!(pkts.iter().all(|p| p.len() <= MAX_RTP_PAYLOAD));
-            // FU-A fragments of one unit differ by at most a byte or two (the last
-            // takes the remainder).
-            let fu: Vec<usize> = pkts
-                .iter()
-                .filter(|p| p[0] & 0x1f == 28)
-                .map(Vec::len)
-                .collect();
-            if let (Some(lo), Some(hi)) = (fu.iter().min(), fu.iter().max()) {
-                assert!(hi - lo <= fu.len(), "fragments {fu:?}");
+            // The FU-A fragments of each unit differ in size by at most one byte.
+            let mut unit: Vec<usize> = vec![];
+            for p in pkts.iter().filter(|p| p[0] & 0x1f == 28) {
+                unit.push(p.len());
+                if p[1] & 0x40 != 0 {
+                    let (lo, hi) = (unit.iter().min(), unit.iter().max());
+                    assert!(hi.zip(lo).is_some_and(|(h, l)| h - l <= 1), "{unit:?}");
+                    unit.clear();
+                }
             }
             let au = depacketize(pkts.iter().map(Vec::as_slice)).unwrap();
             let out = dec.decode(&au).unwrap().unwrap();

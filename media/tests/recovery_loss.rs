@@ -403,8 +403,8 @@ fn seed(default: u64) -> u64 {
 fn hybrid_at_50_percent_random_loss() {
     let o = run("random50", Channel::Random(0.5), FecSizing::Hybrid, seed(1));
     assert!((o.link_loss_fwd - 0.5).abs() < 0.02);
-    // 2.0× is the erasure-channel floor at 50 %; measured 2.11–2.13× over seeds 1–6
-    // (FEC ≈ 0.97×, RTX ≈ 0.15×, see docs/recovery.md). The goal is 2.2×.
+    // 2.0× is the erasure-channel floor at 50 %; measured 2.12–2.14× over seeds 1–6
+    // (FEC ≈ 0.97×, RTX ≈ 0.14×, see docs/recovery.md). The goal is 2.2×.
     assert_goals("random50", &o, 2.2);
 }
 
@@ -413,7 +413,7 @@ fn hybrid_at_50_percent_bursty_loss() {
     let o = run("bursty50", Channel::Bursty(0.5), FecSizing::Hybrid, seed(2));
     assert!((o.link_loss_fwd - 0.5).abs() < 0.05);
     // Correlated losses inside a block and among back-to-back retransmissions cost
-    // more repair: measured 2.19–2.21× over seeds 1–6.
+    // more repair: measured 2.20–2.26× over seeds 1–6.
     assert_goals("bursty50", &o, 2.3);
 }
 

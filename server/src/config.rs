@@ -223,7 +223,13 @@ impl Config {
             })
             .split("__");
         fig = fig.merge(env);
-        fig.extract().map_err(|e| ConfigError(Box::new(e)))
+        let cfg: Config = fig.extract().map_err(|e| ConfigError(Box::new(e)))?;
+        let price = cfg.media.downlink_fec_round_price;
+        if !(price.is_finite() && price >= 0.0) {
+            let msg = format!("media.downlink_fec_round_price must be a number ≥ 0, not {price}");
+            return Err(ConfigError(Box::new(figment::Error::from(msg))));
+        }
+        Ok(cfg)
     }
 }
 
@@ -257,6 +263,9 @@ mod tests {
             jail.set_env("HUITONG_MEDIA__DOWNLINK_FEC_ROUND_PRICE", "2.5");
             let c = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(c.media.downlink_fec_round_price, 2.5);
+            jail.set_env("HUITONG_MEDIA__DOWNLINK_FEC_ROUND_PRICE", "-1");
+            let e = Config::load(None).expect_err("a negative price is refused");
+            assert!(e.to_string().contains("downlink_fec_round_price"), "{e}");
             Ok(())
         });
     }

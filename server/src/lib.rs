@@ -84,15 +84,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("binding media UDP {}", cfg.media.udp_listen))?;
     let udp_addr = udp.local_addr()?;
     let advertised = SocketAddr::new(advertise_ip(&cfg), udp_addr.port());
-    let price = cfg.media.downlink_fec_round_price;
-    anyhow::ensure!(
-        price.is_finite() && price >= 0.0,
-        "media.downlink_fec_round_price must be a number ≥ 0, not {price}"
-    );
     let sfu_cfg = sfu::SfuConfig {
         candidates: vec![advertised],
         downlink_protection: sfu::protect::TxPolicy {
-            round_penalty_scale: price,
+            // `Config::load` checked it is finite and ≥ 0.
+            round_penalty_scale: cfg.media.downlink_fec_round_price,
             ..sfu::protect::TxPolicy::SFU_DOWNLINK
         },
         keyframe_interval: std::time::Duration::from_millis(cfg.media.keyframe_interval_ms),

@@ -287,7 +287,7 @@ impl Sfu {
     }
 
     /// What the loss protection of the published streams has received and asked for,
-    /// summed (ended tracks drop out).
+    /// summed over the live ones: a gauge, not a counter (ended tracks drop out).
     pub fn uplink_protection_stats(&self) -> ReceiverStats {
         let mut sum = ReceiverStats::default();
         for st in self.tracks.values().filter_map(|t| Some(t.protect.as_ref()?.1.as_ref()?.stats())) {
@@ -296,8 +296,9 @@ impl Sfu {
         sum
     }
 
-    /// What the loss protection of the open downlinks has put on the wire, summed
-    /// (media, repair and retransmissions; ended subscriptions drop out).
+    /// What the loss protection of the open downlinks has put on the wire (media, repair
+    /// and retransmissions), summed over the live ones: a gauge, not a counter (ended
+    /// subscriptions drop out).
     pub fn downlink_protection_stats(&self) -> SenderStats {
         let mut sum = SenderStats::default();
         let live = self.participants.values().flat_map(|p| p.subs.values());

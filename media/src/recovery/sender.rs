@@ -184,6 +184,9 @@ impl ProtectedSender {
             fc.max_delay = cfg.max_delay;
             Some(FecEncoder::new(fc)?)
         };
+        if !(cfg.round_penalty_scale.is_finite() && cfg.round_penalty_scale >= 0.0) {
+            return Err(Error::Config("round penalty scale must be finite and ≥ 0"));
+        }
         if cfg.rtx_payload_type > 127 {
             return Err(Error::Config("payload type above 127"));
         }
@@ -468,7 +471,8 @@ fn design_loss(p: f64, burstiness: f64, k: usize, penalty_scale: f64) -> f64 {
     // Under bursty loss back-to-back retransmissions are lost together, so a block that
     // needs NACK needs more rounds: weigh a round by the channel's variance inflation.
     // Above 50 % loss a request round delivers less and more blocks need a second one
-    // before their deadline: the price of needing rounds grows like the rounds needed.
+    // before their deadline: the price of needing rounds grows steeply with the loss
+    // (HIGH_LOSS_ROUND_EXPONENT).
     let penalty = penalty_scale
         * NACK_ROUND_PENALTY
         * vif.powf(0.75)
@@ -612,7 +616,8 @@ mod tests {
             cfg.round_penalty_scale = scale;
             let mut s = ProtectedSender::new(cfg, 0, 0).unwrap();
             let now = t0();
-            // 16 base-layer blocks of 30 packets at the 50 % prior.
+            // 16 base-layer blocks of 30 packets at the 50 % prior (sized as 64-packet
+            // blocks until 8 have been seen, then as 30).
             let mut n = 0;
             for f in 0..16u16 {
                 s.push_frame(now, &frame(f * 30, 30, u32::from(f) * 3000), 0, false)
@@ -623,6 +628,11 @@ mod tests {
         };
         let (cheap, quick) = (repairs(1.0), repairs(4.0));
         assert!(quick > cheap + cheap / 10, "{cheap} → {quick}");
+        for bad in [f64::NAN, -1.0, f64::INFINITY] {
+            let mut cfg = SenderConfig::new(1, 2, 3);
+            cfg.round_penalty_scale = bad;
+            assert!(ProtectedSender::new(cfg, 0, 0).is_err(), "{bad}");
+        }
         let d1 = design_loss(0.5, 1.0, 30, 1.0);
         let d4 = design_loss(0.5, 1.0, 30, 4.0);
         assert!(d1 < d4 && d4 <= 0.5, "{d1} {d4}");
