@@ -172,17 +172,31 @@ pub struct ReceiverStats {
 
 impl std::ops::AddAssign for ReceiverStats {
     fn add_assign(&mut self, o: ReceiverStats) {
-        self.media_packets += o.media_packets;
-        self.fec_packets += o.fec_packets;
-        self.rtx_packets += o.rtx_packets;
-        self.fec_recovered += o.fec_recovered;
-        self.redundant += o.redundant;
-        self.unmarked += o.unmarked;
-        self.frames_delivered += o.frames_delivered;
-        self.frames_skipped += o.frames_skipped;
-        self.nacks_sent += o.nacks_sent;
-        self.nacked_seqs += o.nacked_seqs;
-        self.keyframe_requests += o.keyframe_requests;
+        // Destructured without `..`: a new counter cannot be left out of the sum.
+        let ReceiverStats {
+            media_packets,
+            fec_packets,
+            rtx_packets,
+            fec_recovered,
+            redundant,
+            unmarked,
+            frames_delivered,
+            frames_skipped,
+            nacks_sent,
+            nacked_seqs,
+            keyframe_requests,
+        } = o;
+        self.media_packets += media_packets;
+        self.fec_packets += fec_packets;
+        self.rtx_packets += rtx_packets;
+        self.fec_recovered += fec_recovered;
+        self.redundant += redundant;
+        self.unmarked += unmarked;
+        self.frames_delivered += frames_delivered;
+        self.frames_skipped += frames_skipped;
+        self.nacks_sent += nacks_sent;
+        self.nacked_seqs += nacked_seqs;
+        self.keyframe_requests += keyframe_requests;
     }
 }
 

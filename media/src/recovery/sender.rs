@@ -127,16 +127,29 @@ pub struct SenderStats {
 
 impl std::ops::AddAssign for SenderStats {
     fn add_assign(&mut self, o: SenderStats) {
-        self.media_packets += o.media_packets;
-        self.media_bytes += o.media_bytes;
-        self.fec_packets += o.fec_packets;
-        self.fec_bytes += o.fec_bytes;
-        self.rtx_packets += o.rtx_packets;
-        self.rtx_bytes += o.rtx_bytes;
-        self.nacks_received += o.nacks_received;
-        self.rtx_missing += o.rtx_missing;
-        self.plis_received += o.plis_received;
-        self.reports_received += o.reports_received;
+        // Destructured without `..`: a new counter cannot be left out of the sum.
+        let SenderStats {
+            media_packets,
+            media_bytes,
+            fec_packets,
+            fec_bytes,
+            rtx_packets,
+            rtx_bytes,
+            nacks_received,
+            rtx_missing,
+            plis_received,
+            reports_received,
+        } = o;
+        self.media_packets += media_packets;
+        self.media_bytes += media_bytes;
+        self.fec_packets += fec_packets;
+        self.fec_bytes += fec_bytes;
+        self.rtx_packets += rtx_packets;
+        self.rtx_bytes += rtx_bytes;
+        self.nacks_received += nacks_received;
+        self.rtx_missing += rtx_missing;
+        self.plis_received += plis_received;
+        self.reports_received += reports_received;
     }
 }
 
