@@ -308,19 +308,24 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
             }
         }
         eprintln!(
-            "loss {scenario}/{}: audio frames lost (first, run length): {runs:?}",
-            method.name()
+            "loss {scenario}/{}: audio frames lost (first, run length): {runs:?}; sender repeated {} frames in RED; receiver got {} RED and {} plain packets",
+            method.name(),
+            sender.audio_redundant_frames,
+            receiver.audio_packets.0,
+            receiver.audio_packets.1,
         );
     }
     if let Some(st) = sender.protection_stats() {
         // What the sender's overhead is made of: the video's own repair, against the
         // socket total (audio redundancy, carrier and SRTP headers, RTCP).
         eprintln!(
-            "loss {scenario}/{}: sender video packets: media {} kB, FEC {} kB, RTX {} kB ({:.3}x of the packets' bytes; encoded video {} kB); socket total {} kB",
+            "loss {scenario}/{}: sender video packets: media {} kB, FEC {} kB, RTX {} kB in {} packets for {} NACKs ({:.3}x of the packets' bytes; encoded video {} kB); socket total {} kB",
             method.name(),
             st.media_bytes / 1000,
             st.fec_bytes / 1000,
             st.rtx_bytes / 1000,
+            st.rtx_packets,
+            st.nacks_received,
             st.overhead(),
             sender.video_bytes / 1000,
             sender.bytes_sent / 1000,

@@ -7,8 +7,9 @@
 //!
 //! Two ways to carry the media, chosen per run:
 //! - [`Method::Huitong`]: video through Huitong's hop-by-hop protection (Reed-Solomon FEC
-//!   and NACK/RTX in the carrier of `sfu::protect`), audio with RED-style redundancy
-//!   ([`HUITONG_AUDIO_DEPTH`] earlier frames in each packet);
+//!   and NACK/RTX in the carrier of `sfu::protect`), audio in RFC 2198 RED with as many
+//!   earlier frames as the measured loss needs (`media::red::distances_for`), which the
+//!   SFU rebuilds hop by hop;
 //! - [`Method::NackOnly`]: what other SFUs and browsers do: str0m's own H.264 packetiser,
 //!   NACK/RTX, PLI, and for audio one earlier frame per packet (Opus in-band FEC).
 //!
@@ -51,12 +52,7 @@ pub const FRAME_INTERVAL: Duration = Duration::from_nanos(1_000_000_000 / 30);
 pub const AUDIO_INTERVAL: Duration = Duration::from_millis(20);
 /// Bytes of one 20 ms audio frame of the stand-in (24 kbit/s, a voice Opus rate).
 pub const AUDIO_FRAME_BYTES: usize = 60;
-/// Earlier audio frames repeated in each Huitong audio packet. The SFU forwards audio
-/// without repairing it hop by hop, so 50 % on the uplink and 50 % on the downlink are
-/// 75 % end to end: a frame is lost only if all 17 packets carrying it are,
-/// 0.75^17 ≈ 0.75 %.
-pub const HUITONG_AUDIO_DEPTH: usize = 16;
-/// What a browser sends: Opus in-band FEC carries the previous frame.
+/// What a browser sends without RED: Opus in-band FEC carries the previous frame.
 pub const NACK_ONLY_AUDIO_DEPTH: usize = 1;
 /// Largest H.264 RTP payload we produce.
 const MAX_RTP_PAYLOAD: usize = 1_100;
@@ -299,11 +295,13 @@ pub fn depacketize<'a>(payloads: impl IntoIterator<Item = &'a [u8]>) -> Option<V
 
 // ------------------------------------------------------------------ audio stand-in
 
-/// One audio frame's bytes: a function of its number, so the receiver can verify it.
-fn audio_frame(n: u64) -> [u8; AUDIO_FRAME_BYTES] {
+/// One audio frame's bytes: its number, then bytes that are a function of it, so the
+/// receiver can tell which frame a block is and verify it.
+pub fn audio_frame(n: u64) -> [u8; AUDIO_FRAME_BYTES] {
     let mut f = [0u8; AUDIO_FRAME_BYTES];
+    f[..8].copy_from_slice(&n.to_be_bytes());
     let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for b in &mut f {
+    for b in &mut f[8..] {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
@@ -312,36 +310,70 @@ fn audio_frame(n: u64) -> [u8; AUDIO_FRAME_BYTES] {
     f
 }
 
-/// Audio packet `n`: its number, then frames n, n−1, …, n−depth (RED-style).
+/// Plain audio packet `n`: frames n, n−1, …, n−depth back to back (the Opus in-band FEC
+/// stand-in).
 pub fn audio_packet(n: u64, depth: usize) -> Vec<u8> {
-    let mut p = Vec::with_capacity(8 + (depth + 1) * AUDIO_FRAME_BYTES);
-    p.extend_from_slice(&n.to_be_bytes());
-    for k in 0..=depth as u64 {
-        if k > n {
-            break;
-        }
-        p.extend_from_slice(&audio_frame(n - k));
-    }
-    p
+    (0..=depth as u64)
+        .take_while(|k| *k <= n)
+        .flat_map(|k| audio_frame(n - k))
+        .collect()
 }
 
-/// Frame numbers an audio packet carries intact.
+/// RED audio packet `n` (RFC 2198, blocks of payload type `pt`): frame n as the primary,
+/// the frames `distances` before it as redundancy.
+pub fn audio_red_packet(n: u64, distances: &[u16], pt: u8) -> Vec<u8> {
+    let frames: Vec<(u32, [u8; AUDIO_FRAME_BYTES])> = distances
+        .iter()
+        .rev()
+        .filter_map(|&d| Some((u32::from(d), audio_frame(n.checked_sub(u64::from(d))?))))
+        .collect();
+    let redundant: Vec<media::red::RedBlock<'_>> = frames
+        .iter()
+        .map(|(d, f)| media::red::RedBlock {
+            pt,
+            ts_offset: d * AUDIO_FRAME_TS,
+            data: f,
+        })
+        .collect();
+    let primary = audio_frame(n);
+    media::red::build(
+        &redundant,
+        media::red::RedBlock {
+            pt,
+            ts_offset: 0,
+            data: &primary,
+        },
+    )
+}
+
+/// Loss the audio redundancy assumes before the video's protection has a report (as the
+/// protection itself does, `SenderConfig::initial_loss`).
+const INITIAL_AUDIO_LOSS: f64 = 0.5;
+
+/// RTP timestamp units of one audio frame (20 ms at 48 kHz).
+const AUDIO_FRAME_TS: u32 = 960;
+
+/// Frame numbers a plain audio packet carries intact.
 pub fn audio_frames_in(p: &[u8]) -> Vec<u64> {
-    let Some(n) = p
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-    else {
+    p.chunks_exact(AUDIO_FRAME_BYTES)
+        .filter_map(verified_frame)
+        .collect()
+}
+
+/// Frame numbers a RED audio packet carries intact.
+pub fn audio_frames_in_red(p: &[u8]) -> Vec<u64> {
+    let Ok((redundant, primary)) = media::red::parse(p) else {
         return vec![];
     };
-    p[8..]
-        .chunks_exact(AUDIO_FRAME_BYTES)
-        .enumerate()
-        .filter_map(|(k, f)| {
-            let m = n.checked_sub(k as u64)?;
-            (f == audio_frame(m)).then_some(m)
-        })
+    std::iter::once(primary)
+        .chain(redundant)
+        .filter_map(|b| verified_frame(b.data))
         .collect()
+}
+
+fn verified_frame(f: &[u8]) -> Option<u64> {
+    let n = u64::from_be_bytes(f.get(..8)?.try_into().ok()?);
+    (f == audio_frame(n)).then_some(n)
 }
 
 // ------------------------------------------------------------------ terminals
@@ -351,7 +383,7 @@ fn rtc_config(method: Method) -> RtcConfig {
         .set_rtp_mode(method == Method::Huitong)
         .clear_codecs()
         .enable_h264(true)
-        .enable_opus(true, false);
+        .enable_opus(true, method == Method::Huitong);
     // At 50 % loss each way a connectivity check and its answer both arrive 1 time in 4
     // (see `protected`).
     cfg.set_max_stun_rto(Duration::from_secs(1));
@@ -476,12 +508,16 @@ pub struct LossSender {
     audio_mid: Option<Mid>,
     video_pt: Option<Pt>,
     audio_pt: Option<Pt>,
+    /// RED payload type for the audio, if the SFU accepted it.
+    audio_red_pt: Option<Pt>,
     carrier: Option<Pt>,
     tx: Option<ProtectedTx>,
     pending: Option<SdpPendingOffer>,
     next_frame: u64,
     next_audio: u64,
     audio_seq: u16,
+    /// Redundant audio frames sent (RED blocks besides the primaries).
+    pub audio_redundant_frames: u64,
     tl0_idx: u8,
     force_key: bool,
     last_key: Option<Instant>,
@@ -524,12 +560,14 @@ impl LossSender {
             audio_mid: None,
             video_pt: None,
             audio_pt: None,
+            audio_red_pt: None,
             carrier: None,
             tx: None,
             pending: None,
             next_frame: 0,
             next_audio: 0,
             audio_seq: 1,
+            audio_redundant_frames: 0,
             tl0_idx: 0,
             force_key: true,
             last_key: None,
@@ -583,6 +621,11 @@ impl LossSender {
             .iter()
             .find(|p| p.spec().codec == Codec::Opus)
             .map(|p| p.pt());
+        // Negotiated params keep the RED payload type only if the SFU accepted it.
+        self.audio_red_pt = params
+            .iter()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .and_then(|p| p.red());
         if self.method == Method::Huitong {
             let mid = self.video_mid.ok_or(SimError::Closed)?;
             let media = self
@@ -717,10 +760,21 @@ impl LossSender {
             Method::Huitong => {
                 let seq = self.audio_seq;
                 self.audio_seq = self.audio_seq.wrapping_add(1);
+                // As many copies as the uplink's measured loss needs: the SFU rebuilds
+                // the redundancy for its downlinks.
+                let (loss, burst) = self
+                    .tx
+                    .as_ref()
+                    .map_or((INITIAL_AUDIO_LOSS, 1.0), ProtectedTx::channel);
+                let distances = media::red::distances_for(loss, burst);
+                let (wire_pt, p) = match self.audio_red_pt {
+                    Some(red) => (red, audio_red_packet(n, &distances, *pt)),
+                    None => (pt, audio_packet(n, NACK_ONLY_AUDIO_DEPTH)),
+                };
+                self.audio_redundant_frames += distances.len() as u64;
                 if let Some(s) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
-                    let p = audio_packet(n, HUITONG_AUDIO_DEPTH);
                     s.write_rtp(
-                        RtpWrite::new(pt, u64::from(seq).into(), ts, now, p).nackable(false),
+                        RtpWrite::new(wire_pt, u64::from(seq).into(), ts, now, p).nackable(false),
                     );
                 }
             }
@@ -833,6 +887,8 @@ pub struct LossReceiver {
     pub audio: HashSet<u64>,
     /// Highest audio packet number seen.
     pub audio_newest: Option<u64>,
+    /// Audio packets received in RED and plain.
+    pub audio_packets: (u64, u64),
     /// Regenerated source pictures of recently shown frame numbers.
     sources: HashMap<u64, I420Frame>,
     /// Set once ICE and DTLS are up; shared so the shell's owner can wait for it.
@@ -867,6 +923,7 @@ impl LossReceiver {
             frames_decoded: 0,
             audio: HashSet::new(),
             audio_newest: None,
+            audio_packets: (0, 0),
             sources: HashMap::new(),
             connected: Arc::default(),
         })
@@ -887,8 +944,11 @@ impl LossReceiver {
     }
 
     fn on_audio(&mut self, payload: &[u8]) {
-        let frames = audio_frames_in(payload);
-        if let Some(&n) = frames.first() {
+        self.on_audio_frames(audio_frames_in(payload));
+    }
+
+    fn on_audio_frames(&mut self, frames: Vec<u64>) {
+        if let Some(&n) = frames.iter().max() {
             self.audio_newest = Some(self.audio_newest.map_or(n, |m| m.max(n)));
         }
         self.audio.extend(frames);
@@ -1016,10 +1076,17 @@ impl Terminal for LossReceiver {
             },
             Event::RtpPacket(p) => {
                 let params = self.rtc.codec_config().params().to_vec();
-                let Some(pp) = params.iter().find(|c| c.pt() == p.header.payload_type) else {
+                let pt = p.header.payload_type;
+                let Some(pp) = params.iter().find(|c| c.pt() == pt || c.red() == Some(pt)) else {
                     return;
                 };
+                if pp.red() == Some(pt) {
+                    self.audio_packets.0 += 1;
+                    self.on_audio_frames(audio_frames_in_red(&p.payload));
+                    return;
+                }
                 if pp.spec().codec == Codec::Opus {
+                    self.audio_packets.1 += 1;
                     self.on_audio(&p.payload);
                     return;
                 }
@@ -1187,8 +1254,20 @@ mod tests {
         let p = audio_packet(10, 3);
         assert_eq!(audio_frames_in(&p), vec![10, 9, 8, 7]);
         let mut bad = p.clone();
-        bad[8 + AUDIO_FRAME_BYTES + 1] ^= 1;
+        bad[AUDIO_FRAME_BYTES + 9] ^= 1;
         assert_eq!(audio_frames_in(&bad), vec![10, 8, 7]);
         assert_eq!(audio_frames_in(&audio_packet(1, 3)), vec![1, 0]);
+    }
+
+    #[test]
+    fn red_audio_round_trip() {
+        let p = audio_red_packet(10, &[1, 2, 4, 16], 111);
+        // Frame 10−16 does not exist; the primary comes out first.
+        assert_eq!(audio_frames_in_red(&p), vec![10, 6, 8, 9]);
+        let mut bad = p.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(audio_frames_in_red(&bad), vec![6, 8, 9]);
+        assert!(audio_frames_in_red(&p[..3]).is_empty());
     }
 }

@@ -20,6 +20,9 @@ pub enum Error {
     /// A FEC repair packet whose header is malformed or contradicts what was received.
     #[error("bad FEC packet: {0}")]
     BadFec(&'static str),
+    /// An RFC 2198 RED payload whose block headers do not describe its bytes.
+    #[error("bad RED payload: {0}")]
+    BadRed(&'static str),
     /// A configuration value outside its range.
     #[error("invalid configuration: {0}")]
     Config(&'static str),

@@ -1,5 +1,5 @@
 //! Sans-IO media core shared by every media crate: codec bitstream inspection and
-//! codecs (G.711, G.722), Reed-Solomon FEC over RTP, a seeded network emulator for
+//! codecs (G.711, G.722), Reed-Solomon FEC over RTP, RFC 2198 redundant audio, a seeded network emulator for
 //! deterministic loss tests, and active-speaker detection.
 //!
 //! Nothing here reads a clock or a random source; time and seeds arrive as arguments.
@@ -10,6 +10,7 @@ pub mod error;
 pub mod fec;
 pub mod netem;
 pub mod recovery;
+pub mod red;
 pub mod speaker;
 pub mod tone;
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use media::codec::{PayloadInfo, h264, vp8};
 use media::recovery::{FrameMarking, ReceiverEvent, ReceiverStats, SenderEvent, SenderStats};
+use media::red::RedHistory;
 use media::speaker::{SpeakerConfig, SpeakerDetector};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -112,6 +113,11 @@ pub struct Counters {
     pub protected_incomplete_up: u64,
     /// Runs of packets of which nothing arrived, given up by the uplink recovery.
     pub protected_gaps_up: u64,
+    /// RED audio packets whose block headers did not describe their bytes (dropped).
+    pub red_malformed: u64,
+    /// Audio frames whose own packet was lost on the way in, forwarded from the
+    /// redundancy of a later packet.
+    pub red_recovered: u64,
 }
 
 type PeerKey = u32;
@@ -158,6 +164,9 @@ struct Subscription {
     unpaced: bool,
     /// Loss protection of the downlink, when both ends negotiated it.
     protect: Option<Downlink>,
+    /// The subscriber's RED payload type for the track's audio, once looked up (`None`
+    /// inside: it did not negotiate RED and gets the primary frames alone).
+    red_pt: Option<Option<u8>>,
 }
 
 /// A protected subscription's sending end.
@@ -215,6 +224,21 @@ struct Track {
     subscribers: Vec<ParticipantId>,
     /// Uplink recovery of a protected stream: (carrier payload type, receiver).
     protect: Option<(u8, Option<ProtectedRx>, SeqExtender)>,
+    /// Audio whose publisher negotiated RFC 2198 RED.
+    red: Option<RedTrack>,
+}
+
+/// The uplink end of hop-by-hop RED (`docs/fec.md`, *Audio*): frames whose own packets
+/// were lost are taken from the redundancy of later ones and forwarded in their place,
+/// and each subscriber's redundancy is rebuilt from every frame held, so each hop's
+/// copies cover that hop's loss only.
+struct RedTrack {
+    /// The publisher's RED payload type.
+    pt: u8,
+    history: RedHistory,
+    /// Highest publisher sequence number forwarded: a frame recovered from redundancy
+    /// goes out under its own number only if that is still ahead.
+    last_seq: Option<u64>,
 }
 
 struct Room {
@@ -657,7 +681,7 @@ impl Sfu {
             .clear_codecs()
             .enable_h264(true)
             .enable_vp8(true)
-            .enable_opus(true, false)
+            .enable_opus(true, true)
             .set_stats_interval(Some(Duration::from_secs(1)))
             .set_extension(protect::FRAME_MARKING_EXT_ID, protect::frame_marking_extension());
         protect::add_tunnel_codec(cfg.codec_config());
@@ -842,6 +866,13 @@ impl Sfu {
             let codecs = negotiated_codecs(&peer.rtc, media.remote_pts());
             // Loss protection is for video from peers that negotiated the carrier.
             let carrier = codecs_carrier(&codecs).filter(|_| d.kind == MediaKind::Video);
+            // str0m keeps a codec's RED payload type only if the remote accepted it (it is
+            // not among `remote_pts`, like RTX).
+            let red = codecs
+                .values()
+                .find_map(|p| p.red())
+                .filter(|_| d.kind == MediaKind::Audio)
+                .map(|r| RedTrack { pt: *r, history: RedHistory::new(RED_HISTORY_FRAMES), last_seq: None });
             let id = TrackId(self.next_track);
             self.next_track += 1;
             let gate = KeyframeGate::new(self.cfg.keyframe_interval);
@@ -864,6 +895,7 @@ impl Sfu {
                     muted: false,
                     subscribers: vec![],
                     protect: carrier.map(|pt| (pt, None, SeqExtender::default())),
+                    red,
                 },
             );
             keep.push(id);
@@ -917,7 +949,7 @@ impl Sfu {
         let start = if t.kind == MediaKind::Audio { Some(0) } else { Some(2) };
         part.subs.insert(
             tid,
-            Subscription { mid: None, state: SubState::New, fwd: Forwarder::new(start), pref: Preference::default(), pt_map: vec![], unpaced: false, protect: None },
+            Subscription { mid: None, state: SubState::New, fwd: Forwarder::new(start), pref: Preference::default(), pt_map: vec![], unpaced: false, protect: None, red_pt: None },
         );
         part.renegotiate = true;
     }
@@ -1068,16 +1100,64 @@ impl Sfu {
                 return;
             }
         }
+        let seq = *pkt.seq_no;
+        let ts = pkt.header.timestamp;
+        let mut recovered = vec![];
+        let (pt, payload) = match &mut track.red {
+            Some(red) if pt == red.pt => match red.history.push_red(ts, &pkt.payload) {
+                Ok((primary, new)) => {
+                    let step = red.history.frame_ts().filter(|s| *s > 0);
+                    for b in new {
+                        // One frame per packet: the lost packet's number is as far back
+                        // as its frame.
+                        let Some(back) = step.filter(|s| b.ts_offset % s == 0).map(|s| u64::from(b.ts_offset / s)) else { continue };
+                        let Some(s) = seq.checked_sub(back) else { continue };
+                        if red.last_seq.is_none_or(|l| s > l) {
+                            recovered.push((s, ts.wrapping_sub(b.ts_offset), b.pt, Arc::<[u8]>::from(b.data)));
+                        }
+                    }
+                    (primary.pt, Arc::from(primary.data))
+                }
+                Err(_) => {
+                    self.counters.red_malformed += 1;
+                    return;
+                }
+            },
+            Some(red) => {
+                red.history.push_plain(ts, pt, &pkt.payload);
+                (pt, pkt.payload)
+            }
+            None => (pt, pkt.payload),
+        };
+        if let Some(red) = &mut track.red {
+            red.last_seq = Some(red.last_seq.map_or(seq, |l| l.max(seq)));
+        }
+        for (seq, ts, pt, payload) in recovered {
+            self.counters.red_recovered += 1;
+            let fwd = Fwd {
+                pt,
+                seq,
+                ts,
+                marker: false,
+                audio_level: None,
+                voice_activity: None,
+                layer_mark: None,
+                payload,
+                arrival: pkt.timestamp,
+                marking: None,
+            };
+            self.forward(now, pid, tid, layer, fwd);
+        }
         let fwd = Fwd {
             pt,
-            seq: *pkt.seq_no,
-            ts: pkt.header.timestamp,
+            seq,
+            ts,
             marker: pkt.header.marker,
             audio_level: pkt.header.ext_vals.audio_level,
             voice_activity: pkt.header.ext_vals.voice_activity,
             // A picture-level marking (see `protect::FRAME_MARKING_URI`): its layer only.
             layer_mark: pkt.header.ext_vals.user_values.get::<FrameMarking>().map(|m| (m.tid, m.base_sync)),
-            payload: pkt.payload,
+            payload,
             arrival: pkt.timestamp,
             marking: None,
         };
@@ -1153,11 +1233,15 @@ impl Sfu {
             ext.audio_level = pkt.audio_level;
             ext.voice_activity = pkt.voice_activity;
         }
+        if let Some(red) = &mut track.red {
+            red.history.next_packet(pkt.ts);
+        }
         let mut want_kf: Vec<Layer> = vec![];
         for i in 0..track.subscribers.len() {
             let spid = track.subscribers[i];
             let Some(part) = self.participants.get_mut(&spid) else { continue };
             let Some(skey) = part.subscriber else { continue };
+            let red_channel = track.red.as_ref().map(|_| downlink_channel(part));
             let Some(sub) = part.subs.get_mut(&tid) else { continue };
             if sub.state != SubState::Open {
                 continue;
@@ -1221,7 +1305,20 @@ impl Sfu {
                 drain_peer(speer, skey, now, &mut self.out, &mut self.deferred);
                 continue;
             }
-            let mut w = RtpWrite::new(out_pt.into(), o.seq.into(), o.ts, inp.arrival, pkt.payload.clone())
+            let (mut out_pt, mut payload) = (out_pt, pkt.payload.clone());
+            if let (Some(red), Some((loss, burst))) = (&track.red, red_channel) {
+                let red_pt = *sub.red_pt.get_or_insert_with(|| {
+                    params.and_then(|params| speer.rtc.codec_config().match_params(params)).and_then(|p| p.red()).map(|r| *r)
+                });
+                // Rebuilt from every frame the SFU holds, with as many copies as this
+                // subscriber's own downlink needs; without RED it gets the primary.
+                let primary_pt = out_pt;
+                let map = |p: u8| if p == pt { primary_pt } else { p };
+                if let Some(b) = red_pt.and_then(|rp| Some((rp, red.history.build(pkt.ts, &media::red::distances_for(loss, burst), map)?))) {
+                    (out_pt, payload) = (b.0, Arc::from(b.1));
+                }
+            }
+            let mut w = RtpWrite::new(out_pt.into(), o.seq.into(), o.ts, inp.arrival, payload)
                 .marker(pkt.marker)
                 .nackable(is_video)
                 .ext_vals(ext.clone());
@@ -1545,6 +1642,24 @@ fn carried_fwd(p: &[u8], ext: &mut SeqExtender, now: Instant) -> Option<Fwd> {
         marking: FrameMarking::parse(p, protect::FRAME_MARKING_ID),
         layer_mark: None,
     })
+}
+
+/// Audio frames an SFU keeps per RED track: the furthest copy any downlink asks for, and
+/// as many again for frames that reach it late.
+const RED_HISTORY_FRAMES: usize = 2 * media::red::MAX_SPAN_FRAMES as usize;
+
+/// Loss assumed on a downlink before its first receiver report.
+const RED_INITIAL_LOSS: f64 = 0.1;
+
+/// (loss, mean loss run) of a subscriber's downlink, for its audio redundancy: what the
+/// protected video downlink measures (its reports carry loss runs), else the receiver
+/// reports' loss taken as random.
+fn downlink_channel(part: &Participant) -> (f64, f64) {
+    if let Some(ch) = part.subs.values().find_map(|s| s.protect.as_ref()?.tx.as_ref()).map(ProtectedTx::channel) {
+        return ch;
+    }
+    let loss = part.down.loss.map_or(RED_INITIAL_LOSS, f64::from);
+    (loss, 1.0 / (1.0 - loss.min(0.95)))
 }
 
 /// The carrier payload type among a track's negotiated codecs.

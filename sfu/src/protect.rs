@@ -445,6 +445,12 @@ impl ProtectedTx {
         self.tx.handle_timeout(now);
     }
 
+    /// (loss, mean loss run) the receiver reports and the FEC is adapted to.
+    pub fn channel(&self) -> (f64, f64) {
+        self.tx.channel()
+    }
+
+    /// Counters.
     pub fn stats(&self) -> SenderStats {
         self.tx.stats()
     }

@@ -11,6 +11,7 @@ use sfu::{Input, Output, ParticipantId, Preference, QualityPref, Sfu, SfuConfig,
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, Rtc};
 
 const SFU_ADDR: &str = "10.0.0.1:5000";
@@ -59,12 +60,19 @@ struct Client {
     audio_frames: usize,
     keyframe_requests: Vec<(Instant, Option<String>)>,
     nacks_seen: usize,
+    /// RTP-mode clients: (payload type, sequence number, timestamp, payload) of audio.
+    rtp_audio: Vec<(u8, u64, u32, Vec<u8>)>,
 }
 
 impl Client {
-    fn new(now: Instant, addr: &str, h264: bool) -> Self {
+    fn new(now: Instant, addr: &str, h264: bool, red: Option<bool>) -> Self {
         let addr: SocketAddr = addr.parse().unwrap();
-        let b = Rtc::builder().clear_codecs().enable_opus(true, false);
+        // `red`: an RTP-mode client (the test writes and reads packets itself), with or
+        // without RED negotiated.
+        let b = match red {
+            Some(r) => Rtc::builder().set_rtp_mode(true).clear_codecs().enable_opus(true, r),
+            None => Rtc::builder().clear_codecs().enable_opus(true, false),
+        };
         let mut rtc = if h264 {
             // As the MCU publishes its mix: H.264 with picture-level frame marking.
             b.enable_h264(true).set_extension(sfu::protect::FRAME_MARKING_EXT_ID, sfu::protect::frame_marking_extension()).build(now)
@@ -72,7 +80,7 @@ impl Client {
             b.enable_vp8(true).build(now)
         };
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
-        Self { rtc, addr, frames: vec![], audio_frames: 0, keyframe_requests: vec![], nacks_seen: 0 }
+        Self { rtc, addr, frames: vec![], audio_frames: 0, keyframe_requests: vec![], nacks_seen: 0, rtp_audio: vec![] }
     }
 }
 
@@ -120,13 +128,15 @@ struct World {
     /// Clients speak H.264 (one stream, temporal layers in frame marking) instead of VP8
     /// simulcast.
     h264: bool,
+    /// New clients are RTP-mode clients with (`Some(true)`) or without RED.
+    red: Option<bool>,
 }
 
 impl World {
     fn new() -> Self {
         let now = Instant::now();
         let cfg = SfuConfig { candidates: vec![SFU_ADDR.parse().unwrap()], ..Default::default() };
-        Self { now, sfu: Sfu::new(cfg, now), clients: vec![], down: vec![], in_flight: VecDeque::new(), events: vec![], sub_mids: vec![], audio_mid: None, h264: false }
+        Self { now, sfu: Sfu::new(cfg, now), clients: vec![], down: vec![], in_flight: VecDeque::new(), events: vec![], sub_mids: vec![], audio_mid: None, h264: false, red: None }
     }
 
     fn new_h264() -> Self {
@@ -135,7 +145,7 @@ impl World {
 
     fn add_client(&mut self) -> usize {
         let addr = format!("10.0.1.{}:4000", self.clients.len() + 1);
-        self.clients.push(Client::new(self.now, &addr, self.h264));
+        self.clients.push(Client::new(self.now, &addr, self.h264, self.red));
         self.down.push(Link::default());
         self.clients.len() - 1
     }
@@ -176,6 +186,7 @@ impl World {
                         Event::MediaData(_) => c.audio_frames += 1,
                         Event::KeyframeRequest(r) => c.keyframe_requests.push((now, r.rid.map(|r| r.to_string()))),
                         Event::MediaEgressStats(s) => c.nacks_seen = c.nacks_seen.max(s.nacks as usize),
+                        Event::RtpPacket(p) => c.rtp_audio.push((*p.header.payload_type, *p.seq_no, p.header.timestamp, p.payload.to_vec())),
                         _ => {}
                     }
                 }
@@ -346,9 +357,99 @@ impl World {
         }
     }
 
+    /// Sends RED audio frames `frames` from RTP-mode client `p` (20 ms apart; a frame's
+    /// sequence number and timestamp follow its number, so a number left out is a packet
+    /// lost on the uplink), each repeating the frames `distances` before it.
+    fn publish_red(&mut self, p: usize, frames: impl Iterator<Item = u32>, distances: &[u32]) {
+        let amid = self.audio_mid.expect("audio published");
+        let params = self.clients[p].rtc.codec_config().params().to_vec();
+        let opus = params.iter().find(|x| x.spec().codec == str0m::format::Codec::Opus).unwrap();
+        let (apt, red_pt) = (*opus.pt(), opus.red().expect("RED negotiated"));
+        for n in frames {
+            let redundant: Vec<(u32, Vec<u8>)> = distances.iter().filter(|d| **d <= n).map(|d| (*d, red_frame(n - d))).collect();
+            let blocks: Vec<media::red::RedBlock<'_>> =
+                redundant.iter().rev().map(|(d, f)| media::red::RedBlock { pt: apt, ts_offset: d * 960, data: f }).collect();
+            let primary = red_frame(n);
+            let payload = media::red::build(&blocks, media::red::RedBlock { pt: apt, ts_offset: 0, data: &primary });
+            let now = self.now;
+            if let Some(s) = self.clients[p].rtc.direct_api().stream_tx_by_mid(amid, None) {
+                s.write_rtp(RtpWrite::new(red_pt, u64::from(n + 1).into(), n * 960, now, payload));
+            }
+            self.client_out(p);
+            self.run(Duration::from_millis(20));
+        }
+    }
+
     fn layers_received(&self, c: usize, since: Instant) -> Vec<u8> {
         self.clients[c].frames.iter().filter(|f| f.0 >= since).map(|f| f.1).collect()
     }
+}
+
+/// Audio frame `n` of the RED tests: its number, then filler.
+fn red_frame(n: u32) -> Vec<u8> {
+    let mut f = n.to_be_bytes().to_vec();
+    f.resize(40, 0xa5);
+    f
+}
+
+/// The frame numbers in one audio payload (RED or plain) a subscriber received.
+fn red_frames_in(red: bool, payload: &[u8]) -> Vec<u32> {
+    let number = |f: &[u8]| u32::from_be_bytes(f[..4].try_into().unwrap());
+    if red {
+        let (r, p) = media::red::parse(payload).unwrap();
+        std::iter::once(p).chain(r).map(|b| number(b.data)).collect()
+    } else {
+        vec![number(payload)]
+    }
+}
+
+#[test]
+fn red_audio_is_repaired_and_rebuilt_hop_by_hop() {
+    let mut w = World::new();
+    w.red = Some(true);
+    let (p, _, _) = w.join(0, true);
+    let (_, s_red, _) = w.join(1, false);
+    w.red = Some(false);
+    let (_, s_plain, _) = w.join(2, false);
+    w.run(Duration::from_millis(200));
+    // 3 s of audio; frames 150 and 151 never leave the publisher, 152's packet repeats
+    // them (distances 1 and 2).
+    w.publish_red(p, (0..150).chain(152..300), &[1, 2]);
+    // And a few packets to the RED subscriber are lost on its own downlink.
+    let sent = w.down[s_red].sent;
+    w.down[s_red].drop_nth = vec![sent + 5, sent + 30, sent + 31];
+    w.publish_red(p, 300..400, &[1, 2]);
+    w.run(Duration::from_millis(200));
+    assert_eq!(w.sfu.counters().red_recovered, 2);
+    assert_eq!(w.sfu.counters().red_malformed, 0);
+
+    let red_pt = *w.clients[s_red].rtc.codec_config().params().iter().find_map(|x| x.red()).unwrap();
+    let got = &w.clients[s_red].rtp_audio;
+    assert!(got.iter().all(|(pt, ..)| *pt == red_pt), "the RED subscriber got plain audio");
+    // Frames 150 and 151 went out under their own numbers, between 149 and 152: the
+    // subscriber's sequence has no hole there.
+    let primaries: Vec<(u64, u32)> = got.iter().map(|(_, seq, _, p)| (*seq, red_frames_in(true, p)[0])).collect();
+    let at = |n: u32| primaries.iter().find(|(_, f)| *f == n).map(|(s, _)| *s);
+    let (s149, s150, s151, s152) = (at(149).unwrap(), at(150).unwrap(), at(151).unwrap(), at(152).unwrap());
+    assert_eq!((s150, s151, s152), (s149 + 1, s149 + 2, s149 + 3));
+    // Every packet after the first repeats at least the frame sent before it, rebuilt by
+    // the SFU (the publisher's packets 150–151 were never sent; its 152 carried 151 and
+    // 150, the SFU's carries what it sent one packet earlier).
+    for (_, _, _, p) in got.iter().skip(1) {
+        let f = red_frames_in(true, p);
+        assert!(f.len() >= 2 && f[1..].contains(&(f[0] - 1)), "packet of frame {} repeats {:?}", f[0], &f[1..]);
+    }
+    // Downlink losses are covered by the copies the SFU put in: every frame arrived.
+    let all: std::collections::BTreeSet<u32> = got.iter().flat_map(|(_, _, _, p)| red_frames_in(true, p)).collect();
+    let first = primaries[0].1;
+    assert!((first..400).all(|n| all.contains(&n)), "frames missing: {:?}", (first..400).filter(|n| !all.contains(n)).collect::<Vec<_>>());
+
+    // A subscriber without RED gets the primaries alone, the recovered ones included.
+    let plain = &w.clients[s_plain].rtp_audio;
+    assert!(plain.iter().all(|(pt, ..)| Some(*pt) != w.clients[s_plain].rtc.codec_config().params().iter().find_map(|x| x.red()).map(|r| *r)));
+    let frames: Vec<u32> = plain.iter().map(|(_, _, _, p)| red_frames_in(false, p)[0]).collect();
+    assert!(frames.windows(2).all(|w| w[1] == w[0] + 1), "plain audio has holes or repeats");
+    assert!(frames.contains(&150) && frames.contains(&151) && frames.last() == Some(&399));
 }
 
 fn dominant(v: &[u8]) -> Option<u8> {

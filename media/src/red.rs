@@ -1,0 +1,516 @@
+//! RFC 2198 redundant audio (RED): parsing and building RED payloads, the frame history
+//! an SFU keeps to re-encode RED hop by hop, and the rule that picks how many earlier
+//! frames a packet repeats for a measured loss.
+//!
+//! A RED payload is a list of 4-byte headers of the redundant blocks (F bit set, 7-bit
+//! payload type, 14-bit timestamp offset, 10-bit length), a 1-byte header of the primary
+//! block (F bit clear, payload type), then the blocks' bytes in the same order, the
+//! primary last. Offsets count back from the packet's RTP timestamp.
+//!
+//! Why hop by hop: an SFU that forwards RED as it came passes each hop's losses on, so
+//! 50 % on the uplink and 50 % on the downlink are 75 % for the redundancy to cover (a
+//! frame needs 17 copies for 0.75 % residual). Rebuilding the redundancy at the SFU from
+//! every frame it holds lets each hop's redundancy cover that hop's loss only: 9 copies
+//! at 50 % random loss, 0.2 % per hop.
+
+use std::collections::VecDeque;
+
+use crate::Error;
+
+/// Largest timestamp offset a redundant block can carry (14 bits).
+pub const MAX_TS_OFFSET: u32 = (1 << 14) - 1;
+/// Largest block a redundant header can describe (10 bits).
+pub const MAX_BLOCK_LEN: usize = (1 << 10) - 1;
+/// Most redundant blocks a payload may carry; parsing refuses more (a header list longer
+/// than any sender's would make the SFU copy a packet's bytes many times over).
+pub const MAX_BLOCKS: usize = 32;
+
+/// One block of a RED payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedBlock<'a> {
+    /// Payload type of the block's encoding.
+    pub pt: u8,
+    /// How far before the packet's timestamp this block's frame lies (0 for the primary).
+    pub ts_offset: u32,
+    /// The encoded frame.
+    pub data: &'a [u8],
+}
+
+/// Splits a RED payload into its redundant blocks (oldest first, as sent) and its primary.
+pub fn parse(payload: &[u8]) -> Result<(Vec<RedBlock<'_>>, RedBlock<'_>), Error> {
+    let mut heads: Vec<(u8, u32, usize)> = Vec::new();
+    let mut at = 0usize;
+    let primary_pt = loop {
+        let &b0 = payload
+            .get(at)
+            .ok_or(Error::BadRed("header list runs past the end"))?;
+        if b0 & 0x80 == 0 {
+            at += 1;
+            break b0 & 0x7f;
+        }
+        if heads.len() == MAX_BLOCKS {
+            return Err(Error::BadRed("too many redundant blocks"));
+        }
+        let h = payload
+            .get(at..at + 4)
+            .ok_or(Error::BadRed("truncated block header"))?;
+        let offset = (u32::from(h[1]) << 6) | (u32::from(h[2]) >> 2);
+        let len = (usize::from(h[2] & 0x03) << 8) | usize::from(h[3]);
+        heads.push((b0 & 0x7f, offset, len));
+        at += 4;
+    };
+    let mut blocks = Vec::with_capacity(heads.len());
+    for (pt, ts_offset, len) in heads {
+        let data = payload
+            .get(at..at + len)
+            .ok_or(Error::BadRed("block runs past the end"))?;
+        blocks.push(RedBlock {
+            pt,
+            ts_offset,
+            data,
+        });
+        at += len;
+    }
+    let primary = RedBlock {
+        pt: primary_pt,
+        ts_offset: 0,
+        data: &payload[at..],
+    };
+    Ok((blocks, primary))
+}
+
+/// Builds a RED payload: `redundant` oldest first, then the primary. A redundant block
+/// that cannot be described (offset or length out of range) is left out.
+pub fn build(redundant: &[RedBlock<'_>], primary: RedBlock<'_>) -> Vec<u8> {
+    let fits = |b: &&RedBlock<'_>| {
+        b.ts_offset > 0 && b.ts_offset <= MAX_TS_OFFSET && b.data.len() <= MAX_BLOCK_LEN
+    };
+    let kept: Vec<&RedBlock<'_>> = redundant.iter().filter(fits).take(MAX_BLOCKS).collect();
+    let len = kept.iter().map(|b| 4 + b.data.len()).sum::<usize>() + 1 + primary.data.len();
+    let mut out = Vec::with_capacity(len);
+    for b in &kept {
+        out.push(0x80 | (b.pt & 0x7f));
+        out.push((b.ts_offset >> 6) as u8);
+        out.push((((b.ts_offset & 0x3f) << 2) as u8) | ((b.data.len() >> 8) as u8 & 0x03));
+        out.push(b.data.len() as u8);
+    }
+    out.push(primary.pt & 0x7f);
+    for b in &kept {
+        out.extend_from_slice(b.data);
+    }
+    out.extend_from_slice(primary.data);
+    out
+}
+
+/// Most earlier frames one packet repeats.
+pub const MAX_DISTANCE_COUNT: usize = 16;
+/// Furthest back, in frames, a repeated frame lies: 320 ms of 20 ms frames. A frame that
+/// arrives later than this is of no use to a jitter buffer.
+pub const MAX_SPAN_FRAMES: u16 = 16;
+/// Chance, per hop, that every copy of a frame is lost that [`distances_for`] aims at.
+/// Two hops (publisher → SFU → subscriber) then lose about 0.4 %.
+pub const RESIDUAL_TARGET: f64 = 0.002;
+
+/// Which earlier frames (distances in frames, nearest first) each packet should repeat
+/// on a link losing `loss` of its packets in runs of `burst` on average.
+///
+/// Copies are spaced one or two frames apart, whichever needs fewer of them within
+/// [`MAX_SPAN_FRAMES`]: under random loss consecutive frames are as good as any and
+/// arrive soonest; inside a loss run they are lost together, and spacing them past the
+/// run buys independence. Modelled as a two-state (Gilbert) channel whose bad state
+/// loses everything.
+pub fn distances_for(loss: f64, burst: f64) -> Vec<u16> {
+    let p = if loss.is_finite() {
+        loss.clamp(0.0, 0.95)
+    } else {
+        0.5
+    };
+    if p < 1e-3 {
+        // A clean link still loses the odd packet: one copy, as browsers send.
+        return vec![1];
+    }
+    let b = if burst.is_finite() { burst } else { 1.0 };
+    let b = b.max(1.0 / (1.0 - p)).max(1.0);
+    // Leave the bad state with 1/b, enter it so the average loss is `p`.
+    let enter = p / (b * (1.0 - p));
+    let lambda = (1.0 - 1.0 / b - enter).clamp(0.0, 1.0);
+    let best = [1u16, 2]
+        .into_iter()
+        .filter_map(|s| {
+            // Loss of a copy `s` frames after a lost one.
+            let q = p + (1.0 - p) * lambda.powi(i32::from(s));
+            let mut n = 0usize;
+            let mut all_lost = p;
+            while all_lost > RESIDUAL_TARGET && n < MAX_DISTANCE_COUNT {
+                n += 1;
+                all_lost *= q;
+            }
+            let fits = (n as u16) * s <= MAX_SPAN_FRAMES;
+            (fits && all_lost <= RESIDUAL_TARGET).then_some((n, s))
+        })
+        .min_by_key(|&(n, s)| (n, s));
+    let (n, s) = best.unwrap_or((MAX_DISTANCE_COUNT, 1));
+    (1..=n as u16).map(|i| i * s).collect()
+}
+
+/// The recent frames of one audio stream, by RTP timestamp: what arrived as primaries and
+/// what arrived only as redundancy of a later packet. An SFU keeps one per RED track and
+/// builds each subscriber's RED payload from it.
+///
+/// Copies are placed by *packets sent since the frame became available*, not by frame
+/// distance: a frame the SFU only got from a later packet's redundancy is forwarded late,
+/// and counting its copies from its own timestamp would leave it with as many fewer
+/// copies as it was late (at 50 % loss on the uplink that alone lost ~0.9 % of the frames
+/// behind the SFU).
+#[derive(Debug, Clone)]
+pub struct RedHistory {
+    frames: VecDeque<Held>,
+    capacity: usize,
+    frame_ts: Option<u32>,
+    /// Packets sent so far ([`RedHistory::next_packet`]).
+    sent: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    ts: u32,
+    pt: u8,
+    data: Vec<u8>,
+    /// The packet count when the frame was first sent or first could be repeated.
+    avail: Option<u64>,
+}
+
+impl RedHistory {
+    /// A history of the last `capacity` frames.
+    pub fn new(capacity: usize) -> Self {
+        RedHistory {
+            frames: VecDeque::new(),
+            capacity: capacity.max(1),
+            frame_ts: None,
+            sent: 0,
+        }
+    }
+
+    /// Takes in a RED payload sent at RTP timestamp `ts`; returns its primary block and
+    /// the redundant blocks whose frames were not held before (oldest first): frames whose
+    /// own packets were lost, which a forwarder can send on in their place.
+    pub fn push_red<'a>(
+        &mut self,
+        ts: u32,
+        payload: &'a [u8],
+    ) -> Result<(RedBlock<'a>, Vec<RedBlock<'a>>), Error> {
+        let (redundant, primary) = parse(payload)?;
+        let mut new = Vec::new();
+        for b in redundant {
+            if b.ts_offset > 0 && self.insert(ts.wrapping_sub(b.ts_offset), b.pt, b.data) {
+                new.push(b);
+            }
+        }
+        new.sort_by_key(|b| std::cmp::Reverse(b.ts_offset));
+        self.insert(ts, primary.pt, primary.data);
+        Ok((primary, new))
+    }
+
+    /// Takes in a plain (non-RED) frame.
+    pub fn push_plain(&mut self, ts: u32, pt: u8, data: &[u8]) {
+        self.insert(ts, pt, data);
+    }
+
+    /// The frame of timestamp `ts`, if held.
+    pub fn get(&self, ts: u32) -> Option<(u8, &[u8])> {
+        self.held(ts).map(|h| (h.pt, h.data.as_slice()))
+    }
+
+    /// Samples per frame, as learned from consecutive timestamps (the smallest step).
+    pub fn frame_ts(&self) -> Option<u32> {
+        self.frame_ts
+    }
+
+    /// The frame of timestamp `ts` is about to be sent (once, whatever the number of
+    /// receivers): it and the frames before it that arrived since are now available
+    /// for repetition in the packets that follow.
+    pub fn next_packet(&mut self, ts: u32) {
+        self.sent += 1;
+        let sent = self.sent;
+        for h in &mut self.frames {
+            if h.avail.is_none() && (ts.wrapping_sub(h.ts) as i32) >= 0 {
+                h.avail = Some(sent);
+            }
+        }
+    }
+
+    /// A RED payload for the frame of timestamp `ts` (the packet announced by the last
+    /// [`RedHistory::next_packet`]), repeating the held frames that became available
+    /// `distances` packets before it; payload types go through `map_pt`. `None` if the
+    /// frame itself is not held.
+    pub fn build(&self, ts: u32, distances: &[u16], map_pt: impl Fn(u8) -> u8) -> Option<Vec<u8>> {
+        let primary = self.held(ts)?;
+        let mut redundant: Vec<RedBlock<'_>> = self
+            .frames
+            .iter()
+            .filter(|h| {
+                h.avail
+                    .and_then(|a| self.sent.checked_sub(a))
+                    .and_then(|d| u16::try_from(d).ok())
+                    .is_some_and(|d| distances.contains(&d))
+            })
+            .map(|h| RedBlock {
+                pt: map_pt(h.pt),
+                ts_offset: ts.wrapping_sub(h.ts),
+                data: &h.data,
+            })
+            .collect();
+        redundant.sort_by_key(|b| std::cmp::Reverse(b.ts_offset));
+        let primary = RedBlock {
+            pt: map_pt(primary.pt),
+            ts_offset: 0,
+            data: &primary.data,
+        };
+        Some(build(&redundant, primary))
+    }
+
+    fn held(&self, ts: u32) -> Option<&Held> {
+        self.frames.iter().find(|h| h.ts == ts)
+    }
+
+    /// Whether the frame was new and kept.
+    fn insert(&mut self, ts: u32, pt: u8, data: &[u8]) -> bool {
+        if self.held(ts).is_some() {
+            return false;
+        }
+        // The step between neighbouring frames, for the forwarder's sequence numbers.
+        for h in &self.frames {
+            let d = ts.wrapping_sub(h.ts).min(h.ts.wrapping_sub(ts));
+            if d > 0 && d <= MAX_TS_OFFSET && self.frame_ts.is_none_or(|f| d < f) {
+                self.frame_ts = Some(d);
+            }
+        }
+        // Newest at the back; a late frame goes where its timestamp belongs so that the
+        // oldest is what falls out.
+        let pos = self
+            .frames
+            .iter()
+            .rposition(|h| (ts.wrapping_sub(h.ts) as i32) > 0)
+            .map_or(0, |i| i + 1);
+        if self.frames.len() == self.capacity && pos == 0 {
+            return false;
+        }
+        let held = Held {
+            ts,
+            pt,
+            data: data.to_vec(),
+            avail: None,
+        };
+        self.frames.insert(pos, held);
+        if self.frames.len() > self.capacity {
+            self.frames.pop_front();
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_then_parse_round_trips() {
+        let (a, b, c) = ([1u8; 60], [2u8; 61], [3u8; 7]);
+        let red = [
+            RedBlock {
+                pt: 111,
+                ts_offset: 1920,
+                data: &a,
+            },
+            RedBlock {
+                pt: 111,
+                ts_offset: 960,
+                data: &b,
+            },
+        ];
+        let p = build(
+            &red,
+            RedBlock {
+                pt: 111,
+                ts_offset: 0,
+                data: &c,
+            },
+        );
+        assert_eq!(p.len(), 2 * 4 + 1 + 60 + 61 + 7);
+        let (r, prim) = parse(&p).unwrap();
+        assert_eq!(r, red);
+        assert_eq!(
+            prim,
+            RedBlock {
+                pt: 111,
+                ts_offset: 0,
+                data: &c
+            }
+        );
+    }
+
+    #[test]
+    fn a_known_rfc_2198_payload_parses() {
+        // One redundant block (PT 0, offset 160, 2 bytes) and a primary of PT 0.
+        let p = [0x80, 0x02, 0x80, 0x02, 0x00, 0xaa, 0xbb, 0xcc];
+        let (r, prim) = parse(&p).unwrap();
+        assert_eq!(
+            r,
+            vec![RedBlock {
+                pt: 0,
+                ts_offset: 160,
+                data: &[0xaa, 0xbb]
+            }]
+        );
+        assert_eq!(prim.data, &[0xcc]);
+    }
+
+    #[test]
+    fn malformed_payloads_are_errors() {
+        assert!(parse(&[]).is_err());
+        assert!(parse(&[0x80, 0x00]).is_err());
+        // A block longer than what follows.
+        assert!(parse(&[0x80, 0x00, 0x40, 0x05, 0x00, 1, 2]).is_err());
+        // Too many headers.
+        let many: Vec<u8> = (0..MAX_BLOCKS + 1)
+            .flat_map(|_| [0x80, 0, 0x04, 0])
+            .chain([0])
+            .collect();
+        assert!(parse(&many).is_err());
+        // An empty primary is allowed (RFC 2198 does not forbid it).
+        assert!(parse(&[0x00]).is_ok());
+    }
+
+    #[test]
+    fn out_of_range_blocks_are_left_out() {
+        let big = [0u8; MAX_BLOCK_LEN + 1];
+        let ok = [1u8; 3];
+        let red = [
+            RedBlock {
+                pt: 1,
+                ts_offset: MAX_TS_OFFSET + 1,
+                data: &ok,
+            },
+            RedBlock {
+                pt: 1,
+                ts_offset: 960,
+                data: &big,
+            },
+            RedBlock {
+                pt: 1,
+                ts_offset: 960,
+                data: &ok,
+            },
+        ];
+        let p = build(
+            &red,
+            RedBlock {
+                pt: 1,
+                ts_offset: 0,
+                data: &ok,
+            },
+        );
+        let (r, _) = parse(&p).unwrap();
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn distances_grow_with_loss_and_spread_under_bursts() {
+        assert_eq!(distances_for(0.0, 1.0), vec![1]);
+        let random50 = distances_for(0.5, 2.0);
+        // 0.5^9 ≈ 0.2 %: the primary and eight copies, nearest first.
+        assert_eq!(random50, (1..=8).collect::<Vec<_>>());
+        let low = distances_for(0.05, 1.05);
+        assert!(low.len() < random50.len(), "{low:?}");
+        let bursty = distances_for(0.5, 3.0);
+        assert!(bursty.len() > random50.len(), "{bursty:?}");
+        assert!(bursty.iter().all(|d| *d <= MAX_SPAN_FRAMES));
+        // Beyond what the span can cover: all the copies it allows.
+        assert_eq!(distances_for(0.9, 1.0).len(), MAX_DISTANCE_COUNT);
+        assert!(!distances_for(f64::NAN, f64::NAN).is_empty());
+    }
+
+    #[test]
+    fn the_history_rebuilds_frames_that_only_came_as_redundancy() {
+        let f = |n: u8| vec![n; 10];
+        let mut h = RedHistory::new(32);
+        h.push_plain(0, 111, &f(0));
+        h.next_packet(0);
+        // Frames 1 and 2 were lost; the packet of frame 3 carries them.
+        let red = build(
+            &[
+                RedBlock {
+                    pt: 111,
+                    ts_offset: 1920,
+                    data: &f(1),
+                },
+                RedBlock {
+                    pt: 111,
+                    ts_offset: 960,
+                    data: &f(2),
+                },
+            ],
+            RedBlock {
+                pt: 111,
+                ts_offset: 0,
+                data: &f(3),
+            },
+        );
+        let (prim, new) = h.push_red(3 * 960, &red).unwrap();
+        assert_eq!(prim.data, f(3).as_slice());
+        assert_eq!(
+            new.iter().map(|b| b.ts_offset).collect::<Vec<_>>(),
+            vec![1920, 960]
+        );
+        // The same packet again adds nothing.
+        assert!(h.push_red(3 * 960, &red).unwrap().1.is_empty());
+        assert_eq!(h.frame_ts(), Some(960));
+        assert_eq!(h.get(960), Some((111, f(1).as_slice())));
+        // The forwarder sends frames 1, 2, 3 in turn, repeating what was sent 1 and 3
+        // packets before, with a mapped payload type.
+        let blocks = |h: &RedHistory, ts: u32| {
+            let out = h.build(ts, &[1, 3], |_| 100).unwrap();
+            let (r, p) = parse(&out).unwrap();
+            assert_eq!((p.pt, p.ts_offset), (100, 0));
+            r.iter()
+                .map(|b| (b.ts_offset, b.data[0]))
+                .collect::<Vec<_>>()
+        };
+        h.next_packet(960);
+        assert_eq!(blocks(&h, 960), vec![(960, 0)]);
+        h.next_packet(2 * 960);
+        assert_eq!(blocks(&h, 2 * 960), vec![(960, 1)]);
+        h.next_packet(3 * 960);
+        // Frame 0 went 3 packets ago, frame 2 one: frame 1 (2 packets ago) is not repeated.
+        assert_eq!(blocks(&h, 3 * 960), vec![(2880, 0), (960, 2)]);
+        // A frame 5 that arrives before 4 is not repeated in 4's packet (it is newer),
+        // and becomes available with its own.
+        h.push_plain(5 * 960, 111, &f(5));
+        h.push_plain(4 * 960, 111, &f(4));
+        h.next_packet(4 * 960);
+        h.next_packet(5 * 960);
+        assert_eq!(blocks(&h, 5 * 960), vec![(2880, 2), (960, 4)]);
+        assert!(h.build(7 * 960, &[1], |p| p).is_none());
+    }
+
+    #[test]
+    fn the_history_keeps_the_newest_frames() {
+        let mut h = RedHistory::new(4);
+        for n in [0u32, 1, 2, 3, 4, 5] {
+            h.push_plain(n * 960, 0, &[n as u8]);
+        }
+        // A late frame older than everything held is not kept.
+        h.push_plain(960, 0, &[9]);
+        assert!(h.get(0).is_none() && h.get(960).is_none());
+        assert!(h.get(2 * 960).is_some() && h.get(5 * 960).is_some());
+        // Wrapping timestamps order as RTP does.
+        let mut w = RedHistory::new(4);
+        w.push_plain(u32::MAX - 959, 0, &[1]);
+        w.next_packet(u32::MAX - 959);
+        w.push_plain(0, 0, &[2]);
+        w.next_packet(0);
+        assert_eq!(w.frame_ts(), Some(960));
+        let out = w.build(0, &[1], |p| p).unwrap();
+        assert_eq!(parse(&out).unwrap().0.len(), 1);
+    }
+}
