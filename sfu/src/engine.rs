@@ -167,6 +167,8 @@ struct Subscription {
     /// The subscriber's RED payload type for the track's audio, once looked up (`None`
     /// inside: it did not negotiate RED and gets the primary frames alone).
     red_pt: Option<Option<u8>>,
+    /// Loss the subscriber's receiver reports give for this stream (the latest average).
+    rr_loss: Option<f32>,
 }
 
 /// A protected subscription's sending end.
@@ -781,6 +783,11 @@ impl Sfu {
                     }
                 }
             }
+            Event::MediaEgressStats(s) if role == PcRole::Subscribe => {
+                if let Some(sub) = self.participants.get_mut(&pid).and_then(|p| p.subs.values_mut().find(|sub| sub.mid == Some(s.mid))) {
+                    sub.rr_loss = s.loss.or(sub.rr_loss);
+                }
+            }
             Event::PeerStats(s) => {
                 if let Some(p) = self.participants.get_mut(&pid) {
                     let link = match role {
@@ -949,7 +956,7 @@ impl Sfu {
         let start = if t.kind == MediaKind::Audio { Some(0) } else { Some(2) };
         part.subs.insert(
             tid,
-            Subscription { mid: None, state: SubState::New, fwd: Forwarder::new(start), pref: Preference::default(), pt_map: vec![], unpaced: false, protect: None, red_pt: None },
+            Subscription { mid: None, state: SubState::New, fwd: Forwarder::new(start), pref: Preference::default(), pt_map: vec![], unpaced: false, protect: None, red_pt: None, rr_loss: None },
         );
         part.renegotiate = true;
     }
@@ -1241,7 +1248,7 @@ impl Sfu {
             let spid = track.subscribers[i];
             let Some(part) = self.participants.get_mut(&spid) else { continue };
             let Some(skey) = part.subscriber else { continue };
-            let red_channel = track.red.as_ref().map(|_| downlink_channel(part));
+            let red_channel = track.red.as_ref().map(|_| downlink_channel(part, tid));
             let Some(sub) = part.subs.get_mut(&tid) else { continue };
             if sub.state != SubState::Open {
                 continue;
@@ -1648,17 +1655,24 @@ fn carried_fwd(p: &[u8], ext: &mut SeqExtender, now: Instant) -> Option<Fwd> {
 /// as many again for frames that reach it late.
 const RED_HISTORY_FRAMES: usize = 2 * media::red::MAX_SPAN_FRAMES as usize;
 
-/// Loss assumed on a downlink before its first receiver report.
-const RED_INITIAL_LOSS: f64 = 0.1;
+/// Loss assumed on a downlink before its first receiver report, as the video protection
+/// assumes before its first loss report (`SenderConfig::initial_loss`): too few copies
+/// lose audio at once, too many only cost bandwidth (8 copies of a 20 ms frame, about
+/// 200 kbit/s, until the report). Reports of an audio stream come every 5 s from
+/// libwebrtc and str0m, and on a lossy link the first can take much longer: at 50 % loss
+/// one test seed saw none for 40 s.
+const RED_INITIAL_LOSS: f64 = 0.5;
 
-/// (loss, mean loss run) of a subscriber's downlink, for its audio redundancy: what the
-/// protected video downlink measures (its reports carry loss runs), else the receiver
-/// reports' loss taken as random.
-fn downlink_channel(part: &Participant) -> (f64, f64) {
+/// (loss, mean loss run) of a subscriber's downlink, for the audio redundancy of track
+/// `tid`: what its protected video downlink measures (those reports carry loss runs),
+/// else the loss the receiver reports of the audio stream itself give, taken as random.
+/// Not str0m's peer-level egress loss: it counts from transport-wide feedback, which
+/// under heavy loss is lost too, and read 0–30 % on a 50 % link.
+fn downlink_channel(part: &Participant, tid: TrackId) -> (f64, f64) {
     if let Some(ch) = part.subs.values().find_map(|s| s.protect.as_ref()?.tx.as_ref()).map(ProtectedTx::channel) {
         return ch;
     }
-    let loss = part.down.loss.map_or(RED_INITIAL_LOSS, f64::from);
+    let loss = part.subs.get(&tid).and_then(|s| s.rr_loss).map_or(RED_INITIAL_LOSS, f64::from);
     (loss, 1.0 / (1.0 - loss.min(0.95)))
 }
 
