@@ -424,8 +424,6 @@ fn json_line(r: &Run, link_delay_ms: u64) -> serde_json::Value {
         "overhead": round(r.overhead, 3),
         "overhead_downlink": round(r.overhead_downlink, 3),
         "audio_residual_loss": if f.audio_residual_loss.is_finite() { json!(round(f.audio_residual_loss, 4)) } else { json!(null) },
-        "fps_worst_1s_decoded": f.fps_worst_1s_decoded,
-        "p95_decoded_ms": if f.p95_decoded_ms.is_finite() { json!(round(f.p95_decoded_ms, 1)) } else { json!(null) },
     })
 }
 

@@ -25,7 +25,7 @@
 //! The terminals are sans-IO objects; [`run`] is the thin blocking shell that owns a UDP
 //! socket and the clock for one of them on its own thread.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1145,87 +1145,19 @@ pub struct Figures {
     pub freeze_ms: u64,
     pub p95_latency_ms: f64,
     pub audio_residual_loss: f64,
-    /// The worst second and p95 latency if every picture were shown the moment it was
-    /// decoded (no render buffer), for comparison.
-    pub fps_worst_1s_decoded: u64,
-    pub p95_decoded_ms: f64,
-}
-
-/// Decoded frames the render delay is chosen from: the last 3 s.
-const RENDER_WINDOW: usize = 90;
-/// Share of those frames the render delay would have shown on time.
-const RENDER_QUANTILE: f64 = 0.95;
-
-/// When a receiver with a render buffer shows each decoded picture (`shown` in decoding
-/// order, frame `n` captured at `epoch + n · FRAME_INTERVAL`).
-///
-/// Like libwebrtc's render timing, a picture is due at its capture time plus a target
-/// delay, and is shown at once if it was decoded later than that. The target is the
-/// 95th percentile of the capture-to-decode delays of the frames decoded in the last
-/// 3 s: only past frames count, so this is what a receiver could do live. A picture is
-/// never shown before the one before it. Without such a buffer, frames that waited for
-/// a repair round are shown in a burst right after it, and the second they belonged to
-/// is short of frames although none was lost.
-pub fn render_times(shown: &[Shown], epoch: Instant) -> Vec<Instant> {
-    let mut window: VecDeque<Duration> = VecDeque::with_capacity(RENDER_WINDOW);
-    let mut last: Option<Instant> = None;
-    let mut out = Vec::with_capacity(shown.len());
-    for s in shown {
-        let capture = epoch + FRAME_INTERVAL * s.frame as u32;
-        let mut at = s.at;
-        if !window.is_empty() {
-            let mut sorted: Vec<Duration> = window.iter().copied().collect();
-            sorted.sort();
-            let i = ((sorted.len() as f64 * RENDER_QUANTILE).ceil() as usize).saturating_sub(1);
-            at = at.max(capture + sorted[i.min(sorted.len() - 1)]);
-        }
-        if let Some(l) = last {
-            at = at.max(l);
-        }
-        last = Some(at);
-        out.push(at);
-        if window.len() == RENDER_WINDOW {
-            window.pop_front();
-        }
-        window.push_back(s.at.saturating_duration_since(capture));
-    }
-    out
 }
 
 /// Figures over the window `[from, to)` of display time; frame `n` was captured at
 /// `epoch + n · FRAME_INTERVAL`, audio frame `m` at `epoch + m · AUDIO_INTERVAL`.
 pub fn figures(rx: &LossReceiver, epoch: Instant, from: Instant, to: Instant) -> Figures {
-    let rendered: Vec<Shown> = rx
+    let shown: Vec<&Shown> = rx
         .shown
         .iter()
-        .zip(render_times(&rx.shown, epoch))
-        .map(|(s, at)| Shown { at, ..*s })
+        .filter(|s| s.at >= from && s.at < to)
         .collect();
-    let decoded = display_figures(&rx.shown, epoch, from, to);
-    let mut f = display_figures(&rendered, epoch, from, to);
-    f.corrupt_frames += rx.decode_errors;
-    f.fps_worst_1s_decoded = decoded.fps_worst_1s;
-    f.p95_decoded_ms = decoded.p95_latency_ms;
-    // Audio frames captured in the window, with a margin for the last ones in flight.
-    let a0 = (from.saturating_duration_since(epoch).as_millis() / 20) as u64;
-    let a1 = (to.saturating_duration_since(epoch).as_millis() / 20) as u64;
-    let a1 = a1.saturating_sub(25).max(a0);
-    let expected = a1 - a0;
-    let got = (a0..a1).filter(|m| rx.audio.contains(m)).count() as u64;
-    f.audio_residual_loss = if expected == 0 {
-        f64::NAN
-    } else {
-        1.0 - got as f64 / expected as f64
-    };
-    f
-}
-
-/// The video figures of pictures shown at `shown[i].at`.
-fn display_figures(shown: &[Shown], epoch: Instant, from: Instant, to: Instant) -> Figures {
-    let shown: Vec<&Shown> = shown.iter().filter(|s| s.at >= from && s.at < to).collect();
     let secs = to.saturating_duration_since(from).as_secs_f64().max(1e-9);
     let good: Vec<&&Shown> = shown.iter().filter(|s| s.psnr >= CORRUPT_PSNR_DB).collect();
-    let corrupt = (shown.len() - good.len()) as u64;
+    let corrupt = (shown.len() - good.len()) as u64 + rx.decode_errors;
     let buckets = secs.floor().max(1.0) as usize;
     let mut per_s = vec![0u64; buckets];
     for s in &good {
@@ -1260,6 +1192,12 @@ fn display_figures(shown: &[Shown], epoch: Instant, from: Instant, to: Instant) 
         .map(|s| (s.width, s.height))
         .min_by_key(|&(w, h)| w * h)
         .unwrap_or((0, 0));
+    // Audio frames captured in the window, with a margin for the last ones in flight.
+    let a0 = (from.saturating_duration_since(epoch).as_millis() / 20) as u64;
+    let a1 = (to.saturating_duration_since(epoch).as_millis() / 20) as u64;
+    let a1 = a1.saturating_sub(25).max(a0);
+    let expected = a1 - a0;
+    let got = (a0..a1).filter(|m| rx.audio.contains(m)).count() as u64;
     Figures {
         width,
         height,
@@ -1268,9 +1206,11 @@ fn display_figures(shown: &[Shown], epoch: Instant, from: Instant, to: Instant) 
         corrupt_frames: corrupt,
         freeze_ms: freeze.as_millis() as u64,
         p95_latency_ms: p95,
-        audio_residual_loss: f64::NAN,
-        fps_worst_1s_decoded: 0,
-        p95_decoded_ms: f64::NAN,
+        audio_residual_loss: if expected == 0 {
+            f64::NAN
+        } else {
+            1.0 - got as f64 / expected as f64
+        },
     }
 }
 
@@ -1317,43 +1257,6 @@ mod tests {
         bad[AUDIO_FRAME_BYTES + 9] ^= 1;
         assert_eq!(audio_frames_in(&bad), vec![10, 8, 7]);
         assert_eq!(audio_frames_in(&audio_packet(1, 3)), vec![1, 0]);
-    }
-
-    #[test]
-    fn the_render_buffer_spreads_a_burst_and_never_goes_back() {
-        let epoch = Instant::now();
-        let shown = |frame: u64, ms: u64| Shown {
-            frame,
-            at: epoch + Duration::from_millis(ms),
-            psnr: 50.0,
-            width: 2,
-            height: 2,
-        };
-        // Frames 0–29 decoded 100 ms after capture; 30–32 waited for a repair round and
-        // were decoded together at 1.2 s.
-        let mut v: Vec<Shown> = (0..30).map(|n| shown(n, n * 1000 / 30 + 100)).collect();
-        v.extend((30..33).map(|n| shown(n, 1200)));
-        v.push(shown(33, 1200 + 10));
-        let at = render_times(&v, epoch);
-        // The first frame has no history and is shown as decoded; the steady ones at
-        // capture + 100 ms.
-        assert_eq!(at[0], v[0].at);
-        // (Decode times are whole milliseconds: within one of it.)
-        let near = |a: Instant, b: Instant| a.max(b) - a.min(b) <= Duration::from_millis(1);
-        assert!(at[1..30].iter().zip(&v[1..30]).all(|(a, s)| near(*a, s.at)));
-        // The late ones cannot be shown before they are decoded…
-        assert!(near(at[30], v[30].at));
-        assert!(at[30..33].iter().zip(&v[30..33]).all(|(a, s)| *a >= s.at));
-        // … and none is shown before the one before it.
-        assert!(at.windows(2).all(|w| w[0] <= w[1]));
-        // After a round's delay entered the window, an early frame waits for its slot.
-        let mut w: Vec<Shown> = (0..30).map(|n| shown(n, n * 1000 / 30 + 300)).collect();
-        w.push(shown(30, 1000 + 50));
-        let at = render_times(&w, epoch);
-        assert!(near(
-            at[30],
-            epoch + FRAME_INTERVAL * 30 + Duration::from_millis(300)
-        ));
     }
 
     #[test]
