@@ -768,10 +768,13 @@ impl LossSender {
                     .map_or((INITIAL_AUDIO_LOSS, 1.0), ProtectedTx::channel);
                 let distances = media::red::distances_for(loss, burst);
                 let (wire_pt, p) = match self.audio_red_pt {
-                    Some(red) => (red, audio_red_packet(n, &distances, *pt)),
+                    Some(red) => {
+                        let copies = distances.iter().filter(|d| u64::from(**d) <= n).count();
+                        self.audio_redundant_frames += copies as u64;
+                        (red, audio_red_packet(n, &distances, *pt))
+                    }
                     None => (pt, audio_packet(n, NACK_ONLY_AUDIO_DEPTH)),
                 };
-                self.audio_redundant_frames += distances.len() as u64;
                 if let Some(s) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
                     s.write_rtp(
                         RtpWrite::new(wire_pt, u64::from(seq).into(), ts, now, p).nackable(false),

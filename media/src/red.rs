@@ -9,9 +9,9 @@
 //!
 //! Why hop by hop: an SFU that forwards RED as it came passes each hop's losses on, so
 //! 50 % on the uplink and 50 % on the downlink are 75 % for the redundancy to cover (a
-//! frame needs 17 copies for 0.75 % residual). Rebuilding the redundancy at the SFU from
-//! every frame it holds lets each hop's redundancy cover that hop's loss only: 9 copies
-//! at 50 % random loss, 0.2 % per hop.
+//! frame must be in 17 packets, its own and 16 copies, for 0.75 % residual). Rebuilding
+//! the redundancy at the SFU from every frame it holds lets each hop's redundancy cover
+//! that hop's loss only: its own packet and 8 copies at 50 % random loss, 0.2 % per hop.
 
 use std::collections::VecDeque;
 
@@ -80,22 +80,24 @@ pub fn parse(payload: &[u8]) -> Result<(Vec<RedBlock<'_>>, RedBlock<'_>), Error>
 }
 
 /// Builds a RED payload: `redundant` oldest first, then the primary. A redundant block
-/// that cannot be described (offset or length out of range) is left out.
+/// that cannot be described (offset or length out of range) is left out, and past
+/// [`MAX_BLOCKS`] the oldest are.
 pub fn build(redundant: &[RedBlock<'_>], primary: RedBlock<'_>) -> Vec<u8> {
     let fits = |b: &&RedBlock<'_>| {
         b.ts_offset > 0 && b.ts_offset <= MAX_TS_OFFSET && b.data.len() <= MAX_BLOCK_LEN
     };
-    let kept: Vec<&RedBlock<'_>> = redundant.iter().filter(fits).take(MAX_BLOCKS).collect();
+    let described: Vec<&RedBlock<'_>> = redundant.iter().filter(fits).collect();
+    let kept = &described[described.len().saturating_sub(MAX_BLOCKS)..];
     let len = kept.iter().map(|b| 4 + b.data.len()).sum::<usize>() + 1 + primary.data.len();
     let mut out = Vec::with_capacity(len);
-    for b in &kept {
+    for b in kept {
         out.push(0x80 | (b.pt & 0x7f));
         out.push((b.ts_offset >> 6) as u8);
         out.push((((b.ts_offset & 0x3f) << 2) as u8) | ((b.data.len() >> 8) as u8 & 0x03));
         out.push(b.data.len() as u8);
     }
     out.push(primary.pt & 0x7f);
-    for b in &kept {
+    for b in kept {
         out.extend_from_slice(b.data);
     }
     out.extend_from_slice(primary.data);
@@ -110,6 +112,29 @@ pub const MAX_SPAN_FRAMES: u16 = MAX_DISTANCE_COUNT as u16;
 /// Chance, per hop, that every copy of a frame is lost that [`distances_for`] aims at.
 /// Two hops (publisher → SFU → subscriber) then lose about 0.4 %.
 pub const RESIDUAL_TARGET: f64 = 0.002;
+/// Largest RED payload [`RedHistory::build`] makes; the farthest copies are left out
+/// first. As libwebrtc and str0m do, it keeps a packet of copies under the MTU whatever
+/// the Opus rate: 16 copies of a 20 ms frame at 48 kbit/s would be 2 kB.
+pub const MAX_RED_PAYLOAD: usize = 1_100;
+/// A frame this far (in RTP timestamp units) from the newest one held is a new stream
+/// (a new SSRC or a timestamp jump), not a late frame: the history starts over.
+pub const RESET_DISTANCE: u32 = 4 * MAX_TS_OFFSET;
+
+/// What taking in a packet did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed<'a> {
+    /// The packet's own frame.
+    pub primary: RedBlock<'a>,
+    /// Whether the primary frame was not held before. A primary already held arrived
+    /// after a copy of it (reordering, or a duplicate): a forwarder that sent the copy
+    /// must not send it again.
+    pub primary_new: bool,
+    /// The redundant blocks whose frames were not held before (oldest first): frames
+    /// whose own packets were lost, which a forwarder can send on in their place.
+    pub recovered: Vec<RedBlock<'a>>,
+    /// The history started over before taking this packet in (see [`RESET_DISTANCE`]).
+    pub reset: bool,
+}
 
 /// Which earlier frames (distances in frames, nearest first) each packet should repeat
 /// on a link losing `loss` of its packets in runs of `burst` on average: consecutive ones,
@@ -161,6 +186,10 @@ pub struct RedHistory {
     frames: VecDeque<Held>,
     capacity: usize,
     frame_ts: Option<u32>,
+    /// The first primary taken in (since a reset): copies of frames before it are of a
+    /// time the stream was not being forwarded (before it started, or during a mute) and
+    /// are not kept.
+    floor: Option<u32>,
     /// Packets sent so far ([`RedHistory::next_packet`]).
     sent: u64,
 }
@@ -181,33 +210,63 @@ impl RedHistory {
             frames: VecDeque::new(),
             capacity: capacity.max(1),
             frame_ts: None,
+            floor: None,
             sent: 0,
         }
     }
 
-    /// Takes in a RED payload sent at RTP timestamp `ts`; returns its primary block and
-    /// the redundant blocks whose frames were not held before (oldest first): frames whose
-    /// own packets were lost, which a forwarder can send on in their place.
-    pub fn push_red<'a>(
-        &mut self,
-        ts: u32,
-        payload: &'a [u8],
-    ) -> Result<(RedBlock<'a>, Vec<RedBlock<'a>>), Error> {
+    /// Takes in a RED payload sent at RTP timestamp `ts`.
+    pub fn push_red<'a>(&mut self, ts: u32, payload: &'a [u8]) -> Result<Pushed<'a>, Error> {
         let (redundant, primary) = parse(payload)?;
-        let mut new = Vec::new();
+        let reset = self.reset_if_far(ts);
+        self.floor.get_or_insert(ts);
+        let mut recovered = Vec::new();
         for b in redundant {
             if b.ts_offset > 0 && self.insert(ts.wrapping_sub(b.ts_offset), b.pt, b.data) {
-                new.push(b);
+                recovered.push(b);
             }
         }
-        new.sort_by_key(|b| std::cmp::Reverse(b.ts_offset));
-        self.insert(ts, primary.pt, primary.data);
-        Ok((primary, new))
+        recovered.sort_by_key(|b| std::cmp::Reverse(b.ts_offset));
+        let primary_new = self.insert(ts, primary.pt, primary.data);
+        Ok(Pushed {
+            primary,
+            primary_new,
+            recovered,
+            reset,
+        })
     }
 
     /// Takes in a plain (non-RED) frame.
-    pub fn push_plain(&mut self, ts: u32, pt: u8, data: &[u8]) {
-        self.insert(ts, pt, data);
+    pub fn push_plain<'a>(&mut self, ts: u32, pt: u8, data: &'a [u8]) -> Pushed<'a> {
+        let reset = self.reset_if_far(ts);
+        self.floor.get_or_insert(ts);
+        let primary_new = self.insert(ts, pt, data);
+        Pushed {
+            primary: RedBlock {
+                pt,
+                ts_offset: 0,
+                data,
+            },
+            primary_new,
+            recovered: Vec::new(),
+            reset,
+        }
+    }
+
+    /// Forgets everything if `ts` is too far from the newest frame held to belong to
+    /// the same stream: otherwise a full history would refuse every frame of a stream
+    /// whose timestamps restarted behind it.
+    fn reset_if_far(&mut self, ts: u32) -> bool {
+        let Some(newest) = self.frames.back().map(|h| h.ts) else {
+            return false;
+        };
+        if ts.wrapping_sub(newest).min(newest.wrapping_sub(ts)) <= RESET_DISTANCE {
+            return false;
+        }
+        self.frames.clear();
+        self.frame_ts = None;
+        self.floor = None;
+        true
     }
 
     /// The frame of timestamp `ts`, if held.
@@ -235,10 +294,24 @@ impl RedHistory {
 
     /// A RED payload for the frame of timestamp `ts` (the packet announced by the last
     /// [`RedHistory::next_packet`]), repeating the held frames that became available
-    /// `distances` packets before it; payload types go through `map_pt`. `None` if the
-    /// frame itself is not held.
-    pub fn build(&self, ts: u32, distances: &[u16], map_pt: impl Fn(u8) -> u8) -> Option<Vec<u8>> {
-        let primary = self.held(ts)?;
+    /// `distances` packets before it, nearest first, within [`MAX_RED_PAYLOAD`] bytes.
+    /// Payload types go through `map_pt`; a block whose type does not map is left out.
+    /// `None` if the frame itself is not held or its type does not map.
+    ///
+    /// A frame can only be repeated while it is at most [`MAX_TS_OFFSET`] older than the
+    /// packet (341 ms at 48 kHz): one that reached the SFU late gets fewer copies.
+    pub fn build(
+        &self,
+        ts: u32,
+        distances: &[u16],
+        map_pt: impl Fn(u8) -> Option<u8>,
+    ) -> Option<Vec<u8>> {
+        let held = self.held(ts)?;
+        let primary = RedBlock {
+            pt: map_pt(held.pt)?,
+            ts_offset: 0,
+            data: &held.data,
+        };
         let mut redundant: Vec<RedBlock<'_>> = self
             .frames
             .iter()
@@ -248,18 +321,26 @@ impl RedHistory {
                     .and_then(|d| u16::try_from(d).ok())
                     .is_some_and(|d| distances.contains(&d))
             })
-            .map(|h| RedBlock {
-                pt: map_pt(h.pt),
-                ts_offset: ts.wrapping_sub(h.ts),
-                data: &h.data,
+            .filter_map(|h| {
+                Some(RedBlock {
+                    pt: map_pt(h.pt)?,
+                    ts_offset: ts.wrapping_sub(h.ts),
+                    data: &h.data,
+                })
             })
+            .filter(|b| b.ts_offset > 0 && b.ts_offset <= MAX_TS_OFFSET)
             .collect();
-        redundant.sort_by_key(|b| std::cmp::Reverse(b.ts_offset));
-        let primary = RedBlock {
-            pt: map_pt(primary.pt),
-            ts_offset: 0,
-            data: &primary.data,
-        };
+        redundant.sort_by_key(|b| b.ts_offset);
+        let mut room = MAX_RED_PAYLOAD.saturating_sub(1 + primary.data.len());
+        redundant.retain(|b| {
+            let need = 4 + b.data.len();
+            let fits = need <= room;
+            if fits {
+                room -= need;
+            }
+            fits
+        });
+        redundant.reverse();
         Some(build(&redundant, primary))
     }
 
@@ -269,7 +350,7 @@ impl RedHistory {
 
     /// Whether the frame was new and kept.
     fn insert(&mut self, ts: u32, pt: u8, data: &[u8]) -> bool {
-        if self.held(ts).is_some() {
+        if self.held(ts).is_some() || self.floor.is_some_and(|f| (ts.wrapping_sub(f) as i32) < 0) {
             return false;
         }
         // The step between neighbouring frames, for the forwarder's sequence numbers.
@@ -452,20 +533,27 @@ mod tests {
                 data: &f(3),
             },
         );
-        let (prim, new) = h.push_red(3 * 960, &red).unwrap();
-        assert_eq!(prim.data, f(3).as_slice());
+        let got = h.push_red(3 * 960, &red).unwrap();
+        assert_eq!(got.primary.data, f(3).as_slice());
+        assert!(got.primary_new && !got.reset);
         assert_eq!(
-            new.iter().map(|b| b.ts_offset).collect::<Vec<_>>(),
+            got.recovered
+                .iter()
+                .map(|b| b.ts_offset)
+                .collect::<Vec<_>>(),
             vec![1920, 960]
         );
-        // The same packet again adds nothing.
-        assert!(h.push_red(3 * 960, &red).unwrap().1.is_empty());
+        // The same packet again adds nothing, and says its frame was held.
+        let again = h.push_red(3 * 960, &red).unwrap();
+        assert!(again.recovered.is_empty() && !again.primary_new);
+        // So does frame 2's own packet arriving after its copy.
+        assert!(!h.push_plain(2 * 960, 111, &f(2)).primary_new);
         assert_eq!(h.frame_ts(), Some(960));
         assert_eq!(h.get(960), Some((111, f(1).as_slice())));
         // The forwarder sends frames 1, 2, 3 in turn, repeating what was sent 1 and 3
         // packets before, with a mapped payload type.
         let blocks = |h: &RedHistory, ts: u32| {
-            let out = h.build(ts, &[1, 3], |_| 100).unwrap();
+            let out = h.build(ts, &[1, 3], |_| Some(100)).unwrap();
             let (r, p) = parse(&out).unwrap();
             assert_eq!((p.pt, p.ts_offset), (100, 0));
             r.iter()
@@ -486,7 +574,51 @@ mod tests {
         h.next_packet(4 * 960);
         h.next_packet(5 * 960);
         assert_eq!(blocks(&h, 5 * 960), vec![(2880, 2), (960, 4)]);
-        assert!(h.build(7 * 960, &[1], |p| p).is_none());
+        assert!(h.build(7 * 960, &[1], Some).is_none());
+        // A block whose payload type the receiver lacks is left out; the primary's too.
+        let only_111 = |p: u8| (p == 111).then_some(111);
+        h.push_plain(6 * 960, 112, &f(6));
+        h.next_packet(6 * 960);
+        h.push_plain(7 * 960, 111, &f(7));
+        h.next_packet(7 * 960);
+        let out = h.build(7 * 960, &[1, 2], only_111).unwrap();
+        let (r, _) = parse(&out).unwrap();
+        assert_eq!(r.len(), 1, "frame 5 only; frame 6 is of type 112");
+        assert!(h.build(6 * 960, &[1], only_111).is_none());
+    }
+
+    #[test]
+    fn copies_stay_within_the_payload_budget_nearest_first() {
+        let mut h = RedHistory::new(32);
+        for n in 0..=16u32 {
+            h.push_plain(n * 960, 111, &[n as u8; 320]);
+            h.next_packet(n * 960);
+        }
+        let distances: Vec<u16> = (1..=16).collect();
+        let out = h.build(16 * 960, &distances, Some).unwrap();
+        assert!(out.len() <= MAX_RED_PAYLOAD, "{}", out.len());
+        let (r, p) = parse(&out).unwrap();
+        assert_eq!(p.data[0], 16);
+        // 1 + 320 for the primary leaves room for two 324-byte copies: frames 15 and 14.
+        assert_eq!(
+            r.iter().map(|b| b.data[0]).collect::<Vec<_>>(),
+            vec![14, 15]
+        );
+    }
+
+    #[test]
+    fn a_timestamp_jump_starts_the_history_over() {
+        let mut h = RedHistory::new(4);
+        for n in 0..4u32 {
+            assert!(!h.push_plain(1_000_000 + n * 960, 0, &[1]).reset);
+        }
+        // A new stream whose timestamps start behind: without the reset a full history
+        // would refuse it as older than everything held.
+        let got = h.push_plain(5_000, 0, &[2]);
+        assert!(got.reset && got.primary_new);
+        assert!(h.get(1_000_000).is_none() && h.frame_ts().is_none());
+        assert!(h.push_plain(5_960, 0, &[3]).primary_new);
+        assert_eq!(h.frame_ts(), Some(960));
     }
 
     #[test]
@@ -506,7 +638,7 @@ mod tests {
         w.push_plain(0, 0, &[2]);
         w.next_packet(0);
         assert_eq!(w.frame_ts(), Some(960));
-        let out = w.build(0, &[1], |p| p).unwrap();
+        let out = w.build(0, &[1], Some).unwrap();
         assert_eq!(parse(&out).unwrap().0.len(), 1);
     }
 }

@@ -118,6 +118,9 @@ pub struct Counters {
     /// Audio frames whose own packet was lost on the way in, forwarded from the
     /// redundancy of a later packet.
     pub red_recovered: u64,
+    /// RED audio packets dropped because their frame had gone out already (from a copy
+    /// in a later packet, or a duplicate).
+    pub red_duplicates: u64,
 }
 
 type PeerKey = u32;
@@ -237,10 +240,23 @@ struct Track {
 struct RedTrack {
     /// The publisher's RED payload type.
     pt: u8,
+    /// The stream the state is of.
+    ssrc: Option<Ssrc>,
     history: RedHistory,
     /// Highest publisher sequence number forwarded: a frame recovered from redundancy
     /// goes out under its own number only if that is still ahead.
     last_seq: Option<u64>,
+}
+
+impl RedTrack {
+    fn new(pt: u8) -> Self {
+        RedTrack { pt, ssrc: None, history: RedHistory::new(RED_HISTORY_FRAMES), last_seq: None }
+    }
+
+    /// Starts over, for stream `ssrc` (`None`: whichever comes next).
+    fn reset(&mut self, ssrc: impl Into<Option<Ssrc>>) {
+        *self = RedTrack { ssrc: ssrc.into(), ..RedTrack::new(self.pt) };
+    }
 }
 
 struct Room {
@@ -484,6 +500,10 @@ impl Sfu {
         for t in self.tracks.values_mut() {
             if t.owner == pid && t.source == source {
                 t.muted = muted;
+                if let Some(red) = &mut t.red {
+                    // Nothing from before the mute goes out as a copy after it.
+                    red.reset(None);
+                }
             }
         }
         if muted && source == TrackSource::Mic {
@@ -785,7 +805,10 @@ impl Sfu {
             }
             Event::MediaEgressStats(s) if role == PcRole::Subscribe => {
                 if let Some(sub) = self.participants.get_mut(&pid).and_then(|p| p.subs.values_mut().find(|sub| sub.mid == Some(s.mid))) {
-                    sub.rr_loss = s.loss.or(sub.rr_loss);
+                    // str0m's `loss` needs two reports; until then, the first report's
+                    // cumulative loss against what was sent.
+                    let first = s.remote.as_ref().map(|r| (r.packets_lost as f32 / s.packets.max(1) as f32).clamp(0.0, 1.0));
+                    sub.rr_loss = s.loss.or(sub.rr_loss).or(first);
                 }
             }
             Event::PeerStats(s) => {
@@ -879,7 +902,7 @@ impl Sfu {
                 .values()
                 .find_map(|p| p.red())
                 .filter(|_| d.kind == MediaKind::Audio)
-                .map(|r| RedTrack { pt: *r, history: RedHistory::new(RED_HISTORY_FRAMES), last_seq: None });
+                .map(|r| RedTrack::new(*r));
             let id = TrackId(self.next_track);
             self.next_track += 1;
             let gate = KeyframeGate::new(self.cfg.keyframe_interval);
@@ -1110,35 +1133,54 @@ impl Sfu {
         let seq = *pkt.seq_no;
         let ts = pkt.header.timestamp;
         let mut recovered = vec![];
+        let muted = track.muted;
         let (pt, payload) = match &mut track.red {
-            Some(red) if pt == red.pt => match red.history.push_red(ts, &pkt.payload) {
-                Ok((primary, new)) => {
-                    let step = red.history.frame_ts().filter(|s| *s > 0);
-                    for b in new {
-                        // One frame per packet: the lost packet's number is as far back
-                        // as its frame.
-                        let Some(back) = step.filter(|s| b.ts_offset % s == 0).map(|s| u64::from(b.ts_offset / s)) else { continue };
-                        let Some(s) = seq.checked_sub(back) else { continue };
-                        if red.last_seq.is_none_or(|l| s > l) {
-                            recovered.push((s, ts.wrapping_sub(b.ts_offset), b.pt, Arc::<[u8]>::from(b.data)));
+            // Nothing a muted participant sends is kept: it would go out as copies after
+            // the unmute.
+            Some(_) if muted => (pt, pkt.payload),
+            Some(red) => {
+                if red.ssrc != Some(ssrc) {
+                    // A new stream: its numbers and timestamps start elsewhere.
+                    red.reset(ssrc);
+                }
+                // A fresh history (stream start, after a mute) keeps nothing from before its
+                // first packet, so no copy of a muted frame goes out after the unmute.
+                let pushed = if pt == red.pt {
+                    match red.history.push_red(ts, &pkt.payload) {
+                        Ok(p) => p,
+                        Err(_) => {
+                            self.counters.red_malformed += 1;
+                            return;
                         }
                     }
-                    (primary.pt, Arc::from(primary.data))
+                } else {
+                    red.history.push_plain(ts, pt, &pkt.payload)
+                };
+                if pushed.reset {
+                    red.last_seq = None;
                 }
-                Err(_) => {
-                    self.counters.red_malformed += 1;
+                if !pushed.primary_new && red.last_seq.is_some_and(|l| seq <= l) {
+                    // Its frame went out already, from a copy in a later packet (or this is
+                    // a duplicate): sent again, its number would carry different bytes.
+                    self.counters.red_duplicates += 1;
                     return;
                 }
-            },
-            Some(red) => {
-                red.history.push_plain(ts, pt, &pkt.payload);
-                (pt, pkt.payload)
+                let step = red.history.frame_ts().filter(|s| *s > 0);
+                for b in pushed.recovered {
+                    // One frame per packet: the lost packet's number is as far back as its
+                    // frame. Before the first packet there is nothing to fill in.
+                    let Some(back) = step.filter(|s| b.ts_offset % s == 0).map(|s| u64::from(b.ts_offset / s)) else { continue };
+                    let Some(s) = seq.checked_sub(back) else { continue };
+                    if red.last_seq.is_some_and(|l| s > l) {
+                        recovered.push((s, ts.wrapping_sub(b.ts_offset), b.pt, Arc::<[u8]>::from(b.data)));
+                    }
+                }
+                let primary = (pushed.primary.pt, Arc::from(pushed.primary.data));
+                red.last_seq = Some(red.last_seq.map_or(seq, |l| l.max(seq)));
+                primary
             }
             None => (pt, pkt.payload),
         };
-        if let Some(red) = &mut track.red {
-            red.last_seq = Some(red.last_seq.map_or(seq, |l| l.max(seq)));
-        }
         for (seq, ts, pt, payload) in recovered {
             self.counters.red_recovered += 1;
             let fwd = Fwd {
@@ -1320,7 +1362,9 @@ impl Sfu {
                 // Rebuilt from every frame the SFU holds, with as many copies as this
                 // subscriber's own downlink needs; without RED it gets the primary.
                 let primary_pt = out_pt;
-                let map = |p: u8| if p == pt { primary_pt } else { p };
+                let pt_map = &sub.pt_map;
+                // Blocks of a type the subscriber did not accept are left out.
+                let map = |p: u8| if p == pt { Some(primary_pt) } else { pt_map.iter().find(|(i, _)| *i == p).and_then(|(_, o)| *o) };
                 if let Some(b) = red_pt.and_then(|rp| Some((rp, red.history.build(pkt.ts, &media::red::distances_for(loss, burst), map)?))) {
                     (out_pt, payload) = (b.0, Arc::from(b.1));
                 }
@@ -1651,9 +1695,10 @@ fn carried_fwd(p: &[u8], ext: &mut SeqExtender, now: Instant) -> Option<Fwd> {
     })
 }
 
-/// Audio frames an SFU keeps per RED track: the furthest copy any downlink asks for, and
-/// as many again for frames that reach it late.
-const RED_HISTORY_FRAMES: usize = 2 * media::red::MAX_SPAN_FRAMES as usize;
+/// Audio frames an SFU keeps per RED track: a copy can lie at most 16 packets after its
+/// frame became available, and a late frame can only be repeated while it is within
+/// RED's 14-bit offset (17 frames of 20 ms) of the packet; twice that leaves room.
+const RED_HISTORY_FRAMES: usize = 2 * media::red::MAX_SPAN_FRAMES as usize + 2;
 
 /// Loss assumed on a downlink before its first receiver report, as the video protection
 /// assumes before its first loss report (`SenderConfig::initial_loss`): too few copies

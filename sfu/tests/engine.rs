@@ -409,6 +409,56 @@ impl World {
     }
 }
 
+/// Packets that arrive after their frame went out from a later packet's copy, and
+/// duplicates, are not sent again: the same sequence number would carry other bytes (and
+/// SRTP would encrypt two plaintexts with one keystream).
+#[test]
+fn red_audio_after_its_copy_is_not_sent_twice() {
+    let mut w = World::new();
+    w.red = Some(true);
+    let (p, _, _) = w.join(0, true);
+    let (_, s_red, _) = w.join(1, false);
+    w.red = Some(false);
+    let (_, s_plain, _) = w.join(2, false);
+    w.run(Duration::from_millis(200));
+    // 101 overtakes 100 (and carries a copy of it); 150 is sent twice (str0m drops that
+    // one itself, the SFU would too).
+    let order = (0..100).chain([101, 100]).chain(102..=150).chain(150..200);
+    w.publish_red(p, order, &[1, 2]);
+    w.run(Duration::from_millis(100));
+    assert!(w.sfu.counters().red_duplicates >= 1);
+    for s in [s_red, s_plain] {
+        let seqs: Vec<u64> = w.clients[s].rtp_audio.iter().map(|(_, seq, ..)| *seq).collect();
+        let unique: std::collections::BTreeSet<u64> = seqs.iter().copied().collect();
+        assert_eq!(unique.len(), seqs.len(), "a sequence number went out twice");
+        // And nothing is missing: 100 went out from 101's copy, under its own number.
+        let frames: Vec<u32> = w.clients[s].rtp_audio.iter().map(|(_, _, _, p)| red_frames_in(s == s_red, p)[0]).collect();
+        assert!(frames.windows(2).all(|f| f[1] == f[0] + 1), "{frames:?}");
+    }
+}
+
+/// Nothing a muted participant sends reaches anyone, not even as a copy in the RED
+/// packets after the unmute.
+#[test]
+fn red_audio_from_a_mute_is_not_repeated_after_it() {
+    let mut w = World::new();
+    w.red = Some(true);
+    let (p, _, _) = w.join(0, true);
+    let (_, s, _) = w.join(1, false);
+    w.run(Duration::from_millis(200));
+    w.publish_red(p, 0..100, &[1, 2, 3, 4]);
+    w.sfu.set_muted(ParticipantId(0), TrackSource::Mic, true);
+    w.publish_red(p, 100..150, &[1, 2, 3, 4]);
+    w.sfu.set_muted(ParticipantId(0), TrackSource::Mic, false);
+    w.publish_red(p, 150..250, &[1, 2, 3, 4]);
+    w.run(Duration::from_millis(100));
+    let heard: std::collections::BTreeSet<u32> = w.clients[s].rtp_audio.iter().flat_map(|(_, _, _, p)| red_frames_in(true, p)).collect();
+    let leaked: Vec<u32> = (100..150).filter(|n| heard.contains(n)).collect();
+    assert!(leaked.is_empty(), "frames sent while muted reached the subscriber: {leaked:?}");
+    let missing: Vec<u32> = (20..100).chain(150..250).filter(|n| !heard.contains(n)).collect();
+    assert!(missing.is_empty(), "frames not heard: {missing:?}");
+}
+
 /// Half of all datagrams lost on the way in and on the way out (RTCP too): a RED
 /// subscriber still gets all but a fraction of a percent of the frames, which one hop's
 /// copies could not do (75 % end to end would need 17).
@@ -467,9 +517,10 @@ fn red_audio_is_repaired_and_rebuilt_hop_by_hop() {
     // 3 s of audio; frames 150 and 151 never leave the publisher, 152's packet repeats
     // them (distances 1 and 2).
     w.publish_red(p, (0..150).chain(152..300), &[1, 2]);
-    // And a few packets to the RED subscriber are lost on its own downlink.
+    // And a few packets to the RED subscriber are lost on its own downlink, apart: by
+    // now its receiver reports show a clean link, and the SFU sends one copy.
     let sent = w.down[s_red].sent;
-    w.down[s_red].drop_nth = vec![sent + 5, sent + 30, sent + 31];
+    w.down[s_red].drop_nth = vec![sent + 5, sent + 30, sent + 60];
     w.publish_red(p, 300..400, &[1, 2]);
     w.run(Duration::from_millis(200));
     assert_eq!(w.sfu.counters().red_recovered, 2);
@@ -496,9 +547,15 @@ fn red_audio_is_repaired_and_rebuilt_hop_by_hop() {
     let first = primaries[0].1;
     assert!((first..400).all(|n| all.contains(&n)), "frames missing: {:?}", (first..400).filter(|n| !all.contains(n)).collect::<Vec<_>>());
 
+    // The SFU's packets are its own: the publisher repeats 2 frames, the SFU more until
+    // the subscriber's first receiver report (it assumes 50 % loss until then).
+    assert!(got.iter().any(|(_, _, _, p)| red_frames_in(true, p).len() > 3), "the publisher's RED was passed through");
+    assert_eq!(w.sfu.counters().red_duplicates, 0);
+
     // A subscriber without RED gets the primaries alone, the recovered ones included.
     let plain = &w.clients[s_plain].rtp_audio;
-    assert!(plain.iter().all(|(pt, ..)| Some(*pt) != w.clients[s_plain].rtc.codec_config().params().iter().find_map(|x| x.red()).map(|r| *r)));
+    let opus_pt = *w.clients[s_plain].rtc.codec_config().params().iter().find(|x| x.spec().codec == str0m::format::Codec::Opus).unwrap().pt();
+    assert!(plain.iter().all(|(pt, ..)| *pt == opus_pt), "plain audio in another payload type");
     let frames: Vec<u32> = plain.iter().map(|(_, _, _, p)| red_frames_in(false, p)[0]).collect();
     assert!(frames.windows(2).all(|w| w[1] == w[0] + 1), "plain audio has holes or repeats");
     assert!(frames.contains(&150) && frames.contains(&151) && frames.last() == Some(&399));

@@ -156,6 +156,8 @@ pub struct ReceiverStats {
     pub fec_recovered: u64,
     /// Packets arriving after they were rebuilt, retransmitted or given up.
     pub redundant: u64,
+    /// Of those, retransmissions: requests that turned out not to be needed.
+    pub redundant_rtx: u64,
     /// Packets without a usable frame marking.
     pub unmarked: u64,
     /// Frames delivered.
@@ -179,6 +181,7 @@ impl std::ops::AddAssign for ReceiverStats {
             rtx_packets,
             fec_recovered,
             redundant,
+            redundant_rtx,
             unmarked,
             frames_delivered,
             frames_skipped,
@@ -191,6 +194,7 @@ impl std::ops::AddAssign for ReceiverStats {
         self.rtx_packets += rtx_packets;
         self.fec_recovered += fec_recovered;
         self.redundant += redundant;
+        self.redundant_rtx += redundant_rtx;
         self.unmarked += unmarked;
         self.frames_delivered += frames_delivered;
         self.frames_skipped += frames_skipped;
@@ -612,7 +616,7 @@ impl ProtectedReceiver {
             };
             let ext = extend_seq(rtp.seq, self.highest_seq);
             if self.next_seq.is_some_and(|n| ext < n) || self.packets.contains_key(&ext) {
-                self.stats.redundant += 1;
+                self.note_redundant(origin);
                 continue;
             }
             let Some(mark) = FrameMarking::parse(&p, self.cfg.frame_marking_id) else {
@@ -621,7 +625,7 @@ impl ProtectedReceiver {
             };
             let ts = extend_ts(rtp.timestamp, self.highest_ts);
             if self.last_resolved_ts.is_some_and(|t| ts <= t) {
-                self.stats.redundant += 1;
+                self.note_redundant(origin);
                 continue;
             }
             if self.highest_ts.is_none_or(|h| ts > h) {
@@ -680,6 +684,13 @@ impl ProtectedReceiver {
             while self.received.len() > 8192 {
                 self.received.pop_first();
             }
+        }
+    }
+
+    fn note_redundant(&mut self, origin: Origin) {
+        self.stats.redundant += 1;
+        if origin == Origin::Rtx {
+            self.stats.redundant_rtx += 1;
         }
     }
 

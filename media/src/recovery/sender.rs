@@ -55,9 +55,10 @@ pub struct SenderConfig {
     /// can be *handled*, not only how far apart they arrive: a terminal that encodes on
     /// its network thread reads the rest of them after a frame's encode (10–12 ms at
     /// 1080p in `bench loss`, longer under load). At 10 ms, 7 % of a 50 %-loss sender's
-    /// retransmissions answered the same NACK twice. It must stay below the receiver's
-    /// retry interval (RTT + `nack_margin`, 10 ms) for a lost retransmission to be sent
-    /// again at once.
+    /// retransmissions answered the same NACK twice. Below the receiver's retry interval
+    /// (RTT + `nack_margin`, 10 ms) a lost retransmission is sent again at the next
+    /// request: at 20 ms that holds for RTTs above 10 ms; on a LAN the packet waits one
+    /// more retry.
     pub rtx_min_interval: Duration,
     /// Keyframe requests closer together than this are merged into one.
     pub keyframe_request_hold: Duration,
