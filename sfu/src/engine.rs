@@ -1290,7 +1290,9 @@ impl Sfu {
             let spid = track.subscribers[i];
             let Some(part) = self.participants.get_mut(&spid) else { continue };
             let Some(skey) = part.subscriber else { continue };
-            let red_channel = track.red.as_ref().map(|_| downlink_channel(part, tid));
+            // Not for a subscriber known to lack RED: it gets the primary alone.
+            let lacks_red = part.subs.get(&tid).is_some_and(|s| s.red_pt == Some(None));
+            let red_channel = track.red.as_ref().filter(|_| !lacks_red).map(|_| downlink_channel(part, tid));
             let Some(sub) = part.subs.get_mut(&tid) else { continue };
             if sub.state != SubState::Open {
                 continue;

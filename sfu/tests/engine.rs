@@ -414,13 +414,8 @@ impl World {
 /// SRTP would encrypt two plaintexts with one keystream).
 #[test]
 fn red_audio_after_its_copy_is_not_sent_twice() {
-    let mut w = World::new();
-    w.red = Some(true);
-    let (p, _, _) = w.join(0, true);
-    let (_, s_red, _) = w.join(1, false);
-    w.red = Some(false);
-    let (_, s_plain, _) = w.join(2, false);
-    w.run(Duration::from_millis(200));
+    let (mut w, p, s_red, s_plain) = red_world(true);
+    let s_plain = s_plain.unwrap();
     // 101 overtakes 100 (and carries a copy of it); 150 is sent twice (str0m drops that
     // one itself, the SFU would too).
     let order = (0..100).chain([101, 100]).chain(102..=150).chain(150..200);
@@ -441,11 +436,7 @@ fn red_audio_after_its_copy_is_not_sent_twice() {
 /// packets after the unmute.
 #[test]
 fn red_audio_from_a_mute_is_not_repeated_after_it() {
-    let mut w = World::new();
-    w.red = Some(true);
-    let (p, _, _) = w.join(0, true);
-    let (_, s, _) = w.join(1, false);
-    w.run(Duration::from_millis(200));
+    let (mut w, p, s, _) = red_world(false);
     w.publish_red(p, 0..100, &[1, 2, 3, 4]);
     w.sfu.set_muted(ParticipantId(0), TrackSource::Mic, true);
     w.publish_red(p, 100..150, &[1, 2, 3, 4]);
@@ -464,11 +455,8 @@ fn red_audio_from_a_mute_is_not_repeated_after_it() {
 /// copies could not do (75 % end to end would need 17).
 #[test]
 fn red_audio_survives_half_loss_on_both_hops() {
-    let mut w = World::new();
-    w.red = Some(true);
-    let (p, _, _) = w.join(0, true);
-    let (_, s, _) = w.join(1, false);
-    w.run(Duration::from_millis(300));
+    let (mut w, p, s, _) = red_world(false);
+    w.run(Duration::from_millis(100));
     w.loss = Some((0x9E37_79B9_7F4A_7C15, 0.5));
     // The publisher repeats 8 frames, as `distances_for(0.5, 2)` says.
     let d: Vec<u32> = media::red::distances_for(0.5, 2.0).iter().map(|d| u32::from(*d)).collect();
@@ -485,6 +473,22 @@ fn red_audio_survives_half_loss_on_both_hops() {
     assert!(w.sfu.counters().red_recovered > 1000);
     // 0.2 % a hop by design (12 expected); one hop's copies alone would lose 10 % here.
     assert!(lost.len() <= 20, "{} of 3000 frames lost: {lost:?}", lost.len());
+}
+
+/// A room of RTP-mode clients for the RED tests: a RED publisher, a RED subscriber and,
+/// if asked, a subscriber without RED; 200 ms in, connected. Returns the world and the
+/// client indices (publisher, RED subscriber, plain subscriber).
+fn red_world(plain_subscriber: bool) -> (World, usize, usize, Option<usize>) {
+    let mut w = World::new();
+    w.red = Some(true);
+    let (p, _, _) = w.join(0, true);
+    let (_, s_red, _) = w.join(1, false);
+    let s_plain = plain_subscriber.then(|| {
+        w.red = Some(false);
+        w.join(2, false).1
+    });
+    w.run(Duration::from_millis(200));
+    (w, p, s_red, s_plain)
 }
 
 /// Audio frame `n` of the RED tests: its number, then filler.
@@ -507,13 +511,8 @@ fn red_frames_in(red: bool, payload: &[u8]) -> Vec<u32> {
 
 #[test]
 fn red_audio_is_repaired_and_rebuilt_hop_by_hop() {
-    let mut w = World::new();
-    w.red = Some(true);
-    let (p, _, _) = w.join(0, true);
-    let (_, s_red, _) = w.join(1, false);
-    w.red = Some(false);
-    let (_, s_plain, _) = w.join(2, false);
-    w.run(Duration::from_millis(200));
+    let (mut w, p, s_red, s_plain) = red_world(true);
+    let s_plain = s_plain.unwrap();
     // 3 s of audio; frames 150 and 151 never leave the publisher, 152's packet repeats
     // them (distances 1 and 2).
     w.publish_red(p, (0..150).chain(152..300), &[1, 2]);
