@@ -319,7 +319,7 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
         // What the sender's overhead is made of: the video's own repair, against the
         // socket total (audio redundancy, carrier and SRTP headers, RTCP).
         eprintln!(
-            "loss {scenario}/{}: sender video packets: media {} kB, FEC {} kB, RTX {} kB in {} packets for {} NACKs ({:.3}x of the packets' bytes; encoded video {} kB); socket total {} kB",
+            "loss {scenario}/{}: sender video packets: media {} kB, FEC {} kB, RTX {} kB in {} packets for {} NACKs ({:.3}x of the packets' bytes; encoded video {} kB; {} packets in {} FEC blocks); socket total {} kB",
             method.name(),
             st.media_bytes / 1000,
             st.fec_bytes / 1000,
@@ -328,6 +328,8 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
             st.nacks_received,
             st.overhead(),
             sender.video_bytes / 1000,
+            st.media_packets,
+            st.fec_blocks,
             sender.bytes_sent / 1000,
         );
     }

@@ -34,26 +34,47 @@ pub const TICKS_PER_FRAME: u32 = 3_000;
 pub struct SyntheticVideo {
     /// Packets of a keyframe, and of a TL0, TL1 and TL2 delta frame.
     pub packets: [usize; 4],
-    /// A keyframe every this many frames (plus those asked for).
+    /// A keyframe every this many frames (plus those asked for); 0: only when asked.
     pub keyframe_every: u64,
+    /// 3: L1T3 (0, 2, 1, 2, …); 2: L1T2 (0, 1, 0, 1, …).
+    pub temporal_layers: u8,
 }
 
 impl Default for SyntheticVideo {
-    /// ~2.2 Mbit/s at 30 fps, a keyframe every 4 s.
+    /// ~2.2 Mbit/s at 30 fps in L1T3, a keyframe every 4 s.
     fn default() -> Self {
         SyntheticVideo {
             packets: [40, 12, 9, 7],
             keyframe_every: 120,
+            temporal_layers: 3,
         }
     }
 }
 
-/// Temporal layer of frame `n` in L1T3: 0, 2, 1, 2, …
-pub fn temporal_layer(n: u64) -> u8 {
-    match n % 4 {
-        0 => 0,
-        2 => 1,
-        _ => 2,
+impl SyntheticVideo {
+    /// The shape of `bench loss`'s 1080p stream (`realvideo`): OpenH264 at 4 Mbit/s in
+    /// L1T2, ~17 kB a delta frame, keyframes only when asked for. Its FEC blocks hold
+    /// about 30 packets, half the L1T3 default's, which is what its repair and request
+    /// rounds are sized for.
+    pub fn like_bench_1080p() -> Self {
+        SyntheticVideo {
+            packets: [40, 16, 13, 13],
+            keyframe_every: 0,
+            temporal_layers: 2,
+        }
+    }
+
+    /// Temporal layer of frame `n` (a keyframe is sent as layer 0 wherever it falls).
+    pub fn temporal_layer(&self, n: u64) -> u8 {
+        if self.temporal_layers >= 3 {
+            match n % 4 {
+                0 => 0,
+                2 => 1,
+                _ => 2,
+            }
+        } else {
+            (n % 2) as u8
+        }
     }
 }
 
@@ -212,7 +233,7 @@ impl FecPublisher {
         let key = self.force_key
             || (self.video.keyframe_every > 0 && n.is_multiple_of(self.video.keyframe_every));
         self.force_key = false;
-        let tid = if key { 0 } else { temporal_layer(n) };
+        let tid = if key { 0 } else { self.video.temporal_layer(n) };
         if tid == 0 {
             self.tl0_idx = self.tl0_idx.wrapping_add(1);
         }

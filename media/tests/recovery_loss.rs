@@ -339,7 +339,7 @@ fn run(name: &str, channel: Channel, sizing: FecSizing, seed: u64) -> Outcome {
     let s = sender.stats();
     let r = receiver.stats();
     println!(
-        "{{\"test\":\"recovery_loss\",\"scenario\":\"{name}\",\"method\":\"{}\",\"frames_sent\":{},\"delivered\":{},\"skipped\":{},\"in_gaps\":{},\"corrupt_frames\":{},\"fps_avg\":{:.2},\"fps_worst_1s\":{},\"p95_latency_ms\":{:.1},\"overhead\":{:.3},\"fec_bytes\":{},\"rtx_bytes\":{},\"media_bytes\":{},\"keyframes_forced\":{},\"nacks_sent\":{},\"nacked_seqs\":{},\"fec_recovered\":{},\"rtt_ms\":{:.1},\"loss_fwd\":{:.3},\"loss_rev\":{:.3},\"sender_loss_estimate\":{:.3}}}",
+        "{{\"test\":\"recovery_loss\",\"scenario\":\"{name}\",\"method\":\"{}\",\"frames_sent\":{},\"delivered\":{},\"skipped\":{},\"in_gaps\":{},\"corrupt_frames\":{},\"fps_avg\":{:.2},\"fps_worst_1s\":{},\"p95_latency_ms\":{:.1},\"overhead\":{:.3},\"fec_bytes\":{},\"rtx_bytes\":{},\"media_bytes\":{},\"keyframes_forced\":{},\"nacks_sent\":{},\"nacked_seqs\":{},\"rtx_packets\":{},\"redundant_rtx\":{},\"fec_recovered\":{},\"rtt_ms\":{:.1},\"loss_fwd\":{:.3},\"loss_rev\":{:.3},\"sender_loss_estimate\":{:.3}}}",
         match sizing {
             FecSizing::Off => "nack_only",
             FecSizing::Full => "fec_full",
@@ -360,6 +360,8 @@ fn run(name: &str, channel: Channel, sizing: FecSizing, seed: u64) -> Outcome {
         out.keyframes_forced,
         r.nacks_sent,
         r.nacked_seqs,
+        s.rtx_packets,
+        r.redundant_rtx,
         r.fec_recovered,
         receiver.rtt().as_secs_f64() * 1000.0,
         out.link_loss_fwd,

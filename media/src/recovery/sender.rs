@@ -130,6 +130,9 @@ pub struct SenderStats {
     pub plis_received: u64,
     /// Loss reports received.
     pub reports_received: u64,
+    /// FEC blocks closed with repair: `media_packets / fec_blocks` is the block size the
+    /// hybrid sizing works with, and small blocks need relatively more repair and rounds.
+    pub fec_blocks: u64,
 }
 
 impl std::ops::AddAssign for SenderStats {
@@ -146,6 +149,7 @@ impl std::ops::AddAssign for SenderStats {
             rtx_missing,
             plis_received,
             reports_received,
+            fec_blocks,
         } = o;
         self.media_packets += media_packets;
         self.media_bytes += media_bytes;
@@ -157,6 +161,7 @@ impl std::ops::AddAssign for SenderStats {
         self.rtx_missing += rtx_missing;
         self.plis_received += plis_received;
         self.reports_received += reports_received;
+        self.fec_blocks += fec_blocks;
     }
 }
 
@@ -229,7 +234,10 @@ impl ProtectedSender {
 
     /// Counters.
     pub fn stats(&self) -> SenderStats {
-        self.stats
+        SenderStats {
+            fec_blocks: self.fec.as_ref().map_or(0, |f| f.stats().blocks),
+            ..self.stats
+        }
     }
 
     /// Smoothed loss fraction and mean loss run the FEC is currently adapted to.
