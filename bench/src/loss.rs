@@ -257,7 +257,10 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
         .name("loss-receiver".into())
         .spawn(move || {
             let r = realvideo::run(&mut receiver, &r_sock, &st);
-            r.map(|()| receiver)
+            r.map(|()| {
+                receiver.finish();
+                receiver
+            })
         })?;
 
     let t0 = now();

@@ -311,6 +311,11 @@ impl FecPublisher {
     pub fn overhead(&self) -> f64 {
         self.tx.as_ref().map_or(1.0, |t| t.stats().overhead())
     }
+
+    /// The protection's counters, once it has started.
+    pub fn protection_stats(&self) -> Option<media::recovery::SenderStats> {
+        self.tx.as_ref().map(ProtectedTx::stats)
+    }
 }
 
 /// What a subscriber saw of one frame.

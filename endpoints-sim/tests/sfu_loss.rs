@@ -433,6 +433,11 @@ fn run_shaped(
         w.subscriber.stats(),
     );
     eprintln!(
+        "publisher {:?}; SFU uplink {:?}",
+        w.publisher.protection_stats(),
+        w.sfu.uplink_protection_stats()
+    );
+    eprintln!(
         "sfu {counters:?} publisher kf sent {} requests {}",
         w.publisher.keyframes_sent, w.publisher.keyframe_requests
     );
