@@ -408,9 +408,10 @@ impl FecSubscriber {
                 s.suppress_nack(true);
             }
         }
-        let rx = self
-            .rx
-            .get_or_insert_with(|| ProtectedRx::new(ssrc, ssrc ^ 0x5355_4253, self.playout_delay));
+        let rx = self.rx.get_or_insert_with(|| {
+            ProtectedRx::new(ssrc, ssrc ^ 0x5355_4253, self.playout_delay)
+                .with_late_grace(protect::SUBSCRIBER_LATE_GRACE)
+        });
         rx.handle_carried(now, &p.payload, &params);
         self.pump(now);
     }

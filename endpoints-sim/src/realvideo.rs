@@ -1300,6 +1300,7 @@ impl Terminal for LossReceiver {
                 }
                 let rx = self.rx.get_or_insert_with(|| {
                     ProtectedRx::new(ssrc, ssrc ^ 0x5355_4253, protect::HOP_PLAYOUT_DELAY * 2)
+                        .with_late_grace(protect::SUBSCRIBER_LATE_GRACE)
                 });
                 rx.handle_carried(now, &p.payload, &params);
                 self.pump();

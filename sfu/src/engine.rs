@@ -1115,7 +1115,7 @@ impl Sfu {
                 let params: Vec<PayloadParams> = track.codecs.values().copied().collect();
                 let first = rx.is_none();
                 // Our feedback's sender SSRC only has to differ from the media's.
-                let rx = rx.get_or_insert_with(|| ProtectedRx::new(*ssrc, !*ssrc, protect::HOP_PLAYOUT_DELAY));
+                let rx = rx.get_or_insert_with(|| ProtectedRx::new(*ssrc, !*ssrc, protect::HOP_PLAYOUT_DELAY).with_late_grace(protect::SFU_UPLINK_LATE_GRACE));
                 rx.handle_carried(now, &pkt.payload, &params);
                 if first {
                     // The recovery loop asks for what it needs; str0m's own NACKs would

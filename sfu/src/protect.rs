@@ -46,6 +46,18 @@ const CARRIER_TIER: u8 = 0;
 const CARRIER_LEVEL: u8 = 16;
 /// Recovery budget of one hop (the recovery loop's default).
 pub const HOP_PLAYOUT_DELAY: Duration = Duration::from_millis(225);
+/// How long past its deadline the SFU's uplink keeps repairing a frame before it gives
+/// up on it ([`media::recovery::ReceiverConfig::late_grace`]). The subscriber's budget is
+/// `2 × HOP_PLAYOUT_DELAY`, and the SFU's downlinks are sized to need few repair rounds
+/// (`TxPolicy::SFU_DOWNLINK`), so a frame the uplink completes a little late still
+/// reaches the subscriber in time; a base-layer frame the uplink gives up on costs every
+/// subscriber a keyframe. `docs/recovery.md`, *The SFU's uplink: late grace*.
+pub const SFU_UPLINK_LATE_GRACE: Duration = Duration::from_millis(175);
+/// The same for a terminal behind an SFU (budget `2 × HOP_PLAYOUT_DELAY`): a frame the
+/// uplink completed in its late grace reaches the terminal with little of its budget
+/// left, and giving up on a base-layer frame costs a keyframe across both hops, about
+/// half a second of pictures, where waiting costs a short freeze.
+pub const SUBSCRIBER_LATE_GRACE: Duration = Duration::from_millis(100);
 /// Largest feedback payload put in one RTCP message (stays well under the MTU).
 const MAX_FEEDBACK: usize = 1_000;
 
@@ -206,6 +218,7 @@ pub struct ProtectedRx {
     pub media_ssrc: u32,
     receiver_ssrc: u32,
     playout_delay: Duration,
+    late_grace: Duration,
     rx: Option<ProtectedReceiver>,
     /// Carried packets before the first media packet told the media payload type.
     early: Vec<(Instant, Vec<u8>)>,
@@ -221,9 +234,17 @@ impl ProtectedRx {
             media_ssrc,
             receiver_ssrc,
             playout_delay,
+            late_grace: Duration::ZERO,
             rx: None,
             early: vec![],
         }
+    }
+
+    /// Keeps repairing a frame `grace` past its deadline before giving up on it, asking
+    /// as for a last chance ([`media::recovery::ReceiverConfig::late_grace`]).
+    pub fn with_late_grace(mut self, grace: Duration) -> Self {
+        self.late_grace = grace;
+        self
     }
 
     /// One carrier payload. `params` are the receiving side's negotiated codecs.
@@ -248,6 +269,7 @@ impl ProtectedRx {
             cfg.fec_ssrc = Some(inner_fec_ssrc(self.media_ssrc));
             cfg.frame_marking_id = FRAME_MARKING_ID;
             cfg.playout_delay = self.playout_delay;
+            cfg.late_grace = self.late_grace;
             let mut rx = ProtectedReceiver::new(cfg);
             for (at, p) in self.early.drain(..) {
                 rx.handle_packet(at, &p);

@@ -56,6 +56,12 @@ pub struct ReceiverConfig {
     /// another large frame through the same loss; waiting a few more repair rounds for
     /// the one in flight costs a short freeze instead.
     pub keyframe_grace: Duration,
+    /// Time past a frame's deadline before it is given up, in which the request planner
+    /// no longer spreads requests over rounds but asks as for a last chance. Requests
+    /// are planned for `playout_delay` as without it; a frame still short then gets one
+    /// or two more rounds instead of being skipped. An SFU's uplink uses it (its skips
+    /// cost the subscribers a keyframe); zero elsewhere.
+    pub late_grace: Duration,
 }
 
 impl ReceiverConfig {
@@ -83,6 +89,7 @@ impl ReceiverConfig {
             report_interval: Duration::from_millis(250),
             keyframe_retry: Duration::from_millis(150),
             keyframe_grace: Duration::from_millis(250),
+            late_grace: Duration::ZERO,
         }
     }
 }
@@ -213,6 +220,9 @@ struct FrameState {
     end: Option<u64>,
     max_seq: u64,
     count: u64,
+    /// When the planner means the frame to be complete.
+    planned: Instant,
+    /// When it is given up: `planned` plus the late grace.
     deadline: Instant,
 }
 
@@ -650,10 +660,11 @@ impl ProtectedReceiver {
             }
             self.note_highest(now, ext, true);
             self.missing.remove(&ext);
-            let mut deadline = self.deadline_for(now, ts);
+            let mut planned = self.deadline_for(now, ts);
             if mark.independent {
-                deadline += self.cfg.keyframe_grace;
+                planned += self.cfg.keyframe_grace;
             }
+            let deadline = planned + self.cfg.late_grace;
             let f = self.frames.entry(ts).or_insert(FrameState {
                 tid: mark.tid,
                 keyframe: mark.independent,
@@ -662,6 +673,7 @@ impl ProtectedReceiver {
                 end: None,
                 max_seq: ext,
                 count: 0,
+                planned,
                 deadline,
             });
             if mark.start {
@@ -878,7 +890,14 @@ impl ProtectedReceiver {
             if !overlaps || f.complete() || f.deadline < now + arrival {
                 continue;
             }
-            let slack = f.deadline - (now + arrival);
+            // Planned for its own deadline while that can still be met, then for the
+            // last chance before it is given up.
+            let target = if f.planned >= now + arrival {
+                f.planned
+            } else {
+                f.deadline
+            };
+            let slack = target - (now + arrival);
             let j = (slack.as_nanos() / retry.as_nanos().max(1)).min(MAX_PLANNED_ROUNDS as u128);
             let j = j as usize;
             if stakes.len() <= j {
@@ -1382,6 +1401,46 @@ mod tests {
         match r.poll_event() {
             Some(ReceiverEvent::Frame(f)) => assert_eq!(f.packets, f0),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn late_grace_keeps_repairing_a_frame_past_its_deadline() {
+        // Frame 1 (TL2) misses a packet whose retransmission comes 300 ms after the
+        // stream started: past the frame's deadline (arrival 53 ms + 225 ms), within a
+        // 75 ms late grace.
+        for (grace, want) in [
+            (Duration::ZERO, vec![0, 2]),
+            (Duration::from_millis(75), vec![0, 1, 2]),
+        ] {
+            let mut c = ReceiverConfig::new(SSRC, 1, RTX);
+            c.fec = false;
+            c.late_grace = grace;
+            let mut r = ProtectedReceiver::new(c);
+            let start = t0();
+            let ms = |m: u64| start + Duration::from_millis(m);
+            let (f0, f1, f2) = (frame(0, true), frame(1, false), frame(2, false));
+            for p in &f0 {
+                r.handle_packet(ms(20), p);
+            }
+            r.handle_packet(ms(53), &f1[0]);
+            r.handle_packet(ms(53), &f1[2]);
+            for p in &f2 {
+                r.handle_packet(ms(86), p);
+            }
+            let mut events = Vec::new();
+            let mut now = ms(86);
+            while now < ms(600) {
+                now += Duration::from_millis(5);
+                if now == ms(301) {
+                    r.handle_packet(now, &rtx_wrap(&f1[1], RTX, 103, 7).unwrap());
+                }
+                r.handle_timeout(now);
+                while let Some(e) = r.poll_event() {
+                    events.push(e);
+                }
+            }
+            assert_eq!(delivered(&events), want, "late grace {grace:?}");
         }
     }
 
