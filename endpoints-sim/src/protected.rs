@@ -247,12 +247,7 @@ impl FecPublisher {
             let marking = FrameMarking {
                 start: i == 0,
                 end: i + 1 == count,
-                independent: key,
-                discardable: tid == 2,
-                base_sync: tid == 1,
-                tid,
-                lid: 0,
-                tl0_pic_idx: self.tl0_idx,
+                ..FrameMarking::picture(tid, self.video.temporal_layers, key, self.tl0_idx)
             };
             let fp = FramePacket {
                 timestamp: ts,
@@ -342,8 +337,6 @@ pub struct FecSubscriber {
     pub keyframe_requests: u64,
     /// Video packets that arrived outside the carrier (there must be none).
     pub unprotected_packets: u64,
-    /// Recovery budget from capture: one hop's per hop.
-    pub playout_delay: Duration,
     /// Frame number by RTP timestamp, learnt from arriving packets.
     seen: std::collections::HashMap<u32, u64>,
 }
@@ -363,8 +356,6 @@ impl FecSubscriber {
             gaps: 0,
             keyframe_requests: 0,
             unprotected_packets: 0,
-            // Behind an SFU: two hops.
-            playout_delay: protect::HOP_PLAYOUT_DELAY * 2,
             seen: Default::default(),
         })
     }
@@ -408,10 +399,7 @@ impl FecSubscriber {
                 s.suppress_nack(true);
             }
         }
-        let rx = self.rx.get_or_insert_with(|| {
-            ProtectedRx::new(ssrc, ssrc ^ 0x5355_4253, self.playout_delay)
-                .with_late_grace(protect::SUBSCRIBER_LATE_GRACE)
-        });
+        let rx = self.rx.get_or_insert_with(|| ProtectedRx::behind_sfu(ssrc));
         rx.handle_carried(now, &p.payload, &params);
         self.pump(now);
     }

@@ -935,9 +935,18 @@ impl EncodeWorker {
     }
 
     fn poll(&mut self) -> Option<Encoded> {
-        let e = self.done.try_recv().ok()?;
-        self.in_flight -= 1;
-        Some(e)
+        match self.done.try_recv() {
+            Ok(e) => {
+                self.in_flight -= 1;
+                Some(e)
+            }
+            Err(mpsc::TryRecvError::Empty) => None,
+            // The thread is gone (it panicked): nothing more will come back.
+            Err(mpsc::TryRecvError::Disconnected) => {
+                self.in_flight = 0;
+                None
+            }
+        }
     }
 }
 
@@ -963,8 +972,12 @@ enum Decoded {
     /// An access unit went to the decoder.
     Fed,
     Shown(Shown),
-    /// A decoder error, or a picture whose stamp could not be read.
+    /// A decoder error: nothing decodes until the next keyframe.
     Error,
+    /// A picture whose stamp could not be read.
+    Unreadable,
+    /// A frame dropped because the decoder waits for a keyframe.
+    Waiting,
 }
 
 /// The decoder, the stamp reader and the PSNR check on a thread of their own, so the
@@ -994,7 +1007,9 @@ impl DecodeWorker {
                             need_key = true;
                             continue;
                         }
-                        DecodeJob::Frame { keyframe, .. } if need_key && !keyframe => continue,
+                        DecodeJob::Frame { keyframe, .. } if need_key && !keyframe => {
+                            Decoded::Waiting
+                        }
                         DecodeJob::Frame { au, .. } => {
                             let _ = done_tx.send(Decoded::Fed);
                             match decoder.decode(&au) {
@@ -1018,7 +1033,7 @@ impl DecodeWorker {
                                                 height: pic.height(),
                                             })
                                         }
-                                        None => Decoded::Error,
+                                        None => Decoded::Unreadable,
                                     }
                                 }
                                 Ok(None) => continue,
@@ -1078,9 +1093,8 @@ pub struct LossReceiver {
     pub method: Method,
     decoder: DecodeWorker,
     rx: Option<ProtectedRx>,
-    /// The network thread's view of the decoder's: no picture is decodable until a
-    /// keyframe (start, after a gap in the chain, or after a decoder error).
-    need_key: bool,
+    /// Where a keyframe request goes, once video has arrived.
+    video_mid: Option<Mid>,
     last_pli: Option<Instant>,
     /// Every picture the decoder produced.
     pub shown: Vec<Shown>,
@@ -1120,7 +1134,7 @@ impl LossReceiver {
             method,
             decoder: DecodeWorker::spawn(width, height)?,
             rx: None,
-            need_key: true,
+            video_mid: None,
             last_pli: None,
             shown: vec![],
             decode_errors: 0,
@@ -1163,28 +1177,31 @@ impl LossReceiver {
     /// One complete access unit, or `None` for a frame known lost.
     fn on_frame(&mut self, au: Option<Vec<u8>>, keyframe: bool) {
         let Some(au) = au else {
-            self.need_key = true;
             self.decoder.submit(DecodeJob::Lost);
             return;
         };
         self.frames_in += 1;
-        if keyframe {
-            self.need_key = false;
-        }
         self.decoder.submit(DecodeJob::Frame { au, keyframe });
     }
 
-    /// Takes in what the decoder thread has finished.
-    fn collect_decoded(&mut self) {
+    /// Takes in what the decoder thread has finished; asks for a keyframe while the
+    /// decoder waits for one (the decoder, not this thread, knows when it does).
+    fn collect_decoded(&mut self, now: Option<Instant>) {
+        let mut want_key = false;
         while let Ok(d) = self.decoder.done.try_recv() {
             match d {
                 Decoded::Fed => self.frames_decoded += 1,
                 Decoded::Shown(s) => self.shown.push(s),
                 Decoded::Error => {
                     self.decode_errors += 1;
-                    self.need_key = true;
+                    want_key = true;
                 }
+                Decoded::Unreadable => self.decode_errors += 1,
+                Decoded::Waiting => want_key = true,
             }
+        }
+        if let (true, Some(now), Some(mid)) = (want_key, now, self.video_mid) {
+            self.request_keyframe(now, mid);
         }
     }
 
@@ -1192,7 +1209,7 @@ impl LossReceiver {
     /// terminal has stopped, before reading the figures.
     pub fn finish(&mut self) {
         self.decoder.finish();
-        self.collect_decoded();
+        self.collect_decoded(None);
     }
 
     fn request_keyframe(&mut self, now: Instant, mid: Mid) {
@@ -1259,16 +1276,15 @@ impl Terminal for LossReceiver {
             Event::MediaData(d) => match d.params.spec().codec {
                 Codec::Opus => self.on_audio(&d.data),
                 Codec::H264 => {
+                    self.video_mid = Some(d.mid);
                     if !d.contiguous {
-                        // A frame before this one never came: the chain is broken.
-                        self.need_key = true;
+                        // A frame before this one never came: the chain is broken,
+                        // and there is no need to wait for the decoder to say so.
                         self.decoder.submit(DecodeJob::Lost);
+                        self.request_keyframe(now, d.mid);
                     }
                     let key = d.is_keyframe();
                     self.on_frame(Some(d.data.to_vec()), key);
-                    if self.need_key {
-                        self.request_keyframe(now, d.mid);
-                    }
                 }
                 _ => {}
             },
@@ -1298,10 +1314,7 @@ impl Terminal for LossReceiver {
                         s.suppress_nack(true);
                     }
                 }
-                let rx = self.rx.get_or_insert_with(|| {
-                    ProtectedRx::new(ssrc, ssrc ^ 0x5355_4253, protect::HOP_PLAYOUT_DELAY * 2)
-                        .with_late_grace(protect::SUBSCRIBER_LATE_GRACE)
-                });
+                let rx = self.rx.get_or_insert_with(|| ProtectedRx::behind_sfu(ssrc));
                 rx.handle_carried(now, &p.payload, &params);
                 self.pump();
             }
@@ -1310,7 +1323,7 @@ impl Terminal for LossReceiver {
     }
 
     fn tick(&mut self, now: Instant) -> Option<Instant> {
-        self.collect_decoded();
+        self.collect_decoded(Some(now));
         let due = self.rx.as_ref().and_then(ProtectedRx::poll_timeout);
         if due.is_some_and(|t| t <= now) {
             if let Some(rx) = &mut self.rx {

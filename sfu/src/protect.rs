@@ -51,7 +51,8 @@ pub const HOP_PLAYOUT_DELAY: Duration = Duration::from_millis(225);
 /// `2 × HOP_PLAYOUT_DELAY`, and the SFU's downlinks are sized to need few repair rounds
 /// (`TxPolicy::SFU_DOWNLINK`), so a frame the uplink completes a little late still
 /// reaches the subscriber in time; a base-layer frame the uplink gives up on costs every
-/// subscriber a keyframe. `docs/recovery.md`, *The SFU's uplink: late grace*.
+/// subscriber a keyframe. `docs/recovery.md`, *Late grace at the SFU's uplink and the
+/// subscriber*.
 pub const SFU_UPLINK_LATE_GRACE: Duration = Duration::from_millis(175);
 /// The same for a terminal behind an SFU (budget `2 × HOP_PLAYOUT_DELAY`): a frame the
 /// uplink completed in its late grace reaches the terminal with little of its budget
@@ -240,8 +241,16 @@ impl ProtectedRx {
         }
     }
 
-    /// Keeps repairing a frame `grace` past its deadline before giving up on it, asking
-    /// as for a last chance ([`media::recovery::ReceiverConfig::late_grace`]).
+    /// A terminal's end of a stream an SFU forwards: the budget of both hops, and
+    /// [`SUBSCRIBER_LATE_GRACE`]. The terminal's own SSRC for feedback is derived from
+    /// the media SSRC.
+    pub fn behind_sfu(media_ssrc: u32) -> Self {
+        ProtectedRx::new(media_ssrc, media_ssrc ^ 0x5355_4253, HOP_PLAYOUT_DELAY * 2)
+            .with_late_grace(SUBSCRIBER_LATE_GRACE)
+    }
+
+    /// Keeps repairing a frame `grace` past its planned deadline before giving up on it
+    /// ([`media::recovery::ReceiverConfig::late_grace`]).
     pub fn with_late_grace(mut self, grace: Duration) -> Self {
         self.late_grace = grace;
         self

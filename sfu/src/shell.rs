@@ -201,7 +201,7 @@ async fn run(
 }
 
 /// Timeouts run early in one go before the shell sleeps or reads again.
-const MAX_EARLY: usize = 64;
+pub const MAX_EARLY: usize = 64;
 
 /// Monotonic engine time (see `run`).
 struct Clock(Instant);

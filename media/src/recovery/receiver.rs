@@ -56,11 +56,14 @@ pub struct ReceiverConfig {
     /// another large frame through the same loss; waiting a few more repair rounds for
     /// the one in flight costs a short freeze instead.
     pub keyframe_grace: Duration,
-    /// Time past a frame's deadline before it is given up, in which the request planner
-    /// no longer spreads requests over rounds but asks as for a last chance. Requests
-    /// are planned for `playout_delay` as without it; a frame still short then gets one
-    /// or two more rounds instead of being skipped. An SFU's uplink uses it (its skips
-    /// cost the subscribers a keyframe); zero elsewhere.
+    /// Time past a frame's planned deadline (`playout_delay`) before it is given up.
+    /// Requests are planned to complete the frame by the planned deadline, as without
+    /// a grace; once a repair round can no longer arrive by then, the planner plans
+    /// for the give-up time instead, spreading requests over the rounds left (about
+    /// three at the SFU's 175 ms), so a frame still short gets those rounds instead of
+    /// being skipped. While the stream waits for a keyframe a non-key frame gets no
+    /// grace. The SFU's uplink and a terminal behind an SFU use it, since a skip there
+    /// costs a keyframe; zero by default.
     pub late_grace: Duration,
 }
 
@@ -454,7 +457,7 @@ impl ProtectedReceiver {
                 t = Some(t.map_or(x, |t| t.min(x)));
             }
         };
-        take(self.frames.values().next().map(|f| f.deadline));
+        take(self.frames.values().next().map(|f| self.give_up_at(f)));
         take(self.next_nack_check);
         if self.requesting_keyframe {
             take(self.last_pli.map(|p| p + self.cfg.keyframe_retry));
@@ -737,6 +740,17 @@ impl ProtectedReceiver {
         base + self.cfg.playout_delay
     }
 
+    /// When an incomplete frame is given up. While the stream waits for a keyframe a
+    /// non-key frame would be skipped even if it completed, so holding it through the
+    /// late grace only delays the keyframe behind it.
+    fn give_up_at(&self, f: &FrameState) -> Instant {
+        if self.need_keyframe && !f.keyframe {
+            f.planned
+        } else {
+            f.deadline
+        }
+    }
+
     /// Deliver or skip frames in decoding order.
     fn resolve_frames(&mut self, now: Instant) {
         while let Some((&ts, f)) = self.frames.first_key_value() {
@@ -746,7 +760,7 @@ impl ProtectedReceiver {
                 (Some(n), None) => f.max_seq >= n,
                 _ => false,
             };
-            let due = now >= f.deadline;
+            let due = now >= self.give_up_at(f);
             if !(due || complete && !gap) {
                 break;
             }
@@ -1406,9 +1420,10 @@ mod tests {
 
     #[test]
     fn late_grace_keeps_repairing_a_frame_past_its_deadline() {
-        // Frame 1 (TL2) misses a packet whose retransmission comes 300 ms after the
-        // stream started: past the frame's deadline (arrival 53 ms + 225 ms), within a
-        // 75 ms late grace.
+        // Frame 1 (TL2) misses seq 104, and every request for it before 278 ms (its
+        // arrival at 53 ms + 225 ms, the planned deadline) is lost. Only a request made
+        // after that is answered, 20 ms later: without a late grace the frame is gone by
+        // then and nobody asks; with 75 ms the receiver keeps asking and completes it.
         for (grace, want) in [
             (Duration::ZERO, vec![0, 2]),
             (Duration::from_millis(75), vec![0, 1, 2]),
@@ -1429,18 +1444,32 @@ mod tests {
                 r.handle_packet(ms(86), p);
             }
             let mut events = Vec::new();
+            let mut answer_at = None;
             let mut now = ms(86);
             while now < ms(600) {
                 now += Duration::from_millis(5);
-                if now == ms(301) {
+                if answer_at == Some(now) {
                     r.handle_packet(now, &rtx_wrap(&f1[1], RTX, 103, 7).unwrap());
                 }
                 r.handle_timeout(now);
+                while let Some(f) = r.poll_feedback() {
+                    let asks = Feedback::parse_compound(&f)
+                        .into_iter()
+                        .any(|fb| matches!(fb, Feedback::Nack { seqs, .. } if seqs.contains(&104)));
+                    if asks && now > ms(278) && answer_at.is_none() {
+                        answer_at = Some(now + Duration::from_millis(20));
+                    }
+                }
                 while let Some(e) = r.poll_event() {
                     events.push(e);
                 }
             }
             assert_eq!(delivered(&events), want, "late grace {grace:?}");
+            assert_eq!(
+                answer_at.is_some(),
+                !grace.is_zero(),
+                "late grace {grace:?}"
+            );
         }
     }
 

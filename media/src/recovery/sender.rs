@@ -130,8 +130,11 @@ pub struct SenderStats {
     pub plis_received: u64,
     /// Loss reports received.
     pub reports_received: u64,
-    /// FEC blocks closed with repair: `media_packets / fec_blocks` is the block size the
-    /// hybrid sizing works with, and small blocks need relatively more repair and rounds.
+    /// FEC blocks closed with at least one repair packet. Blocks the sizing left without
+    /// repair are not counted, so `media_packets / fec_blocks` overstates the block size
+    /// at low loss, where many blocks get none; at 50 % every block gets some, and it is
+    /// the size the hybrid sizing works with (small blocks need relatively more repair
+    /// and rounds).
     pub fec_blocks: u64,
 }
 
