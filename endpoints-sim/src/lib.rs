@@ -18,6 +18,7 @@ pub mod peer;
 pub mod protected;
 pub mod realvideo;
 pub mod relay;
+pub mod render;
 pub mod stats;
 
 pub use driver::{PeerHandle, PeerStatus};

@@ -47,6 +47,7 @@ use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 use crate::error::SimError;
+use crate::render::{RenderClock, RenderConfig};
 
 /// Frame interval at 30 fps.
 pub const FRAME_INTERVAL: Duration = Duration::from_nanos(1_000_000_000 / 30);
@@ -961,8 +962,12 @@ impl Drop for EncodeWorker {
 
 /// Work for the decoder thread, in decoding order.
 enum DecodeJob {
-    /// A complete access unit.
-    Frame { au: Vec<u8>, keyframe: bool },
+    /// A complete access unit and its RTP timestamp.
+    Frame {
+        au: Vec<u8>,
+        keyframe: bool,
+        ts: u32,
+    },
     /// A frame known lost: nothing decodes until the next keyframe.
     Lost,
 }
@@ -1000,6 +1005,7 @@ impl DecodeWorker {
             .name("loss-decoder".into())
             .spawn(move || {
                 let mut need_key = true;
+                let mut render = RenderClock::new(RenderConfig::default());
                 let mut sources: HashMap<u64, I420Frame> = HashMap::new();
                 for job in job_rx {
                     let out = match job {
@@ -1010,12 +1016,13 @@ impl DecodeWorker {
                         DecodeJob::Frame { keyframe, .. } if need_key && !keyframe => {
                             Decoded::Waiting
                         }
-                        DecodeJob::Frame { au, .. } => {
+                        DecodeJob::Frame { au, ts, .. } => {
                             let _ = done_tx.send(Decoded::Fed);
                             match decoder.decode(&au) {
                                 Ok(Some(pic)) => {
                                     need_key = false;
-                                    let shown_at = clock();
+                                    let decoded = clock();
+                                    let at = render.render_at(ts, decoded);
                                     match pattern.read_stamp(&pic) {
                                         Some(n) => {
                                             let src = sources
@@ -1027,7 +1034,8 @@ impl DecodeWorker {
                                             }
                                             Decoded::Shown(Shown {
                                                 frame: n,
-                                                at: shown_at,
+                                                at,
+                                                decoded,
                                                 psnr,
                                                 width: pic.width(),
                                                 height: pic.height(),
@@ -1081,7 +1089,10 @@ impl Drop for DecodeWorker {
 #[derive(Debug, Clone, Copy)]
 pub struct Shown {
     pub frame: u64,
+    /// When it is shown ([`RenderClock`]).
     pub at: Instant,
+    /// When its decode finished.
+    pub decoded: Instant,
     pub psnr: f64,
     pub width: usize,
     pub height: usize,
@@ -1175,13 +1186,13 @@ impl LossReceiver {
     }
 
     /// One complete access unit, or `None` for a frame known lost.
-    fn on_frame(&mut self, au: Option<Vec<u8>>, keyframe: bool) {
+    fn on_frame(&mut self, au: Option<Vec<u8>>, keyframe: bool, ts: u32) {
         let Some(au) = au else {
             self.decoder.submit(DecodeJob::Lost);
             return;
         };
         self.frames_in += 1;
-        self.decoder.submit(DecodeJob::Frame { au, keyframe });
+        self.decoder.submit(DecodeJob::Frame { au, keyframe, ts });
     }
 
     /// Takes in what the decoder thread has finished; asks for a keyframe while the
@@ -1242,7 +1253,7 @@ impl LossReceiver {
                         let au = (payloads.len() == f.packets.len())
                             .then(|| depacketize(payloads.iter().map(Vec::as_slice)))
                             .flatten();
-                        frames.push((au, f.keyframe));
+                        frames.push((au, f.keyframe, f.rtp_timestamp));
                     }
                     ReceiverEvent::Skipped(sk) => {
                         self.skipped += 1;
@@ -1255,12 +1266,12 @@ impl LossReceiver {
                 }
             }
         }
-        for (au, key) in frames {
+        for (au, key, ts) in frames {
             // An undecodable delivery is an error of ours, not a skip: count it.
             if au.is_none() {
                 self.decode_errors += 1;
             }
-            self.on_frame(au, key);
+            self.on_frame(au, key, ts);
         }
     }
 }
@@ -1284,7 +1295,7 @@ impl Terminal for LossReceiver {
                         self.request_keyframe(now, d.mid);
                     }
                     let key = d.is_keyframe();
-                    self.on_frame(Some(d.data.to_vec()), key);
+                    self.on_frame(Some(d.data.to_vec()), key, d.time.numer() as u32);
                 }
                 _ => {}
             },
@@ -1363,13 +1374,30 @@ pub struct Figures {
 /// Figures over the window `[from, to)` of display time; frame `n` was captured at
 /// `epoch + n · FRAME_INTERVAL`, audio frame `m` at `epoch + m · AUDIO_INTERVAL`.
 pub fn figures(rx: &LossReceiver, epoch: Instant, from: Instant, to: Instant) -> Figures {
-    let shown: Vec<&Shown> = rx
+    figures_by(rx, epoch, from, to, |s| s.at)
+}
+
+/// The same as if each picture were shown the moment its decode finished, without the
+/// terminal's render clock: what the recovery delivers, bunching included.
+pub fn figures_at_decode(rx: &LossReceiver, epoch: Instant, from: Instant, to: Instant) -> Figures {
+    figures_by(rx, epoch, from, to, |s| s.decoded)
+}
+
+fn figures_by(
+    rx: &LossReceiver,
+    epoch: Instant,
+    from: Instant,
+    to: Instant,
+    time: impl Fn(&Shown) -> Instant,
+) -> Figures {
+    let shown: Vec<Shown> = rx
         .shown
         .iter()
+        .map(|s| Shown { at: time(s), ..*s })
         .filter(|s| s.at >= from && s.at < to)
         .collect();
     let secs = to.saturating_duration_since(from).as_secs_f64().max(1e-9);
-    let good: Vec<&&Shown> = shown.iter().filter(|s| s.psnr >= CORRUPT_PSNR_DB).collect();
+    let good: Vec<&Shown> = shown.iter().filter(|s| s.psnr >= CORRUPT_PSNR_DB).collect();
     let corrupt = (shown.len() - good.len()) as u64 + rx.decode_errors;
     let buckets = secs.floor().max(1.0) as usize;
     let mut per_s = vec![0u64; buckets];
