@@ -197,8 +197,9 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
     for s in [&s_sock, &r_sock] {
         s.set_nonblocking(false)?;
         // As the SFU and the relays do: at 50 % loss protection a terminal receives
-        // about 1,200 datagrams/s, and the default buffer (about 90 of them) overflows
-        // whenever the machine holds its network thread off the CPU for 80 ms.
+        // about 1,200 datagrams/s, and the default buffer holds about 90 of them, 80 ms
+        // of a network thread held off the CPU. A drop there would be loss the scenario
+        // did not ask for; the run prints the kernel's count.
         let _ = socket2::SockRef::from(s).set_recv_buffer_size(4 << 20);
     }
     let drops_before = udp_rcvbuf_errors();
