@@ -31,7 +31,7 @@ use serde_json::json;
 use sfu::{MediaKind, ParticipantId, SfuConfig, SfuEvent, TrackDecl, TrackSource};
 
 const USAGE: &str = "usage: bench loss [--seconds N] [--warmup W] [--height 1080|720] \
-[--link-delay-ms D] [--scenarios random0,random10,random30,random50,bursty50,random70] [--methods huitong,nack_only]";
+[--link-delay-ms D] [--downlink-round-price X] [--scenarios random0,random10,random30,random50,bursty50,random70] [--methods huitong,nack_only]";
 
 const ALL_SCENARIOS: [&str; 6] = [
     "random0", "random10", "random30", "random50", "bursty50", "random70",
@@ -43,6 +43,9 @@ struct Opts {
     height: usize,
     /// One-way delay of each link (both links, both ways; ±3 ms jitter on top).
     link_delay_ms: u64,
+    /// The SFU's `TxPolicy::SFU_DOWNLINK` round price (the server's
+    /// `media.downlink_fec_round_price`), to measure the latency it buys.
+    downlink_round_price: f64,
     scenarios: Vec<String>,
     methods: Vec<Method>,
 }
@@ -53,6 +56,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         warmup: 2,
         height: 1080,
         link_delay_ms: 20,
+        downlink_round_price: sfu::protect::DOWNLINK_ROUND_PENALTY_SCALE,
         scenarios: ALL_SCENARIOS.iter().map(|s| s.to_string()).collect(),
         methods: vec![Method::Huitong, Method::NackOnly],
     };
@@ -67,6 +71,9 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--warmup" => o.warmup = val()?.parse().context("--warmup")?,
             "--height" => o.height = val()?.parse().context("--height")?,
             "--link-delay-ms" => o.link_delay_ms = val()?.parse().context("--link-delay-ms")?,
+            "--downlink-round-price" => {
+                o.downlink_round_price = val()?.parse().context("--downlink-round-price")?;
+            }
             "--scenarios" => {
                 o.scenarios = val()?.split(',').map(str::to_string).collect();
                 for s in &o.scenarios {
@@ -95,6 +102,9 @@ fn parse(args: &[String]) -> Result<Opts> {
     }
     if o.seconds == 0 {
         bail!("--seconds must be at least 1");
+    }
+    if !(o.downlink_round_price.is_finite() && o.downlink_round_price >= 0.0) {
+        bail!("--downlink-round-price must be a number ≥ 0");
     }
     Ok(o)
 }
@@ -186,7 +196,14 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
     let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let width = o.height * 16 / 9;
     let sfu_sock = UdpSocket::bind(SocketAddr::new(lo, 0))?;
-    let (sfu, mut events) = sfu::spawn(sfu_sock, SfuConfig::default())?;
+    let cfg = SfuConfig {
+        downlink_protection: sfu::protect::TxPolicy {
+            round_penalty_scale: o.downlink_round_price,
+            ..SfuConfig::default().downlink_protection
+        },
+        ..SfuConfig::default()
+    };
+    let (sfu, mut events) = sfu::spawn(sfu_sock, cfg)?;
     let sfu_addr = sfu.local_addr();
     let none = |i| link(o.link_delay_ms, seed * 16 + i, LossModel::None);
     let up = Relay::spawn(lo, sfu_addr, none(0), none(1)).await?;
@@ -439,7 +456,7 @@ fn round(x: f64, digits: i32) -> f64 {
     (x * m).round() / m
 }
 
-fn json_line(r: &Run, link_delay_ms: u64) -> serde_json::Value {
+fn json_line(r: &Run, o: &Opts) -> serde_json::Value {
     let (f, d) = (&r.fig, &r.at_decode);
     let ms = |x: f64| {
         if x.is_finite() {
@@ -450,7 +467,8 @@ fn json_line(r: &Run, link_delay_ms: u64) -> serde_json::Value {
     };
     json!({
         "bench": "loss",
-        "link_delay_ms": link_delay_ms,
+        "link_delay_ms": o.link_delay_ms,
+        "downlink_round_price": o.downlink_round_price,
         "scenario": r.scenario,
         "method": r.method.name(),
         "width": f.width,
@@ -482,7 +500,7 @@ pub fn main(args: &[String]) -> Result<()> {
             let seed = 1_000 + i as u64;
             match rt.block_on(run_one(&o, sc, seed, m)) {
                 Ok(r) => {
-                    println!("{}", json_line(&r, o.link_delay_ms));
+                    println!("{}", json_line(&r, &o));
                     runs.push(r);
                 }
                 Err(e) => eprintln!("loss {sc}/{}: {e:#}", m.name()),
@@ -492,8 +510,8 @@ pub fn main(args: &[String]) -> Result<()> {
     let load_after = loadavg();
     println!();
     println!(
-        "loss bench: {}p30 live OpenH264, {} s measured after {} s warm-up, {}±3 ms each way per link, loss on both links both ways",
-        o.height, o.seconds, o.warmup, o.link_delay_ms
+        "loss bench: {}p30 live OpenH264, {} s measured after {} s warm-up, {}±3 ms each way per link, loss on both links both ways, SFU downlink round price {}",
+        o.height, o.seconds, o.warmup, o.link_delay_ms, o.downlink_round_price
     );
     println!("load average before {load_before}, after {load_after}");
     println!(

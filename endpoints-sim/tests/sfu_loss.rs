@@ -14,6 +14,8 @@ use endpoints_sim::protected::{
     FRAME_INTERVAL, FecPublisher, FecSubscriber, FrameFate, SyntheticVideo,
 };
 use media::netem::{GilbertElliott, LossModel, Netem, NetemConfig};
+use media::recovery::FecSizing;
+use sfu::protect::TxPolicy;
 use sfu::{Input, Output, ParticipantId, Sfu, SfuConfig, SfuEvent, TrackDecl, TrackSource, shell};
 use str0m::media::MediaKind;
 use str0m::net::{Protocol, Receive};
@@ -79,10 +81,25 @@ impl World {
     fn new(seed: u64, delay: Duration, video: SyntheticVideo) -> Self {
         let now = Instant::now();
         let sfu_addr: SocketAddr = SFU_ADDR.parse().unwrap();
-        let cfg = SfuConfig {
+        let mut cfg = SfuConfig {
             candidates: vec![sfu_addr],
             ..Default::default()
         };
+        // `HT_DOWN=<round price>|full` tries another downlink policy (docs/recovery.md,
+        // *Two hops*, was measured with it).
+        if let Ok(v) = std::env::var("HT_DOWN") {
+            cfg.downlink_protection = if v == "full" {
+                TxPolicy {
+                    sizing: FecSizing::Full,
+                    round_penalty_scale: 1.0,
+                }
+            } else {
+                TxPolicy {
+                    sizing: FecSizing::Hybrid,
+                    round_penalty_scale: v.parse().expect("HT_DOWN: a number or `full`"),
+                }
+            };
+        }
         let links = [0, 1, 2, 3].map(|i| Netem::new(link(seed * 10 + i, delay, LossModel::None)));
         let timer_slack = cfg.timer_slack;
         World {
@@ -468,16 +485,17 @@ fn half_loss_on_uplink_and_downlink_does_not_compound() {
         o.skipped_up,
         o.skipped_down
     );
-    // Capture to display over two hops, 20 ms each way on each: measured 317 ms, 2.25×
-    // on the downlink (docs/recovery.md, *Harness correction*).
+    // Capture to display over two hops, 20 ms each way on each: measured 250–263 ms and
+    // 2.47–2.50× on the downlink over seeds 1–6 (317 ms and 2.25× with the downlink's
+    // round price at 4 instead of 16: docs/recovery.md, *Two hops*).
     assert!(
-        o.p95_latency <= Duration::from_millis(350),
+        o.p95_latency <= Duration::from_millis(290),
         "p95 latency {:?}",
         o.p95_latency
     );
     assert!(o.up_overhead <= 2.2, "uplink overhead {:.3}", o.up_overhead);
     assert!(
-        o.down_overhead <= 2.5,
+        o.down_overhead <= 2.6,
         "downlink overhead {:.3}",
         o.down_overhead
     );
@@ -490,9 +508,10 @@ fn half_loss_at_40_ms_end_to_end() {
     assert_eq!(o.corrupt, 0, "a corrupt frame was handed out");
     assert!(o.fps_avg >= 29.5, "fps {:.2} below 29.5", o.fps_avg);
     assert!(o.worst_1s >= 24, "worst second {}", o.worst_1s);
-    // Measured 260 ms (296 ms with the downlink sized like the uplink).
+    // Measured 191–219 ms over seeds 1–6 (260 ms at seed 1 with the downlink's round
+    // price at 4, 296 ms with the downlink sized like the uplink).
     assert!(
-        o.p95_latency <= Duration::from_millis(275),
+        o.p95_latency <= Duration::from_millis(240),
         "p95 latency {:?}",
         o.p95_latency
     );

@@ -380,7 +380,7 @@ impl TxPolicy {
 }
 
 /// See [`TxPolicy::SFU_DOWNLINK`].
-pub const DOWNLINK_ROUND_PENALTY_SCALE: f64 = 4.0;
+pub const DOWNLINK_ROUND_PENALTY_SCALE: f64 = 16.0;
 
 impl ProtectedTx {
     /// `seed` picks the first sequence numbers (random in production, fixed in tests).
