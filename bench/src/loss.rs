@@ -31,7 +31,7 @@ use serde_json::json;
 use sfu::{MediaKind, ParticipantId, SfuConfig, SfuEvent, TrackDecl, TrackSource};
 
 const USAGE: &str = "usage: bench loss [--seconds N] [--warmup W] [--height 1080|720] \
-[--link-delay-ms D] [--downlink-round-price X] [--scenarios random0,random10,random30,random50,bursty50,random70] [--methods huitong,nack_only]";
+[--link-delay-ms D] [--downlink-round-price X] [--uplink-grace-ms G] [--scenarios random0,random10,random30,random50,bursty50,random70] [--methods huitong,nack_only]";
 
 const ALL_SCENARIOS: [&str; 6] = [
     "random0", "random10", "random30", "random50", "bursty50", "random70",
@@ -46,6 +46,8 @@ struct Opts {
     /// The SFU's `TxPolicy::SFU_DOWNLINK` round price (the server's
     /// `media.downlink_fec_round_price`), to measure the latency it buys.
     downlink_round_price: f64,
+    /// The SFU's uplink late grace (`SfuConfig::uplink_late_grace`).
+    uplink_grace_ms: u64,
     scenarios: Vec<String>,
     methods: Vec<Method>,
 }
@@ -57,6 +59,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         height: 1080,
         link_delay_ms: 20,
         downlink_round_price: sfu::protect::DOWNLINK_ROUND_PENALTY_SCALE,
+        uplink_grace_ms: sfu::protect::SFU_UPLINK_LATE_GRACE.as_millis() as u64,
         scenarios: ALL_SCENARIOS.iter().map(|s| s.to_string()).collect(),
         methods: vec![Method::Huitong, Method::NackOnly],
     };
@@ -71,6 +74,7 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--warmup" => o.warmup = val()?.parse().context("--warmup")?,
             "--height" => o.height = val()?.parse().context("--height")?,
             "--link-delay-ms" => o.link_delay_ms = val()?.parse().context("--link-delay-ms")?,
+            "--uplink-grace-ms" => o.uplink_grace_ms = val()?.parse().context("--uplink-grace-ms")?,
             "--downlink-round-price" => {
                 o.downlink_round_price = val()?.parse().context("--downlink-round-price")?;
             }
@@ -201,6 +205,7 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
             round_penalty_scale: o.downlink_round_price,
             ..SfuConfig::default().downlink_protection
         },
+        uplink_late_grace: Duration::from_millis(o.uplink_grace_ms),
         ..SfuConfig::default()
     };
     let (sfu, mut events) = sfu::spawn(sfu_sock, cfg)?;
@@ -469,6 +474,7 @@ fn json_line(r: &Run, o: &Opts) -> serde_json::Value {
         "bench": "loss",
         "link_delay_ms": o.link_delay_ms,
         "downlink_round_price": o.downlink_round_price,
+        "uplink_grace_ms": o.uplink_grace_ms,
         "scenario": r.scenario,
         "method": r.method.name(),
         "width": f.width,
@@ -510,8 +516,8 @@ pub fn main(args: &[String]) -> Result<()> {
     let load_after = loadavg();
     println!();
     println!(
-        "loss bench: {}p30 live OpenH264, {} s measured after {} s warm-up, {}±3 ms each way per link, loss on both links both ways, SFU downlink round price {}",
-        o.height, o.seconds, o.warmup, o.link_delay_ms, o.downlink_round_price
+        "loss bench: {}p30 live OpenH264, {} s measured after {} s warm-up, {}±3 ms each way per link, loss on both links both ways, SFU downlink round price {}, SFU uplink late grace {} ms",
+        o.height, o.seconds, o.warmup, o.link_delay_ms, o.downlink_round_price, o.uplink_grace_ms
     );
     println!("load average before {load_before}, after {load_after}");
     println!(

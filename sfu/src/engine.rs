@@ -51,6 +51,9 @@ pub struct SfuConfig {
     /// FEC sizing of protected downlinks (latency bought with repair, see
     /// [`TxPolicy::SFU_DOWNLINK`]).
     pub downlink_protection: TxPolicy,
+    /// How long past its deadline a protected uplink keeps repairing a frame (see
+    /// [`protect::SFU_UPLINK_LATE_GRACE`]).
+    pub uplink_late_grace: Duration,
 }
 
 impl Default for SfuConfig {
@@ -63,6 +66,7 @@ impl Default for SfuConfig {
             max_participants: 2_000,
             timer_slack: Duration::from_millis(1),
             downlink_protection: TxPolicy::SFU_DOWNLINK,
+            uplink_late_grace: protect::SFU_UPLINK_LATE_GRACE,
         }
     }
 }
@@ -1115,7 +1119,7 @@ impl Sfu {
                 let params: Vec<PayloadParams> = track.codecs.values().copied().collect();
                 let first = rx.is_none();
                 // Our feedback's sender SSRC only has to differ from the media's.
-                let rx = rx.get_or_insert_with(|| ProtectedRx::new(*ssrc, !*ssrc, protect::HOP_PLAYOUT_DELAY).with_late_grace(protect::SFU_UPLINK_LATE_GRACE));
+                let rx = rx.get_or_insert_with(|| ProtectedRx::new(*ssrc, !*ssrc, protect::HOP_PLAYOUT_DELAY).with_late_grace(self.cfg.uplink_late_grace));
                 rx.handle_carried(now, &pkt.payload, &params);
                 if first {
                     // The recovery loop asks for what it needs; str0m's own NACKs would

@@ -60,7 +60,7 @@ pub struct ReceiverConfig {
     /// Requests are planned to complete the frame by the planned deadline, as without
     /// a grace; once a repair round can no longer arrive by then, the planner plans
     /// for the give-up time instead, spreading requests over the rounds left (about
-    /// three at the SFU's 175 ms), so a frame still short gets those rounds instead of
+    /// five at the SFU's 300 ms), so a frame still short gets those rounds instead of
     /// being skipped. While the stream waits for a keyframe a non-key frame gets no
     /// grace. The SFU's uplink and a terminal behind an SFU use it, since a skip there
     /// costs a keyframe; zero by default.
