@@ -74,7 +74,9 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--warmup" => o.warmup = val()?.parse().context("--warmup")?,
             "--height" => o.height = val()?.parse().context("--height")?,
             "--link-delay-ms" => o.link_delay_ms = val()?.parse().context("--link-delay-ms")?,
-            "--uplink-grace-ms" => o.uplink_grace_ms = val()?.parse().context("--uplink-grace-ms")?,
+            "--uplink-grace-ms" => {
+                o.uplink_grace_ms = val()?.parse().context("--uplink-grace-ms")?
+            }
             "--downlink-round-price" => {
                 o.downlink_round_price = val()?.parse().context("--downlink-round-price")?;
             }
