@@ -160,7 +160,6 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// Points the SDP's host candidate on `from` at `to` (the relay in front of the SFU).
 /// The kernel's count of UDP datagrams dropped for a full receive buffer, machine-wide
 /// (`/proc/net/snmp`): such drops are loss the scenario did not ask for.
 fn udp_rcvbuf_errors() -> Option<u64> {
@@ -171,6 +170,7 @@ fn udp_rcvbuf_errors() -> Option<u64> {
     values.split_whitespace().nth(i)?.parse().ok()
 }
 
+/// Points the SDP's host candidate on `from` at `to` (the relay in front of the SFU).
 fn redirect(sdp: &str, from: SocketAddr, to: SocketAddr) -> Result<String> {
     let a = format!(" {} {} typ", from.ip(), from.port());
     let b = format!(" {} {} typ", to.ip(), to.port());
