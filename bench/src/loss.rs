@@ -24,14 +24,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use endpoints_sim::realvideo::{self, Epoch, Figures, LossReceiver, LossSender, Method};
+use endpoints_sim::realvideo::{
+    self, Epoch, Figures, LatencyParts, LossReceiver, LossSender, Method,
+};
 use endpoints_sim::relay::Relay;
 use media::netem::{GilbertElliott, LossModel, NetemConfig};
 use serde_json::json;
 use sfu::{MediaKind, ParticipantId, SfuConfig, SfuEvent, TrackDecl, TrackSource};
 
 const USAGE: &str = "usage: bench loss [--seconds N] [--warmup W] [--height 1080|720] \
-[--link-delay-ms D] [--downlink-round-price X] [--uplink-grace-ms G] [--scenarios random0,random10,random30,random50,bursty50,random70] [--methods huitong,nack_only]";
+[--link-delay-ms D] [--downlink-round-price X] [--uplink-grace-ms G] [--trace-dir DIR] [--scenarios random0,random10,random30,random50,bursty50,random70] [--methods huitong,nack_only]";
 
 const ALL_SCENARIOS: [&str; 6] = [
     "random0", "random10", "random30", "random50", "bursty50", "random70",
@@ -48,6 +50,8 @@ struct Opts {
     downlink_round_price: f64,
     /// The SFU's uplink late grace (`SfuConfig::uplink_late_grace`).
     uplink_grace_ms: u64,
+    /// Where to write each run's per-frame timeline (`<scenario>-<method>.csv`).
+    trace_dir: Option<std::path::PathBuf>,
     scenarios: Vec<String>,
     methods: Vec<Method>,
 }
@@ -60,6 +64,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         link_delay_ms: 20,
         downlink_round_price: sfu::protect::DOWNLINK_ROUND_PENALTY_SCALE,
         uplink_grace_ms: sfu::protect::SFU_UPLINK_LATE_GRACE.as_millis() as u64,
+        trace_dir: None,
         scenarios: ALL_SCENARIOS.iter().map(|s| s.to_string()).collect(),
         methods: vec![Method::Huitong, Method::NackOnly],
     };
@@ -77,6 +82,7 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--uplink-grace-ms" => {
                 o.uplink_grace_ms = val()?.parse().context("--uplink-grace-ms")?
             }
+            "--trace-dir" => o.trace_dir = Some(val()?.into()),
             "--downlink-round-price" => {
                 o.downlink_round_price = val()?.parse().context("--downlink-round-price")?;
             }
@@ -195,6 +201,7 @@ struct Run {
     keyframes_sent: u64,
     encode_ms_per_frame: f64,
     skipped: u64,
+    parts: LatencyParts,
 }
 
 async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<Run> {
@@ -339,7 +346,11 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
     let receiver = r_thread
         .join()
         .map_err(|_| anyhow!("receiver thread panicked"))??;
+    if let Some(dir) = &o.trace_dir {
+        write_trace(dir, scenario, method, start, &sender, &receiver)?;
+    }
     let fig = realvideo::figures(&receiver, start, from, to);
+    let parts = realvideo::latency_parts(&sender.encoded, &receiver, start, from, to);
     let at_decode = realvideo::figures_at_decode(&receiver, start, from, to);
     {
         // Audio frames lost for good, as runs: independent loss gives runs of one or
@@ -455,7 +466,55 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
         encode_ms_per_frame: sender.encode_time.as_secs_f64() * 1e3
             / sender.frames_sent.max(1) as f64,
         skipped: receiver.skipped,
+        parts,
     })
+}
+
+/// Each frame's timeline in ms since the media clock's start: captured (frame number ×
+/// interval), encoded (the packets went to the protection), arrived (its recovery
+/// completed at the receiver), decoded, shown; empty where the frame never got there.
+/// What the latency is made of, frame by frame (`docs/benchmarks.md`).
+fn write_trace(
+    dir: &std::path::Path,
+    scenario: &str,
+    method: Method,
+    epoch: Instant,
+    sender: &LossSender,
+    receiver: &LossReceiver,
+) -> Result<()> {
+    use std::fmt::Write as _;
+    let ms = |t: Instant| {
+        let d = t.saturating_duration_since(epoch).as_secs_f64()
+            - epoch.saturating_duration_since(t).as_secs_f64();
+        format!("{:.2}", d * 1e3)
+    };
+    let shown: std::collections::HashMap<u64, &realvideo::Shown> =
+        receiver.shown.iter().map(|s| (s.frame, s)).collect();
+    let mut out = String::from(
+        "frame,temporal_id,captured_ms,encoded_ms,arrived_ms,decoded_ms,shown_ms,psnr\n",
+    );
+    for e in &sender.encoded {
+        let n = e.frame;
+        let cap = n as f64 * realvideo::FRAME_INTERVAL.as_secs_f64() * 1e3;
+        let _ = write!(out, "{n},{},{cap:.2},{}", e.temporal_id, ms(e.at));
+        match shown.get(&n) {
+            Some(s) => {
+                let _ = writeln!(
+                    out,
+                    ",{},{},{},{:.1}",
+                    ms(s.arrived),
+                    ms(s.decoded),
+                    ms(s.at),
+                    s.psnr
+                );
+            }
+            None => out.push_str(",,,,\n"),
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{scenario}-{}.csv", method.name()));
+    std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 fn round(x: f64, digits: i32) -> f64 {
@@ -492,6 +551,12 @@ fn json_line(r: &Run, o: &Opts) -> serde_json::Value {
         "overhead": round(r.overhead, 3),
         "overhead_downlink": round(r.overhead_downlink, 3),
         "audio_residual_loss": if f.audio_residual_loss.is_finite() { json!(round(f.audio_residual_loss, 4)) } else { json!(null) },
+        "p95_encode_ms": ms(r.parts.encode.p95),
+        "p95_network_ms": ms(r.parts.network.p95),
+        "p95_decode_ms": ms(r.parts.decode.p95),
+        "p95_render_wait_ms": ms(r.parts.render_wait.p95),
+        "p95_arrived_base_ms": ms(r.parts.arrived_base.p95),
+        "p95_arrived_upper_ms": ms(r.parts.arrived_upper.p95),
     })
 }
 
@@ -571,6 +636,25 @@ pub fn main(args: &[String]) -> Result<()> {
     println!(
         "* worst1s / freeze ms / p95 ms with each picture counted when its decode finished, without the receiver's render clock"
     );
+    println!();
+    println!(
+        "latency parts, p50/p95 ms (each part's own percentiles): capture→encoded, encoded→complete at the receiver, complete→decoded, decoded→shown; capture→complete of base- and upper-layer frames"
+    );
+    for r in &runs {
+        let p = &r.parts;
+        let s = |x: realvideo::Spread| format!("{:.0}/{:.0}", x.p50, x.p95);
+        println!(
+            "{:<9} {:<9} encode {:>7}  network {:>7}  decode {:>7}  render wait {:>7}  complete T0 {:>7} T1 {:>7}",
+            r.scenario,
+            r.method.name(),
+            s(p.encode),
+            s(p.network),
+            s(p.decode),
+            s(p.render_wait),
+            s(p.arrived_base),
+            s(p.arrived_upper),
+        );
+    }
     println!();
     println!(
         "huitong / nack_only per scenario (fps avg, worst second; freeze ms and audio loss side by side):"

@@ -98,6 +98,9 @@ pub struct TestPattern {
     width: usize,
     height: usize,
     texture: Vec<u8>,
+    /// The chroma planes, the same in every frame.
+    u: Vec<u8>,
+    v: Vec<u8>,
 }
 
 impl TestPattern {
@@ -113,10 +116,22 @@ impl TestPattern {
             let band = ((r / 16 + c / 16) % 2) as u32 * 50 + (c as u32 * 40 / 128);
             *t = (60 + band + (x % 12)) as u8;
         }
+        let (w, h) = (width & !1, height & !1);
+        let (cw, ch) = (w / 2, h / 2);
+        let mut u = vec![0u8; cw * ch];
+        let mut v = vec![0u8; cw * ch];
+        for row in 0..ch {
+            for x in 0..cw {
+                u[row * cw + x] = (90 + x * 80 / cw) as u8;
+                v[row * cw + x] = (160 - row * 60 / ch) as u8;
+            }
+        }
         TestPattern {
-            width: width & !1,
-            height: height & !1,
+            width: w,
+            height: h,
             texture,
+            u,
+            v,
         }
     }
 
@@ -128,17 +143,26 @@ impl TestPattern {
         self.height
     }
 
-    /// Source picture of frame `n`.
+    /// Source picture of frame `n`. Built by copying rows, not pixel by pixel: the
+    /// sender makes one per captured frame and the receiver one per shown frame, and
+    /// the time either takes is latency the bench would count (7.8 ms per 1080p frame
+    /// pixel by pixel in a test build).
     pub fn frame(&self, n: u64) -> I420Frame {
         let (w, h) = (self.width, self.height);
         let shift = (n as usize * 4) % 128;
         let mut y = vec![0u8; w * h];
-        for row in 0..h {
-            let t = &self.texture[(row % 128) * 128..(row % 128 + 1) * 128];
-            let line = &mut y[row * w..(row + 1) * w];
-            for (x, px) in line.iter_mut().enumerate() {
-                *px = t[(x + shift) % 128];
+        let mut rotated = [0u8; 128];
+        for (r, line) in y.chunks_exact_mut(w).enumerate().take(128) {
+            let t = &self.texture[r * 128..(r + 1) * 128];
+            rotated[..128 - shift].copy_from_slice(&t[shift..]);
+            rotated[128 - shift..].copy_from_slice(&t[..shift]);
+            for chunk in line.chunks_mut(128) {
+                chunk.copy_from_slice(&rotated[..chunk.len()]);
             }
+        }
+        // Rows repeat with the texture's height.
+        for row in 128..h {
+            y.copy_within((row - 128) * w..(row - 127) * w, row * w);
         }
         let side = h / 6;
         let (sx, sy) = (
@@ -158,17 +182,9 @@ impl TestPattern {
                 }
             }
         }
-        let (cw, ch) = (w / 2, h / 2);
-        let mut u = vec![0u8; cw * ch];
-        let mut v = vec![0u8; cw * ch];
-        for row in 0..ch {
-            for x in 0..cw {
-                u[row * cw + x] = (90 + x * 80 / cw) as u8;
-                v[row * cw + x] = (160 - row * 60 / ch) as u8;
-            }
-        }
         // Sizes are even and the planes match them by construction.
-        I420Frame::from_planes(w, h, y, u, v).unwrap_or_else(|_| unreachable_frame())
+        I420Frame::from_planes(w, h, y, self.u.clone(), self.v.clone())
+            .unwrap_or_else(|_| unreachable_frame())
     }
 
     /// The frame number stamped in a decoded picture, if both rows agree.
@@ -502,6 +518,14 @@ pub fn encoder_config(height: usize) -> H264EncoderConfig {
 /// Temporal layers of the sent video (the encoder does 1..=4; why 2: module docs).
 pub const TEMPORAL_LAYERS: u8 = 2;
 
+/// One encoded frame, as the sender handed it to the network.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodedAt {
+    pub frame: u64,
+    pub at: Instant,
+    pub temporal_id: u8,
+}
+
 /// The sending terminal.
 pub struct LossSender {
     pub rtc: Rtc,
@@ -537,6 +561,9 @@ pub struct LossSender {
     pub keyframe_requests: u64,
     /// Time spent encoding (includes generating the source picture).
     pub encode_time: Duration,
+    /// When each frame's encode finished and its packets went to the protection, for
+    /// the bench's latency parts ([`latency_parts`]) and per-frame trace.
+    pub encoded: Vec<EncodedAt>,
 }
 
 impl LossSender {
@@ -580,6 +607,7 @@ impl LossSender {
             keyframes_sent: 0,
             keyframe_requests: 0,
             encode_time: Duration::ZERO,
+            encoded: vec![],
         })
     }
 
@@ -665,6 +693,11 @@ impl LossSender {
             return Ok(());
         };
         let now = clock();
+        self.encoded.push(EncodedAt {
+            frame: n,
+            at: now,
+            temporal_id: pic.temporal_id,
+        });
         self.media_bytes += pic.data.len() as u64;
         self.video_bytes += pic.data.len() as u64;
         self.frames_sent += 1;
@@ -967,6 +1000,8 @@ enum DecodeJob {
         au: Vec<u8>,
         keyframe: bool,
         ts: u32,
+        /// When the network thread handed it over (its recovery completed).
+        arrived: Instant,
     },
     /// A frame known lost: nothing decodes until the next keyframe.
     Lost,
@@ -1016,7 +1051,9 @@ impl DecodeWorker {
                         DecodeJob::Frame { keyframe, .. } if need_key && !keyframe => {
                             Decoded::Waiting
                         }
-                        DecodeJob::Frame { au, ts, .. } => {
+                        DecodeJob::Frame {
+                            au, ts, arrived, ..
+                        } => {
                             let _ = done_tx.send(Decoded::Fed);
                             match decoder.decode(&au) {
                                 Ok(Some(pic)) => {
@@ -1036,6 +1073,7 @@ impl DecodeWorker {
                                                 frame: n,
                                                 at,
                                                 decoded,
+                                                arrived,
                                                 psnr,
                                                 width: pic.width(),
                                                 height: pic.height(),
@@ -1093,6 +1131,8 @@ pub struct Shown {
     pub at: Instant,
     /// When its decode finished.
     pub decoded: Instant,
+    /// When the complete frame reached the decoder's queue.
+    pub arrived: Instant,
     pub psnr: f64,
     pub width: usize,
     pub height: usize,
@@ -1192,7 +1232,12 @@ impl LossReceiver {
             return;
         };
         self.frames_in += 1;
-        self.decoder.submit(DecodeJob::Frame { au, keyframe, ts });
+        self.decoder.submit(DecodeJob::Frame {
+            au,
+            keyframe,
+            ts,
+            arrived: clock(),
+        });
     }
 
     /// Takes in what the decoder thread has finished; asks for a keyframe while the
@@ -1371,6 +1416,90 @@ pub struct Figures {
     pub audio_residual_loss: f64,
 }
 
+/// Median and 95th percentile, in ms.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spread {
+    pub p50: f64,
+    pub p95: f64,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Spread {
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            v.get(((v.len() as f64 * q).ceil() as usize).saturating_sub(1))
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        Spread {
+            p50: at(0.5),
+            p95: at(0.95),
+        }
+    }
+}
+
+/// What the glass-to-glass latency of the pictures shown in `[from, to)` is made of,
+/// part by part (each part's own percentiles; they do not add up to the total's).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LatencyParts {
+    /// Capture to encoded (the source picture, the encode, the wait for the encoder).
+    pub encode: Spread,
+    /// Encoded to complete at the receiver: both hops, their repair and the SFU.
+    pub network: Spread,
+    /// Complete to decoded: the decoder's queue and the decode.
+    pub decode: Spread,
+    /// Decoded to shown: the render clock's wait.
+    pub render_wait: Spread,
+    /// Capture to complete at the receiver, base-layer frames.
+    pub arrived_base: Spread,
+    /// The same, upper-layer frames: they wait for the base-layer frame that closes
+    /// their FEC block.
+    pub arrived_upper: Spread,
+}
+
+/// [`LatencyParts`] of the good pictures shown in `[from, to)`.
+pub fn latency_parts(
+    encoded: &[EncodedAt],
+    rx: &LossReceiver,
+    epoch: Instant,
+    from: Instant,
+    to: Instant,
+) -> LatencyParts {
+    let sent: HashMap<u64, EncodedAt> = encoded.iter().map(|e| (e.frame, *e)).collect();
+    let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e3;
+    let mut parts: [Vec<f64>; 6] = Default::default();
+    for s in &rx.shown {
+        if s.at < from || s.at >= to || s.psnr < CORRUPT_PSNR_DB {
+            continue;
+        }
+        let Some(e) = sent.get(&s.frame) else {
+            continue;
+        };
+        let cap = epoch + FRAME_INTERVAL * s.frame as u32;
+        parts[0].push(ms(cap, e.at));
+        parts[1].push(ms(e.at, s.arrived));
+        parts[2].push(ms(s.arrived, s.decoded));
+        parts[3].push(ms(s.decoded, s.at));
+        parts[if e.temporal_id == 0 { 4 } else { 5 }].push(ms(cap, s.arrived));
+    }
+    let [
+        encode,
+        network,
+        decode,
+        render_wait,
+        arrived_base,
+        arrived_upper,
+    ] = parts.map(Spread::of);
+    LatencyParts {
+        encode,
+        network,
+        decode,
+        render_wait,
+        arrived_base,
+        arrived_upper,
+    }
+}
+
 /// Figures over the window `[from, to)` of display time; frame `n` was captured at
 /// `epoch + n · FRAME_INTERVAL`, audio frame `m` at `epoch + m · AUDIO_INTERVAL`.
 pub fn figures(rx: &LossReceiver, epoch: Instant, from: Instant, to: Instant) -> Figures {
@@ -1459,6 +1588,58 @@ fn figures_by(
 mod tests {
     use super::*;
 
+    /// The pattern as first written, pixel by pixel: the row-copying `frame` must give
+    /// the same pictures (the receiver regenerates them to check what it shows).
+    fn frame_pixel_by_pixel(p: &TestPattern, n: u64) -> I420Frame {
+        let (w, h) = (p.width, p.height);
+        let shift = (n as usize * 4) % 128;
+        let mut y = vec![0u8; w * h];
+        for row in 0..h {
+            let t = &p.texture[(row % 128) * 128..(row % 128 + 1) * 128];
+            for x in 0..w {
+                y[row * w + x] = t[(x + shift) % 128];
+            }
+        }
+        let side = h / 6;
+        let (sx, sy) = (
+            (n as usize * 7) % (w - side),
+            (n as usize * 3) % (h - side - 3 * STAMP_CELL) + 3 * STAMP_CELL,
+        );
+        for row in sy..sy + side {
+            y[row * w + sx..row * w + sx + side].fill(220);
+        }
+        for bit in 0..STAMP_BITS {
+            let one = (n >> bit) & 1 == 1;
+            for (r, val) in [(0, one), (1, !one)] {
+                let v = if val { 235 } else { 16 };
+                for row in r * STAMP_CELL..(r + 1) * STAMP_CELL {
+                    y[row * w + bit * STAMP_CELL..row * w + (bit + 1) * STAMP_CELL].fill(v);
+                }
+            }
+        }
+        let (cw, ch) = (w / 2, h / 2);
+        let mut u = vec![0u8; cw * ch];
+        let mut v = vec![0u8; cw * ch];
+        for row in 0..ch {
+            for x in 0..cw {
+                u[row * cw + x] = (90 + x * 80 / cw) as u8;
+                v[row * cw + x] = (160 - row * 60 / ch) as u8;
+            }
+        }
+        I420Frame::from_planes(w, h, y, u, v).unwrap()
+    }
+
+    #[test]
+    fn pattern_rows_are_copied_faithfully() {
+        for (w, h) in [(1920, 1080), (1280, 720), (650, 300)] {
+            let p = TestPattern::new(w, h);
+            for n in [0, 1, 31, 32, 33, 77, 1_000_003] {
+                let (a, b) = (p.frame(n), frame_pixel_by_pixel(&p, n));
+                assert!(a.y == b.y && a.u == b.u && a.v == b.v, "{w}x{h} frame {n}");
+            }
+        }
+    }
+
     #[test]
     fn stamp_survives_encoding_and_packetisation() {
         let pat = TestPattern::new(640, 360);
@@ -1488,6 +1669,65 @@ mod tests {
         // A different frame's source is far from this picture: PSNR detects a wrong frame.
         let other = pat.frame(40);
         assert!(pat.frame(3).psnr_y(&other).unwrap() < CORRUPT_PSNR_DB);
+    }
+
+    #[test]
+    fn latency_parts_split_each_picture_at_its_stages() {
+        let epoch = clock();
+        let ms = |x: u64| Duration::from_millis(x);
+        let mut rx = LossReceiver::new(
+            epoch,
+            "127.0.0.1:9".parse().unwrap(),
+            Method::Huitong,
+            64,
+            64,
+        )
+        .unwrap();
+        let cap = |n: u64| epoch + FRAME_INTERVAL * n as u32;
+        // Frame 1 (upper layer): encoded 30 ms after capture, complete 150 ms later,
+        // decoded 10 ms later, shown 40 ms after that. Frame 2 (base): 20/100/5/0.
+        // Frame 3 is shown outside the window and frame 4 is corrupt: neither counts.
+        let mut encoded = vec![];
+        for (n, tid, enc, net, dec, wait, psnr) in [
+            (1, 1, 30, 150, 10, 40, 40.0),
+            (2, 0, 20, 100, 5, 0, 40.0),
+            (3, 0, 1, 1, 1, 5_000, 40.0),
+            (4, 0, 1, 1, 1, 1, 10.0),
+        ] {
+            let e = cap(n) + ms(enc);
+            encoded.push(EncodedAt {
+                frame: n,
+                at: e,
+                temporal_id: tid,
+            });
+            let arrived = e + ms(net);
+            let decoded = arrived + ms(dec);
+            rx.shown.push(Shown {
+                frame: n,
+                at: decoded + ms(wait),
+                decoded,
+                arrived,
+                psnr,
+                width: 64,
+                height: 64,
+            });
+        }
+        let p = latency_parts(&encoded, &rx, epoch, epoch, epoch + ms(1_000));
+        let near = |a: f64, b: f64| (a - b).abs() < 0.01;
+        assert!(
+            near(p.encode.p50, 20.0) && near(p.encode.p95, 30.0),
+            "{p:?}"
+        );
+        assert!(
+            near(p.network.p50, 100.0) && near(p.network.p95, 150.0),
+            "{p:?}"
+        );
+        assert!(
+            near(p.decode.p95, 10.0) && near(p.render_wait.p95, 40.0),
+            "{p:?}"
+        );
+        assert!(near(p.arrived_upper.p95, 180.0), "{p:?}");
+        assert!(near(p.arrived_base.p95, 120.0), "{p:?}");
     }
 
     #[test]
