@@ -164,6 +164,15 @@ impl TestPattern {
         for row in 128..h {
             y.copy_within((row - 128) * w..(row - 127) * w, row * w);
         }
+        self.draw_marks(&mut y, n);
+        // Sizes are even and the planes match them by construction.
+        I420Frame::from_planes(w, h, y, self.u.clone(), self.v.clone())
+            .unwrap_or_else(|_| unreachable_frame())
+    }
+
+    /// Draws frame `n`'s moving square and its number's stamp over the luma plane.
+    fn draw_marks(&self, y: &mut [u8], n: u64) {
+        let (w, h) = (self.width, self.height);
         let side = h / 6;
         let (sx, sy) = (
             (n as usize * 7) % (w - side),
@@ -182,9 +191,6 @@ impl TestPattern {
                 }
             }
         }
-        // Sizes are even and the planes match them by construction.
-        I420Frame::from_planes(w, h, y, self.u.clone(), self.v.clone())
-            .unwrap_or_else(|_| unreachable_frame())
     }
 
     /// The frame number stamped in a decoded picture, if both rows agree.
@@ -1457,16 +1463,20 @@ pub struct Spread {
 impl Spread {
     fn of(mut v: Vec<f64>) -> Spread {
         v.sort_by(f64::total_cmp);
-        let at = |q: f64| {
-            v.get(((v.len() as f64 * q).ceil() as usize).saturating_sub(1))
-                .copied()
-                .unwrap_or(f64::NAN)
-        };
         Spread {
-            p50: at(0.5),
-            p95: at(0.95),
+            p50: quantile(&v, 0.5),
+            p95: quantile(&v, 0.95),
         }
     }
+}
+
+/// The `q` quantile of sorted values (the smallest value at or above that share of
+/// them); NaN for none.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or(f64::NAN)
 }
 
 /// What the glass-to-glass latency of the pictures shown in `[from, to)` is made of,
@@ -1584,10 +1594,7 @@ fn figures_by(
         })
         .collect();
     lat.sort_by(f64::total_cmp);
-    let p95 = lat
-        .get(((lat.len() as f64 * 0.95).ceil() as usize).saturating_sub(1))
-        .copied()
-        .unwrap_or(f64::NAN);
+    let p95 = quantile(&lat, 0.95);
     let (width, height) = good
         .iter()
         .map(|s| (s.width, s.height))
@@ -1619,8 +1626,9 @@ fn figures_by(
 mod tests {
     use super::*;
 
-    /// The pattern as first written, pixel by pixel: the row-copying `frame` must give
-    /// the same pictures (the receiver regenerates them to check what it shows).
+    /// The pattern's background and chroma as first written, pixel by pixel (the marks
+    /// drawn over them are shared): the row-copying `frame` must give the same pictures
+    /// (the receiver regenerates them to check what it shows).
     fn frame_pixel_by_pixel(p: &TestPattern, n: u64) -> I420Frame {
         let (w, h) = (p.width, p.height);
         let shift = (n as usize * 4) % 128;
@@ -1631,23 +1639,7 @@ mod tests {
                 y[row * w + x] = t[(x + shift) % 128];
             }
         }
-        let side = h / 6;
-        let (sx, sy) = (
-            (n as usize * 7) % (w - side),
-            (n as usize * 3) % (h - side - 3 * STAMP_CELL) + 3 * STAMP_CELL,
-        );
-        for row in sy..sy + side {
-            y[row * w + sx..row * w + sx + side].fill(220);
-        }
-        for bit in 0..STAMP_BITS {
-            let one = (n >> bit) & 1 == 1;
-            for (r, val) in [(0, one), (1, !one)] {
-                let v = if val { 235 } else { 16 };
-                for row in r * STAMP_CELL..(r + 1) * STAMP_CELL {
-                    y[row * w + bit * STAMP_CELL..row * w + (bit + 1) * STAMP_CELL].fill(v);
-                }
-            }
-        }
+        p.draw_marks(&mut y, n);
         let (cw, ch) = (w / 2, h / 2);
         let mut u = vec![0u8; cw * ch];
         let mut v = vec![0u8; cw * ch];
