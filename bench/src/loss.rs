@@ -390,6 +390,18 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
             sender.bytes_sent / 1000,
         );
     }
+    let sb = &sender.sent;
+    eprintln!(
+        "loss {scenario}/{}: sender socket by kind [datagrams, bytes, RTP header bytes]: video carrier {:?}, audio {:?}, other RTP {:?}; RTCP {:?}; STUN/DTLS {:?}; media {} kB (video {} kB)",
+        method.name(),
+        sb.rtp[0],
+        sb.rtp[1],
+        sb.rtp[2],
+        sb.rtcp,
+        sb.other,
+        sender.media_bytes / 1000,
+        sender.video_bytes / 1000,
+    );
     eprintln!(
         "loss {scenario}/{}: frames in {}, to decoder {}, shown {}, decoder errors {}, skipped {} {:?} rx {:?}",
         method.name(),

@@ -421,6 +421,62 @@ fn rtc_config(method: Method) -> RtcConfig {
     cfg
 }
 
+/// What a datagram a terminal sent carried, by its RTP payload type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SentKind {
+    /// The protected video's carrier (media, FEC repair and RTX inside).
+    Video,
+    /// Opus, plain or in RED.
+    Audio,
+    /// Any other RTP payload type (str0m's own RTX or padding).
+    OtherRtp,
+}
+
+/// A sender's socket bytes by what they carried, so the overhead figure can be taken
+/// apart: payload against the outer RTP header (with its extensions) and SRTP's trailer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SentBytes {
+    /// `[datagrams, bytes, bytes of RTP header and extensions]` for video, audio and
+    /// other RTP.
+    pub rtp: [[u64; 3]; 3],
+    /// RTCP datagrams and bytes (compound SRTCP).
+    pub rtcp: [u64; 2],
+    /// STUN, DTLS and anything unparsed: datagrams and bytes.
+    pub other: [u64; 2],
+}
+
+impl SentBytes {
+    /// Counts one datagram; `kind` names an RTP payload type.
+    pub fn count(&mut self, d: &[u8], kind: impl FnOnce(u8) -> SentKind) {
+        let len = d.len() as u64;
+        // RFC 7983: RTP and RTCP start with 128..=191; RTCP packet types 192..=223 sit
+        // where RTP's marker bit and payload type are (RFC 5761).
+        if d.len() < 12 || !(128..=191).contains(&d[0]) {
+            self.other[0] += 1;
+            self.other[1] += len;
+            return;
+        }
+        if (192..=223).contains(&d[1]) {
+            self.rtcp[0] += 1;
+            self.rtcp[1] += len;
+            return;
+        }
+        let mut header = 12 + 4 * usize::from(d[0] & 0x0f);
+        if d[0] & 0x10 != 0 && d.len() >= header + 4 {
+            header += 4 + 4 * usize::from(u16::from_be_bytes([d[header + 2], d[header + 3]]));
+        }
+        let i = match kind(d[1] & 0x7f) {
+            SentKind::Video => 0,
+            SentKind::Audio => 1,
+            SentKind::OtherRtp => 2,
+        };
+        let row = &mut self.rtp[i];
+        row[0] += 1;
+        row[1] += len;
+        row[2] += header.min(d.len()) as u64;
+    }
+}
+
 /// Shared start of the media clock: frame `n` is captured at `epoch + n · FRAME_INTERVAL`.
 pub type Epoch = Arc<std::sync::OnceLock<Instant>>;
 
@@ -435,8 +491,8 @@ pub trait Terminal: Send {
     fn queue_more(&mut self) -> bool {
         false
     }
-    /// Bytes this terminal's socket sent.
-    fn count_sent(&mut self, bytes: usize);
+    /// A datagram this terminal's socket sent.
+    fn count_sent(&mut self, datagram: &[u8]);
 }
 
 /// Drives `t` on a blocking socket until `stop`. The socket must be bound at `t`'s local
@@ -490,7 +546,7 @@ fn drain<T: Terminal>(t: &mut T, socket: &UdpSocket, now: Instant) -> Result<Ins
     loop {
         match t.rtc().poll_output()? {
             Output::Transmit(tr) => {
-                t.count_sent(tr.contents.len());
+                t.count_sent(&tr.contents);
                 let _ = socket.send_to(&tr.contents, tr.destination);
             }
             Output::Event(e) => t.on_event(now, e),
@@ -558,6 +614,8 @@ pub struct LossSender {
     connected: bool,
     /// Bytes the socket sent (everything: media, repair, RTX, RTCP, ICE, DTLS).
     pub bytes_sent: u64,
+    /// The same bytes by kind of datagram.
+    pub sent: SentBytes,
     /// Media bytes: encoded H.264 access units plus one copy of each audio frame.
     pub media_bytes: u64,
     /// Of which encoded H.264.
@@ -607,6 +665,7 @@ impl LossSender {
             last_key: None,
             connected: false,
             bytes_sent: 0,
+            sent: SentBytes::default(),
             media_bytes: 0,
             video_bytes: 0,
             frames_sent: 0,
@@ -901,8 +960,19 @@ impl Terminal for LossSender {
         Some(next)
     }
 
-    fn count_sent(&mut self, bytes: usize) {
-        self.bytes_sent += bytes as u64;
+    fn count_sent(&mut self, datagram: &[u8]) {
+        self.bytes_sent += datagram.len() as u64;
+        let carrier = self.carrier.map(|p| *p);
+        let audio = [self.audio_pt, self.audio_red_pt].map(|p| p.map(|p| *p));
+        self.sent.count(datagram, |pt| {
+            if Some(pt) == carrier {
+                SentKind::Video
+            } else if audio.contains(&Some(pt)) {
+                SentKind::Audio
+            } else {
+                SentKind::OtherRtp
+            }
+        });
     }
 }
 
@@ -1437,7 +1507,7 @@ impl Terminal for LossReceiver {
         true
     }
 
-    fn count_sent(&mut self, _bytes: usize) {}
+    fn count_sent(&mut self, _datagram: &[u8]) {}
 }
 
 /// Figures of one run, as issue 4 asks for them.
@@ -1625,6 +1695,45 @@ fn figures_by(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sent_bytes_split_rtp_by_kind_and_header() {
+        let mut sb = SentBytes::default();
+        let kind = |pt| {
+            if pt == 100 {
+                SentKind::Video
+            } else {
+                SentKind::Audio
+            }
+        };
+        // RTP, PT 100 with the marker set, one CSRC, a one-byte-header extension block
+        // of 2 words: header 12 + 4 + 4 + 8 = 28 bytes, then 50 bytes of payload.
+        let mut v = vec![0x91, 0x80 | 100];
+        v.extend([0u8; 10]);
+        v.extend([0u8; 4]);
+        v.extend([0xbe, 0xde, 0, 2]);
+        v.extend([0u8; 8]);
+        v.extend([7u8; 50]);
+        sb.count(&v, kind);
+        // Audio without extension: 12-byte header.
+        let mut a = vec![0x80, 111];
+        a.extend([0u8; 30]);
+        sb.count(&a, kind);
+        // An RTCP receiver report (PT 201) and a STUN binding request.
+        let mut r = vec![0x81, 201];
+        r.extend([0u8; 30]);
+        sb.count(&r, kind);
+        let mut stun = vec![0x00, 0x01];
+        stun.extend([0u8; 18]);
+        sb.count(&stun, kind);
+        // A truncated extension length does not read past the datagram.
+        sb.count(&[0x90, 100, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xbe], kind);
+        assert_eq!(sb.rtp[0], [2, 78 + 13, 28 + 12]);
+        assert_eq!(sb.rtp[1], [1, 32, 12]);
+        assert_eq!(sb.rtp[2], [0, 0, 0]);
+        assert_eq!(sb.rtcp, [1, 32]);
+        assert_eq!(sb.other, [1, 20]);
+    }
 
     /// The pattern's background and chroma as first written, pixel by pixel (the marks
     /// drawn over them are shared): the row-copying `frame` must give the same pictures

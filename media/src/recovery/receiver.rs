@@ -168,6 +168,13 @@ pub struct ReceiverStats {
     pub redundant: u64,
     /// Of those, retransmissions: requests that turned out not to be needed.
     pub redundant_rtx: u64,
+    /// Of those, why, by what had brought the packet first: FEC (a request the block's
+    /// repair made unnecessary, the planner's deliberate spare), an earlier RTX (a
+    /// retry answered twice) or the original (late, not lost). The rest came after
+    /// their frame was given up.
+    pub redundant_rtx_after_fec: u64,
+    pub redundant_rtx_after_rtx: u64,
+    pub redundant_rtx_after_original: u64,
     /// Packets without a usable frame marking.
     pub unmarked: u64,
     /// Frames delivered.
@@ -192,6 +199,9 @@ impl std::ops::AddAssign for ReceiverStats {
             fec_recovered,
             redundant,
             redundant_rtx,
+            redundant_rtx_after_fec,
+            redundant_rtx_after_rtx,
+            redundant_rtx_after_original,
             unmarked,
             frames_delivered,
             frames_skipped,
@@ -205,6 +215,9 @@ impl std::ops::AddAssign for ReceiverStats {
         self.fec_recovered += fec_recovered;
         self.redundant += redundant;
         self.redundant_rtx += redundant_rtx;
+        self.redundant_rtx_after_fec += redundant_rtx_after_fec;
+        self.redundant_rtx_after_rtx += redundant_rtx_after_rtx;
+        self.redundant_rtx_after_original += redundant_rtx_after_original;
         self.unmarked += unmarked;
         self.frames_delivered += frames_delivered;
         self.frames_skipped += frames_skipped;
@@ -311,8 +324,9 @@ pub struct ProtectedReceiver {
     cfg: ReceiverConfig,
     fec: Option<FecDecoder>,
     packets: BTreeMap<u64, Vec<u8>>,
-    /// Every media sequence number that arrived or was rebuilt, for block accounting.
-    received: BTreeSet<u64>,
+    /// Every media sequence number that arrived or was rebuilt, for block accounting,
+    /// with how it came first.
+    received: BTreeMap<u64, Origin>,
     highest_seq: Option<u64>,
     highest_ts: Option<u64>,
     missing: BTreeMap<u64, Miss>,
@@ -352,7 +366,7 @@ impl ProtectedReceiver {
         ProtectedReceiver {
             fec: fec.map(FecDecoder::new),
             packets: BTreeMap::new(),
-            received: BTreeSet::new(),
+            received: BTreeMap::new(),
             highest_seq: None,
             highest_ts: None,
             missing: BTreeMap::new(),
@@ -629,7 +643,7 @@ impl ProtectedReceiver {
             };
             let ext = extend_seq(rtp.seq, self.highest_seq);
             if self.next_seq.is_some_and(|n| ext < n) || self.packets.contains_key(&ext) {
-                self.note_redundant(origin);
+                self.note_redundant(ext, origin);
                 continue;
             }
             let Some(mark) = FrameMarking::parse(&p, self.cfg.frame_marking_id) else {
@@ -638,7 +652,7 @@ impl ProtectedReceiver {
             };
             let ts = extend_ts(rtp.timestamp, self.highest_ts);
             if self.last_resolved_ts.is_some_and(|t| ts <= t) {
-                self.note_redundant(origin);
+                self.note_redundant(ext, origin);
                 continue;
             }
             if self.highest_ts.is_none_or(|h| ts > h) {
@@ -695,17 +709,23 @@ impl ProtectedReceiver {
                 }
             }
             self.packets.insert(ext, p);
-            self.received.insert(ext);
+            self.received.insert(ext, origin);
             while self.received.len() > 8192 {
                 self.received.pop_first();
             }
         }
     }
 
-    fn note_redundant(&mut self, origin: Origin) {
+    fn note_redundant(&mut self, ext: u64, origin: Origin) {
         self.stats.redundant += 1;
         if origin == Origin::Rtx {
             self.stats.redundant_rtx += 1;
+            match self.received.get(&ext) {
+                Some(Origin::Fec) => self.stats.redundant_rtx_after_fec += 1,
+                Some(Origin::Rtx) => self.stats.redundant_rtx_after_rtx += 1,
+                Some(Origin::Original) => self.stats.redundant_rtx_after_original += 1,
+                None => {}
+            }
         }
     }
 
@@ -1416,6 +1436,36 @@ mod tests {
             Some(ReceiverEvent::Frame(f)) => assert_eq!(f.packets, f0),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_unneeded_retransmission_is_counted_by_what_came_first() {
+        let mut r = receiver();
+        let start = t0();
+        let f0 = frame(0, true);
+        r.handle_packet(start, &f0[0]);
+        r.handle_packet(start, &f0[2]);
+        // The missing packet arrives late (reordered, not lost), then as RTX.
+        let ms = |m: u64| start + Duration::from_millis(m);
+        r.handle_packet(ms(30), &f0[1]);
+        r.handle_packet(ms(40), &rtx_wrap(&f0[1], RTX, 103, 7).unwrap());
+        let st = r.stats();
+        assert_eq!(st.redundant_rtx, 1, "{st:?}");
+        assert_eq!(st.redundant_rtx_after_original, 1, "{st:?}");
+        assert_eq!(st.redundant_rtx_after_rtx + st.redundant_rtx_after_fec, 0);
+        // Frame 1 lost one packet, completed by its RTX; a second RTX of it is a
+        // duplicate answer.
+        let f1 = frame(1, false);
+        r.handle_packet(ms(53), &f1[0]);
+        r.handle_packet(ms(53), &f1[2]);
+        let x = rtx_wrap(&f1[1], RTX, 103, 8).unwrap();
+        r.handle_packet(ms(95), &x);
+        let y = rtx_wrap(&f1[1], RTX, 103, 9).unwrap();
+        r.handle_packet(ms(96), &y);
+        let st = r.stats();
+        assert_eq!(st.frames_delivered, 2, "{st:?}");
+        assert_eq!(st.redundant_rtx, 2, "{st:?}");
+        assert_eq!(st.redundant_rtx_after_rtx, 1, "{st:?}");
     }
 
     #[test]
