@@ -608,6 +608,8 @@ pub struct LossSender {
     audio_seq: u16,
     /// Redundant audio frames sent (RED blocks besides the primaries).
     pub audio_redundant_frames: u64,
+    /// Video datagrams per audio packet on the uplink.
+    audio_spacing: media::red::Spacing,
     tl0_idx: u8,
     force_key: bool,
     last_key: Option<Instant>,
@@ -660,6 +662,7 @@ impl LossSender {
             next_audio: 0,
             audio_seq: 1,
             audio_redundant_frames: 0,
+            audio_spacing: media::red::Spacing::default(),
             tl0_idx: 0,
             force_key: true,
             last_key: None,
@@ -867,7 +870,10 @@ impl LossSender {
                     .tx
                     .as_ref()
                     .map_or((INITIAL_AUDIO_LOSS, 1.0), ProtectedTx::channel);
-                let distances = media::red::distances_for(loss, burst);
+                // Audio shares the link with the video: a loss run that takes one audio
+                // packet rarely reaches the next (`media::red::distances_for`).
+                let spacing = self.audio_spacing.observe(self.sent.rtp[0][0]);
+                let distances = media::red::distances_for(loss, burst, spacing);
                 let (wire_pt, p) = match self.audio_red_pt {
                     Some(red) => {
                         let copies = distances.iter().filter(|d| u64::from(**d) <= n).count();

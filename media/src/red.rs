@@ -139,15 +139,21 @@ pub struct Pushed<'a> {
 /// Which earlier frames (distances in frames, nearest first) each packet should repeat
 /// on a link losing `loss` of its packets in runs of `burst` on average: consecutive ones,
 /// as many as keep the chance of losing a frame's packet and all its copies under
-/// [`RESIDUAL_TARGET`], at most [`MAX_DISTANCE_COUNT`].
+/// [`RESIDUAL_TARGET`], at most [`MAX_DISTANCE_COUNT`]. `spacing` is how many datagrams
+/// the link carries per packet of this stream ([`Spacing`]; 1 if it carries nothing else).
 ///
 /// The link is modelled as a two-state (Gilbert) channel whose bad state loses
-/// everything: a copy is lost with `q = p + (1 − p)·λ` after a lost packet, `λ` being how
-/// much of a loss run carries over to the next packet. Spacing the copies two apart would
-/// buy independence under bursts, but within the 16-frame span it saved at most one copy
-/// at 50 %, and it made losses come in correlated pairs (frames n, n+2, n+4 sharing their
-/// copies' packets): consecutive copies are kept.
-pub fn distances_for(loss: f64, burst: f64) -> Vec<u16> {
+/// everything: a copy is lost with `q = p + (1 − p)·λ^g` after a lost packet, `λ` being
+/// how much of a loss run carries over to the next datagram and `g` the spacing. Loss
+/// and run length are measured on the video, but audio shares the link with it: behind
+/// a 1080p stream an audio packet is one of about 20 datagrams, so a run of 3 rarely
+/// takes two audio packets, and sizing the copies for runs of 3 in the audio itself
+/// sent 14 copies where 8 cover it (`bench loss` bursty50, session 16: audio 0.098× of
+/// the media bytes on the sender's socket).
+/// Spacing the copies two apart would buy independence under bursts, but within the
+/// 16-frame span it saved at most one copy at 50 %, and it made losses come in correlated
+/// pairs (frames n, n+2, n+4 sharing their copies' packets): consecutive copies are kept.
+pub fn distances_for(loss: f64, burst: f64, spacing: f64) -> Vec<u16> {
     let p = if loss.is_finite() {
         loss.clamp(0.0, 0.95)
     } else {
@@ -162,7 +168,12 @@ pub fn distances_for(loss: f64, burst: f64) -> Vec<u16> {
     // Leave the bad state with 1/b, enter it so the average loss is `p`.
     let enter = p / (b * (1.0 - p));
     let lambda = (1.0 - 1.0 / b - enter).clamp(0.0, 1.0);
-    let q = p + (1.0 - p) * lambda;
+    let g = if spacing.is_finite() {
+        spacing.clamp(1.0, 1e3)
+    } else {
+        1.0
+    };
+    let q = p + (1.0 - p) * lambda.powf(g);
     let mut n: u16 = 0;
     let mut all_lost = p;
     while all_lost > RESIDUAL_TARGET && usize::from(n) < MAX_DISTANCE_COUNT {
@@ -170,6 +181,46 @@ pub fn distances_for(loss: f64, burst: f64) -> Vec<u16> {
         all_lost *= q;
     }
     (1..=n.max(1)).collect()
+}
+
+/// How many datagrams a link carries per packet of one stream, smoothed: the spacing
+/// [`distances_for`] takes. Fed at each of the stream's packets with a running count of
+/// the other datagrams sent on the link; it starts at 1 (nothing in between, the
+/// cautious end) and follows slowly, so a few packets sent back to back or a stall do
+/// not swing the number of copies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spacing {
+    last_others: Option<u64>,
+    value: f64,
+}
+
+impl Default for Spacing {
+    fn default() -> Self {
+        Spacing {
+            last_others: None,
+            value: 1.0,
+        }
+    }
+}
+
+impl Spacing {
+    /// Weight of one packet's spacing in the average.
+    const WEIGHT: f64 = 1.0 / 16.0;
+
+    /// At a packet of the stream, `others` being the link's datagrams of other streams
+    /// sent so far; returns the spacing to size this packet's copies with.
+    pub fn observe(&mut self, others: u64) -> f64 {
+        if let Some(last) = self.last_others {
+            let g = others.saturating_sub(last) as f64 + 1.0;
+            self.value += (g - self.value) * Self::WEIGHT;
+        }
+        self.last_others = Some(others);
+        self.value
+    }
+
+    pub fn get(&self) -> f64 {
+        self.value
+    }
 }
 
 /// The recent frames of one audio stream, by RTP timestamp: what arrived as primaries and
@@ -491,20 +542,90 @@ mod tests {
 
     #[test]
     fn distances_grow_with_loss_and_with_loss_runs() {
-        assert_eq!(distances_for(0.0, 1.0), vec![1]);
-        let random50 = distances_for(0.5, 2.0);
+        assert_eq!(distances_for(0.0, 1.0, 1.0), vec![1]);
+        let random50 = distances_for(0.5, 2.0, 1.0);
         // 0.5^9 ≈ 0.2 %: the primary and eight copies, nearest first.
         assert_eq!(random50, (1..=8).collect::<Vec<_>>());
         // A loss estimate a little off the independent run length changes little.
-        assert_eq!(distances_for(0.5, 2.1).len(), 9);
-        assert_eq!(distances_for(0.1, 1.0), vec![1, 2]);
-        let low = distances_for(0.05, 1.05);
+        assert_eq!(distances_for(0.5, 2.1, 1.0).len(), 9);
+        assert_eq!(distances_for(0.1, 1.0, 1.0), vec![1, 2]);
+        let low = distances_for(0.05, 1.05, 1.0);
         assert!(low.len() < random50.len(), "{low:?}");
         // Runs of 3 at 50 %: a copy after a lost packet is lost 2 times in 3.
-        assert_eq!(distances_for(0.5, 3.0).len(), 14);
+        assert_eq!(distances_for(0.5, 3.0, 1.0).len(), 14);
+        // The same runs, but 20 datagrams between audio packets: nearly independent.
+        assert_eq!(distances_for(0.5, 3.0, 20.0).len(), 8);
+        assert_eq!(distances_for(0.5, 3.0, 2.0).len(), 10);
         // Beyond what the span can cover: all the copies it allows.
-        assert_eq!(distances_for(0.9, 1.0).len(), MAX_DISTANCE_COUNT);
-        assert!(!distances_for(f64::NAN, f64::NAN).is_empty());
+        assert_eq!(distances_for(0.9, 1.0, 1.0).len(), MAX_DISTANCE_COUNT);
+        assert!(!distances_for(f64::NAN, f64::NAN, f64::NAN).is_empty());
+        assert_eq!(distances_for(0.5, 3.0, 0.0).len(), 14);
+    }
+
+    /// The copies `distances_for` picks keep a frame's loss near the target on the
+    /// channel it models, at the spacing it is given: audio packets every `g` datagrams
+    /// of a Gilbert–Elliott link (50 %, runs of 3), each frame lost only if its own
+    /// packet and every packet carrying a copy are lost.
+    #[test]
+    fn spaced_copies_meet_the_target_on_a_bursty_link() {
+        use crate::netem::{GilbertElliott, LossModel, Netem, NetemConfig};
+        use std::time::{Duration, Instant};
+        for g in [1usize, 3, 20] {
+            let n = distances_for(0.5, 3.0, g as f64).len();
+            let cfg = NetemConfig::new()
+                .loss(LossModel::GilbertElliott(GilbertElliott::from_average(
+                    0.5, 3.0,
+                )))
+                .seed(g as u64 + 11);
+            let mut link: Netem<Vec<u8>> = Netem::new(cfg);
+            #[allow(clippy::disallowed_methods)]
+            let t = Instant::now();
+            let frames = 100_000usize;
+            // Which audio packets arrived: datagram i·g of the link is audio packet i.
+            let mut arrived = vec![false; frames];
+            for d in 0..frames * g {
+                link.send(t, (d as u64).to_le_bytes().to_vec());
+            }
+            while let Some(b) = link.poll_receive(t + Duration::from_secs(1)) {
+                let d = b
+                    .try_into()
+                    .map_or(usize::MAX, |a| u64::from_le_bytes(a) as usize);
+                if d % g == 0 && d / g < frames {
+                    arrived[d / g] = true;
+                }
+            }
+            let lost = (0..frames - n)
+                .filter(|&i| (i..=i + n).all(|j| !arrived[j]))
+                .count();
+            let rate = lost as f64 / (frames - n) as f64;
+            assert!(
+                rate < 1.6 * RESIDUAL_TARGET,
+                "spacing {g}: {n} copies lose {rate:.4}"
+            );
+            // One copy fewer would miss it: the rule does not over-provision.
+            let fewer = (0..frames - n)
+                .filter(|&i| (i..i + n).all(|j| !arrived[j]))
+                .count() as f64
+                / (frames - n) as f64;
+            assert!(fewer > 0.8 * RESIDUAL_TARGET, "spacing {g}: {fewer:.4}");
+        }
+    }
+
+    #[test]
+    fn spacing_follows_the_datagrams_between_packets() {
+        let mut s = Spacing::default();
+        assert_eq!(s.observe(0), 1.0);
+        let mut others = 0;
+        for _ in 0..200 {
+            others += 19;
+            s.observe(others);
+        }
+        assert!((s.get() - 20.0).abs() < 0.1, "{}", s.get());
+        // A burst of back-to-back packets moves it only a little.
+        for _ in 0..3 {
+            s.observe(others);
+        }
+        assert!(s.get() > 16.0, "{}", s.get());
     }
 
     #[test]

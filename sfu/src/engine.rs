@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use media::codec::{PayloadInfo, h264, vp8};
 use media::recovery::{FrameMarking, ReceiverEvent, ReceiverStats, SenderEvent, SenderStats};
-use media::red::RedHistory;
+use media::red::{RedHistory, Spacing};
 use media::speaker::{SpeakerConfig, SpeakerDetector};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -176,6 +176,9 @@ struct Subscription {
     red_pt: Option<Option<u8>>,
     /// Loss the subscriber's receiver reports give for this stream (the latest average).
     rr_loss: Option<f32>,
+    /// Datagrams the downlink carries per packet of this audio stream, for the number
+    /// of RED copies (`media::red::distances_for`).
+    red_spacing: Spacing,
 }
 
 /// A protected subscription's sending end.
@@ -983,7 +986,7 @@ impl Sfu {
         let start = if t.kind == MediaKind::Audio { Some(0) } else { Some(2) };
         part.subs.insert(
             tid,
-            Subscription { mid: None, state: SubState::New, fwd: Forwarder::new(start), pref: Preference::default(), pt_map: vec![], unpaced: false, protect: None, red_pt: None, rr_loss: None },
+            Subscription { mid: None, state: SubState::New, fwd: Forwarder::new(start), pref: Preference::default(), pt_map: vec![], unpaced: false, protect: None, red_pt: None, rr_loss: None, red_spacing: Spacing::default() },
         );
         part.renegotiate = true;
     }
@@ -1296,7 +1299,7 @@ impl Sfu {
             let Some(skey) = part.subscriber else { continue };
             // Not for a subscriber known to lack RED: it gets the primary alone.
             let lacks_red = part.subs.get(&tid).is_some_and(|s| s.red_pt == Some(None));
-            let red_channel = track.red.as_ref().filter(|_| !lacks_red).map(|_| downlink_channel(part, tid));
+            let red_channel = track.red.as_ref().filter(|_| !lacks_red).map(|_| (downlink_channel(part, tid), downlink_datagrams(part)));
             let Some(sub) = part.subs.get_mut(&tid) else { continue };
             if sub.state != SubState::Open {
                 continue;
@@ -1361,7 +1364,8 @@ impl Sfu {
                 continue;
             }
             let (mut out_pt, mut payload) = (out_pt, pkt.payload.clone());
-            if let (Some(red), Some((loss, burst))) = (&track.red, red_channel) {
+            if let (Some(red), Some(((loss, burst), others))) = (&track.red, red_channel) {
+                let spacing = sub.red_spacing.observe(others);
                 let red_pt = *sub.red_pt.get_or_insert_with(|| {
                     params.and_then(|params| speer.rtc.codec_config().match_params(params)).and_then(|p| p.red()).map(|r| *r)
                 });
@@ -1371,7 +1375,7 @@ impl Sfu {
                 let pt_map = &sub.pt_map;
                 // Blocks of a type the subscriber did not accept are left out.
                 let map = |p: u8| if p == pt { Some(primary_pt) } else { pt_map.iter().find(|(i, _)| *i == p).and_then(|(_, o)| *o) };
-                if let Some(b) = red_pt.and_then(|rp| Some((rp, red.history.build(pkt.ts, &media::red::distances_for(loss, burst), map)?))) {
+                if let Some(b) = red_pt.and_then(|rp| Some((rp, red.history.build(pkt.ts, &media::red::distances_for(loss, burst, spacing), map)?))) {
                     (out_pt, payload) = (b.0, Arc::from(b.1));
                 }
             }
@@ -1725,6 +1729,15 @@ fn downlink_channel(part: &Participant, tid: TrackId) -> (f64, f64) {
     }
     let loss = part.subs.get(&tid).and_then(|s| s.rr_loss).map_or(RED_INITIAL_LOSS, f64::from);
     (loss, 1.0 / (1.0 - loss.min(0.95)))
+}
+
+/// Protected video packets (media, repair, RTX) sent to `part` so far: the datagrams its
+/// audio shares the downlink with.
+fn downlink_datagrams(part: &Participant) -> u64 {
+    part.subs.values().filter_map(|s| s.protect.as_ref()?.tx.as_ref()).map(|t| {
+        let st = t.stats();
+        st.media_packets + st.fec_packets + st.rtx_packets
+    }).sum()
 }
 
 /// The carrier payload type among a track's negotiated codecs.
