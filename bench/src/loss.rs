@@ -195,6 +195,8 @@ struct Run {
     overhead: f64,
     /// The same for what the SFU sent the receiver (everything on that socket path).
     overhead_downlink: f64,
+    /// `overhead` by what the sender's datagrams carried.
+    overhead_parts: realvideo::OverheadParts,
     /// Measured loss on [up link up, up link down, down link down, down link up].
     link_loss: [f64; 4],
     frames_sent: u64,
@@ -472,6 +474,12 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
         at_decode,
         overhead: sender.bytes_sent as f64 / sender.media_bytes.max(1) as f64,
         overhead_downlink: dd.offered_bytes as f64 / sender.media_bytes.max(1) as f64,
+        overhead_parts: sender.sent.overhead_parts(
+            sender.media_bytes,
+            sender
+                .protection_stats()
+                .map(|st| st.media_bytes + st.fec_bytes + st.rtx_bytes),
+        ),
         link_loss: [frac(uu), frac(ud), frac(dd), frac(du)],
         frames_sent: sender.frames_sent,
         keyframes_sent: sender.keyframes_sent,
@@ -562,6 +570,10 @@ fn json_line(r: &Run, o: &Opts) -> serde_json::Value {
         "p95_latency_ms_at_decode": ms(d.p95_latency_ms),
         "overhead": round(r.overhead, 3),
         "overhead_downlink": round(r.overhead_downlink, 3),
+        "overhead_video": round(r.overhead_parts.video, 3),
+        "overhead_video_wrapping": r.overhead_parts.video_wrapping.map(|w| round(w, 3)),
+        "overhead_audio": round(r.overhead_parts.audio, 3),
+        "overhead_other": round(r.overhead_parts.other, 3),
         "audio_residual_loss": if f.audio_residual_loss.is_finite() { json!(round(f.audio_residual_loss, 4)) } else { json!(null) },
         "p95_encode_ms": ms(r.parts.encode.p95),
         "p95_network_ms": ms(r.parts.network.p95),
@@ -648,6 +660,24 @@ pub fn main(args: &[String]) -> Result<()> {
     println!(
         "* worst1s / freeze ms / p95 ms with each picture counted when its decode finished, without the receiver's render clock"
     );
+    println!();
+    println!(
+        "sender overhead by datagram kind (bytes over media bytes): video (of it the carrier's RTP header and SRTP trailer), audio, RTCP/ICE/DTLS/other RTP"
+    );
+    for r in &runs {
+        let o = &r.overhead_parts;
+        println!(
+            "{:<9} {:<9} video {:.3} ({})  audio {:.3}  other {:.3}  = {:.3}",
+            r.scenario,
+            r.method.name(),
+            o.video,
+            o.video_wrapping
+                .map_or("-".to_string(), |w| format!("{w:.3}")),
+            o.audio,
+            o.other,
+            r.overhead,
+        );
+    }
     println!();
     println!(
         "latency parts, p50/p95 ms (each part's own percentiles): capture→encoded, encoded→complete at the receiver, complete→decoded, decoded→shown; capture→complete of base- and upper-layer frames"

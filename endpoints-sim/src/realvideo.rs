@@ -424,7 +424,8 @@ fn rtc_config(method: Method) -> RtcConfig {
 /// What a datagram a terminal sent carried, by its RTP payload type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SentKind {
-    /// The protected video's carrier (media, FEC repair and RTX inside).
+    /// Video: the protected video's carrier (media, FEC repair and RTX inside), or
+    /// plain H.264 RTP.
     Video,
     /// Opus, plain or in RED.
     Audio,
@@ -445,7 +446,34 @@ pub struct SentBytes {
     pub other: [u64; 2],
 }
 
+/// A sender's socket bytes over its media bytes, by what carried them: the overhead
+/// figure taken apart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OverheadParts {
+    /// Video datagrams, whole.
+    pub video: f64,
+    /// Of which the carrier's RTP header and SRTP's trailer around the inner packets
+    /// (media, repair, RTX with their own headers), when the video is protected.
+    pub video_wrapping: Option<f64>,
+    /// Audio datagrams, whole (RED included).
+    pub audio: f64,
+    /// RTCP, other RTP (str0m's RTX and padding), STUN and DTLS.
+    pub other: f64,
+}
+
 impl SentBytes {
+    /// This socket's bytes over `media` bytes; `video_inner` is what the protected
+    /// video's packets inside the carrier came to, if it is protected.
+    pub fn overhead_parts(&self, media: u64, video_inner: Option<u64>) -> OverheadParts {
+        let m = media.max(1) as f64;
+        OverheadParts {
+            video: self.rtp[0][1] as f64 / m,
+            video_wrapping: video_inner.map(|i| self.rtp[0][1].saturating_sub(i) as f64 / m),
+            audio: self.rtp[1][1] as f64 / m,
+            other: (self.rtp[2][1] + self.rtcp[1] + self.other[1]) as f64 / m,
+        }
+    }
+
     /// Counts one datagram; `kind` names an RTP payload type.
     pub fn count(&mut self, d: &[u8], kind: impl FnOnce(u8) -> SentKind) {
         let len = d.len() as u64;
@@ -970,8 +998,9 @@ impl Terminal for LossSender {
         self.bytes_sent += datagram.len() as u64;
         let carrier = self.carrier.map(|p| *p);
         let audio = [self.audio_pt, self.audio_red_pt].map(|p| p.map(|p| *p));
+        let video = self.video_pt.map(|p| *p);
         self.sent.count(datagram, |pt| {
-            if Some(pt) == carrier {
+            if Some(pt) == carrier || Some(pt) == video {
                 SentKind::Video
             } else if audio.contains(&Some(pt)) {
                 SentKind::Audio
@@ -1739,6 +1768,12 @@ mod tests {
         assert_eq!(sb.rtp[2], [0, 0, 0]);
         assert_eq!(sb.rtcp, [1, 32]);
         assert_eq!(sb.other, [1, 20]);
+        let parts = sb.overhead_parts(10, Some(51));
+        assert_eq!(parts.video, 9.1);
+        assert_eq!(parts.video_wrapping, Some(4.0));
+        assert_eq!(parts.audio, 3.2);
+        assert_eq!(parts.other, 5.2);
+        assert_eq!(sb.overhead_parts(10, None).video_wrapping, None);
     }
 
     /// The pattern's background and chroma as first written, pixel by pixel (the marks
