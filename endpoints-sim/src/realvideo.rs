@@ -636,7 +636,7 @@ pub struct LossSender {
     audio_seq: u16,
     /// Redundant audio frames sent (RED blocks besides the primaries).
     pub audio_redundant_frames: u64,
-    /// Video datagrams per audio packet on the uplink.
+    /// Video datagrams between audio packets on the uplink.
     audio_spacing: media::red::Spacing,
     tl0_idx: u8,
     force_key: bool,
@@ -900,8 +900,8 @@ impl LossSender {
                     .map_or((INITIAL_AUDIO_LOSS, 1.0), ProtectedTx::channel);
                 // Audio shares the link with the video: a loss run that takes one audio
                 // packet rarely reaches the next (`media::red::distances_for`).
-                let spacing = self.audio_spacing.observe(self.sent.rtp[0][0]);
-                let distances = media::red::distances_for(loss, burst, spacing);
+                let gaps = self.audio_spacing.observe(self.sent.rtp[0][0]);
+                let distances = media::red::distances_for(loss, burst, gaps);
                 let (wire_pt, p) = match self.audio_red_pt {
                     Some(red) => {
                         let copies = distances.iter().filter(|d| u64::from(**d) <= n).count();

@@ -139,21 +139,27 @@ pub struct Pushed<'a> {
 /// Which earlier frames (distances in frames, nearest first) each packet should repeat
 /// on a link losing `loss` of its packets in runs of `burst` on average: consecutive ones,
 /// as many as keep the chance of losing a frame's packet and all its copies under
-/// [`RESIDUAL_TARGET`], at most [`MAX_DISTANCE_COUNT`]. `spacing` is how many datagrams
-/// the link carries per packet of this stream ([`Spacing`]; 1 if it carries nothing else).
+/// [`RESIDUAL_TARGET`], at most [`MAX_DISTANCE_COUNT`]. `gaps` are the recent distances
+/// on the link between consecutive packets of this stream, in datagrams ([`Spacing`];
+/// 1 = back to back, which is also what an empty list means).
 ///
 /// The link is modelled as a two-state (Gilbert) channel whose bad state loses
-/// everything: a copy is lost with `q = p + (1 − p)·λ^g` after a lost packet, `λ` being
-/// how much of a loss run carries over to the next datagram and `g` the spacing. Loss
-/// and run length are measured on the video, but audio shares the link with it: behind
-/// a 1080p stream an audio packet is one of about 20 datagrams, so a run of 3 rarely
-/// takes two audio packets, and sizing the copies for runs of 3 in the audio itself
-/// sent 14 copies where 8 cover it (`bench loss` bursty50, session 16: audio 0.098× of
-/// the media bytes on the sender's socket).
+/// everything: a packet `g` datagrams after a lost one is lost with
+/// `q(g) = p + (1 − p)·λ^g`, `λ` being how much of a loss run carries over to the next
+/// datagram. Loss and run length are measured on the video, but audio shares the link
+/// with it: behind a 1080p stream an audio packet is one of about 20 datagrams, so a run
+/// of 3 often misses the next audio packet, and sizing the copies for runs of 3 in the
+/// audio itself sent 14 copies at bursty 50 % (`bench loss` bursty50, session 16: audio
+/// 0.098× of the media bytes on the sender's socket). The gaps are not even, though:
+/// video leaves a frame at a time, so about 40 % of consecutive audio packets at 30 fps
+/// have no video between them. A frame's copies ride the packets after it, across
+/// whatever gaps come, so the per-copy `q` is the geometric mean of `q(g)` over the
+/// recent gaps; `q` of the mean gap would count too few (bursty 50 %: 8 copies, 0.5 %
+/// per hop, where 10 meet the target).
 /// Spacing the copies two apart would buy independence under bursts, but within the
 /// 16-frame span it saved at most one copy at 50 %, and it made losses come in correlated
 /// pairs (frames n, n+2, n+4 sharing their copies' packets): consecutive copies are kept.
-pub fn distances_for(loss: f64, burst: f64, spacing: f64) -> Vec<u16> {
+pub fn distances_for(loss: f64, burst: f64, gaps: &[u32]) -> Vec<u16> {
     let p = if loss.is_finite() {
         loss.clamp(0.0, 0.95)
     } else {
@@ -168,12 +174,13 @@ pub fn distances_for(loss: f64, burst: f64, spacing: f64) -> Vec<u16> {
     // Leave the bad state with 1/b, enter it so the average loss is `p`.
     let enter = p / (b * (1.0 - p));
     let lambda = (1.0 - 1.0 / b - enter).clamp(0.0, 1.0);
-    let g = if spacing.is_finite() {
-        spacing.clamp(1.0, 1e3)
+    // `p ≥ 0.001` here, so every `q(g)` is positive and its logarithm finite.
+    let q_at = |g: u32| p + (1.0 - p) * lambda.powi(g.clamp(1, 1_000) as i32);
+    let q = if gaps.is_empty() {
+        q_at(1)
     } else {
-        1.0
+        (gaps.iter().map(|&g| q_at(g).ln()).sum::<f64>() / gaps.len() as f64).exp()
     };
-    let q = p + (1.0 - p) * lambda.powf(g);
     let mut n: u16 = 0;
     let mut all_lost = p;
     while all_lost > RESIDUAL_TARGET && usize::from(n) < MAX_DISTANCE_COUNT {
@@ -183,43 +190,47 @@ pub fn distances_for(loss: f64, burst: f64, spacing: f64) -> Vec<u16> {
     (1..=n.max(1)).collect()
 }
 
-/// How many datagrams a link carries per packet of one stream, smoothed: the spacing
-/// [`distances_for`] takes. Fed at each of the stream's packets with a running count of
-/// the other datagrams sent on the link; it starts at 1 (nothing in between, the
-/// cautious end) and follows slowly, so a few packets sent back to back or a stall do
-/// not swing the number of copies.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The recent gaps, in datagrams, between consecutive packets of one stream on a link:
+/// what [`distances_for`] takes. Fed at each of the stream's packets with a running count
+/// of the other datagrams sent on the link. Empty at first (read as back to back, the
+/// cautious end); the last [`Spacing::SAMPLES`] gaps count, about 0.6 s of 20 ms audio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Spacing {
     last_others: Option<u64>,
-    value: f64,
+    gaps: [u32; Spacing::SAMPLES],
+    len: usize,
+    next: usize,
 }
 
 impl Default for Spacing {
     fn default() -> Self {
         Spacing {
             last_others: None,
-            value: 1.0,
+            gaps: [1; Spacing::SAMPLES],
+            len: 0,
+            next: 0,
         }
     }
 }
 
 impl Spacing {
-    /// Weight of one packet's spacing in the average.
-    const WEIGHT: f64 = 1.0 / 16.0;
+    pub const SAMPLES: usize = 32;
 
     /// At a packet of the stream, `others` being the link's datagrams of other streams
-    /// sent so far; returns the spacing to size this packet's copies with.
-    pub fn observe(&mut self, others: u64) -> f64 {
+    /// sent so far; returns the gaps to size this packet's copies with.
+    pub fn observe(&mut self, others: u64) -> &[u32] {
         if let Some(last) = self.last_others {
-            let g = others.saturating_sub(last) as f64 + 1.0;
-            self.value += (g - self.value) * Self::WEIGHT;
+            let g = others.saturating_sub(last).saturating_add(1);
+            self.gaps[self.next] = u32::try_from(g).unwrap_or(u32::MAX);
+            self.next = (self.next + 1) % Self::SAMPLES;
+            self.len = (self.len + 1).min(Self::SAMPLES);
         }
         self.last_others = Some(others);
-        self.value
+        self.gaps()
     }
 
-    pub fn get(&self) -> f64 {
-        self.value
+    pub fn gaps(&self) -> &[u32] {
+        &self.gaps[..self.len]
     }
 }
 
@@ -542,90 +553,97 @@ mod tests {
 
     #[test]
     fn distances_grow_with_loss_and_with_loss_runs() {
-        assert_eq!(distances_for(0.0, 1.0, 1.0), vec![1]);
-        let random50 = distances_for(0.5, 2.0, 1.0);
+        assert_eq!(distances_for(0.0, 1.0, &[]), vec![1]);
+        let random50 = distances_for(0.5, 2.0, &[]);
         // 0.5^9 ≈ 0.2 %: the primary and eight copies, nearest first.
         assert_eq!(random50, (1..=8).collect::<Vec<_>>());
         // A loss estimate a little off the independent run length changes little.
-        assert_eq!(distances_for(0.5, 2.1, 1.0).len(), 9);
-        assert_eq!(distances_for(0.1, 1.0, 1.0), vec![1, 2]);
-        let low = distances_for(0.05, 1.05, 1.0);
+        assert_eq!(distances_for(0.5, 2.1, &[1]).len(), 9);
+        assert_eq!(distances_for(0.1, 1.0, &[]), vec![1, 2]);
+        let low = distances_for(0.05, 1.05, &[]);
         assert!(low.len() < random50.len(), "{low:?}");
         // Runs of 3 at 50 %: a copy after a lost packet is lost 2 times in 3.
-        assert_eq!(distances_for(0.5, 3.0, 1.0).len(), 14);
+        assert_eq!(distances_for(0.5, 3.0, &[1]).len(), 14);
         // The same runs, but 20 datagrams between audio packets: nearly independent.
-        assert_eq!(distances_for(0.5, 3.0, 20.0).len(), 8);
-        assert_eq!(distances_for(0.5, 3.0, 2.0).len(), 10);
+        assert_eq!(distances_for(0.5, 3.0, &[20]).len(), 8);
+        assert_eq!(distances_for(0.5, 3.0, &[2, 2]).len(), 10);
+        // Two in five back to back, the rest far apart (audio beside 30 fps video): the
+        // adjacent ones weigh in as they do on the wire, not through the mean gap.
+        assert_eq!(distances_for(0.5, 3.0, &[1, 34, 34, 1, 34]).len(), 10);
         // Beyond what the span can cover: all the copies it allows.
-        assert_eq!(distances_for(0.9, 1.0, 1.0).len(), MAX_DISTANCE_COUNT);
-        assert!(!distances_for(f64::NAN, f64::NAN, f64::NAN).is_empty());
-        assert_eq!(distances_for(0.5, 3.0, 0.0).len(), 14);
+        assert_eq!(distances_for(0.9, 1.0, &[]).len(), MAX_DISTANCE_COUNT);
+        assert!(!distances_for(f64::NAN, f64::NAN, &[0, u32::MAX]).is_empty());
+        assert_eq!(distances_for(0.5, 3.0, &[0]).len(), 14);
     }
 
     /// The copies `distances_for` picks keep a frame's loss near the target on the
-    /// channel it models, at the spacing it is given: audio packets every `g` datagrams
-    /// of a Gilbert–Elliott link (50 %, runs of 3), each frame lost only if its own
-    /// packet and every packet carrying a copy are lost.
+    /// channel it models, for the gaps it is given: audio packets placed on a
+    /// Gilbert–Elliott link (50 %, runs of 3) with the gaps repeating in the given
+    /// order, each frame lost only if its own packet and every packet carrying a copy
+    /// are lost. The last pattern is audio beside 30 fps video sent a frame at a time.
     #[test]
     fn spaced_copies_meet_the_target_on_a_bursty_link() {
         use crate::netem::{GilbertElliott, LossModel, Netem, NetemConfig};
         use std::time::{Duration, Instant};
-        for g in [1usize, 3, 20] {
-            let n = distances_for(0.5, 3.0, g as f64).len();
+        let patterns: [&[u32]; 4] = [&[1], &[3], &[20], &[1, 34, 34, 1, 34]];
+        for (k, gaps) in patterns.into_iter().enumerate() {
+            let n = distances_for(0.5, 3.0, gaps).len();
             let cfg = NetemConfig::new()
                 .loss(LossModel::GilbertElliott(GilbertElliott::from_average(
                     0.5, 3.0,
                 )))
-                .seed(g as u64 + 11);
+                .seed(k as u64 + 11);
             let mut link: Netem<Vec<u8>> = Netem::new(cfg);
             #[allow(clippy::disallowed_methods)]
             let t = Instant::now();
             let frames = 100_000usize;
-            // Which audio packets arrived: datagram i·g of the link is audio packet i.
-            let mut arrived = vec![false; frames];
-            for d in 0..frames * g {
-                link.send(t, (d as u64).to_le_bytes().to_vec());
+            // Datagram positions of the audio packets.
+            let mut at = Vec::with_capacity(frames);
+            let mut d = 0u64;
+            for i in 0..frames {
+                at.push(d);
+                d += u64::from(gaps[i % gaps.len()]);
+            }
+            let mut got = std::collections::HashSet::new();
+            for x in 0..d {
+                link.send(t, x.to_le_bytes().to_vec());
             }
             while let Some(b) = link.poll_receive(t + Duration::from_secs(1)) {
-                let d = b
-                    .try_into()
-                    .map_or(usize::MAX, |a| u64::from_le_bytes(a) as usize);
-                if d % g == 0 && d / g < frames {
-                    arrived[d / g] = true;
-                }
+                got.insert(b.try_into().map_or(u64::MAX, u64::from_le_bytes));
             }
-            let lost = (0..frames - n)
-                .filter(|&i| (i..=i + n).all(|j| !arrived[j]))
-                .count();
-            let rate = lost as f64 / (frames - n) as f64;
+            let arrived: Vec<bool> = at.iter().map(|x| got.contains(x)).collect();
+            let lost_with = |copies: usize| {
+                (0..frames - n)
+                    .filter(|&i| (i..=i + copies).all(|j| !arrived[j]))
+                    .count() as f64
+                    / (frames - n) as f64
+            };
+            let rate = lost_with(n);
             assert!(
                 rate < 1.6 * RESIDUAL_TARGET,
-                "spacing {g}: {n} copies lose {rate:.4}"
+                "gaps {gaps:?}: {n} copies lose {rate:.4}"
             );
             // One copy fewer would miss it: the rule does not over-provision.
-            let fewer = (0..frames - n)
-                .filter(|&i| (i..i + n).all(|j| !arrived[j]))
-                .count() as f64
-                / (frames - n) as f64;
-            assert!(fewer > 0.8 * RESIDUAL_TARGET, "spacing {g}: {fewer:.4}");
+            let fewer = lost_with(n - 1);
+            assert!(fewer > 0.8 * RESIDUAL_TARGET, "gaps {gaps:?}: {fewer:.4}");
         }
     }
 
     #[test]
-    fn spacing_follows_the_datagrams_between_packets() {
+    fn spacing_keeps_the_recent_gaps() {
         let mut s = Spacing::default();
-        assert_eq!(s.observe(0), 1.0);
-        let mut others = 0;
-        for _ in 0..200 {
-            others += 19;
+        assert!(s.observe(0).is_empty());
+        assert_eq!(s.observe(19), &[20]);
+        assert_eq!(s.observe(19), &[20, 1]);
+        let mut others = 19;
+        for _ in 0..100 {
+            others += 33;
             s.observe(others);
         }
-        assert!((s.get() - 20.0).abs() < 0.1, "{}", s.get());
-        // A burst of back-to-back packets moves it only a little.
-        for _ in 0..3 {
-            s.observe(others);
-        }
-        assert!(s.get() > 16.0, "{}", s.get());
+        assert_eq!(s.gaps().len(), Spacing::SAMPLES);
+        assert!(s.gaps().iter().all(|&g| g == 34), "{:?}", s.gaps());
+        // A counter that went backwards reads as back to back, not as a huge gap.
+        assert_eq!(s.observe(0).iter().filter(|&&g| g == 1).count(), 1);
     }
 
     #[test]

@@ -176,8 +176,8 @@ struct Subscription {
     red_pt: Option<Option<u8>>,
     /// Loss the subscriber's receiver reports give for this stream (the latest average).
     rr_loss: Option<f32>,
-    /// Datagrams the downlink carries per packet of this audio stream, for the number
-    /// of RED copies (`media::red::distances_for`).
+    /// Gaps between this audio stream's packets on the downlink, in packets of the
+    /// protected video whose loss runs size the RED copies (`media::red::distances_for`).
     red_spacing: Spacing,
 }
 
@@ -1299,7 +1299,7 @@ impl Sfu {
             let Some(skey) = part.subscriber else { continue };
             // Not for a subscriber known to lack RED: it gets the primary alone.
             let lacks_red = part.subs.get(&tid).is_some_and(|s| s.red_pt == Some(None));
-            let red_channel = track.red.as_ref().filter(|_| !lacks_red).map(|_| (downlink_channel(part, tid), downlink_datagrams(part)));
+            let red_channel = track.red.as_ref().filter(|_| !lacks_red).map(|_| downlink_channel(part, tid));
             let Some(sub) = part.subs.get_mut(&tid) else { continue };
             if sub.state != SubState::Open {
                 continue;
@@ -1364,8 +1364,11 @@ impl Sfu {
                 continue;
             }
             let (mut out_pt, mut payload) = (out_pt, pkt.payload.clone());
-            if let (Some(red), Some(((loss, burst), others))) = (&track.red, red_channel) {
-                let spacing = sub.red_spacing.observe(others);
+            if let (Some(red), Some((loss, burst, others))) = (&track.red, red_channel) {
+                // Loss runs and datagrams counted on the same protected stream, so the
+                // gaps are in the units the runs were measured in; without one, loss is
+                // taken as independent and the gaps do not matter.
+                let gaps = sub.red_spacing.observe(others.unwrap_or(0));
                 let red_pt = *sub.red_pt.get_or_insert_with(|| {
                     params.and_then(|params| speer.rtc.codec_config().match_params(params)).and_then(|p| p.red()).map(|r| *r)
                 });
@@ -1375,7 +1378,7 @@ impl Sfu {
                 let pt_map = &sub.pt_map;
                 // Blocks of a type the subscriber did not accept are left out.
                 let map = |p: u8| if p == pt { Some(primary_pt) } else { pt_map.iter().find(|(i, _)| *i == p).and_then(|(_, o)| *o) };
-                if let Some(b) = red_pt.and_then(|rp| Some((rp, red.history.build(pkt.ts, &media::red::distances_for(loss, burst, spacing), map)?))) {
+                if let Some(b) = red_pt.and_then(|rp| Some((rp, red.history.build(pkt.ts, &media::red::distances_for(loss, burst, gaps), map)?))) {
                     (out_pt, payload) = (b.0, Arc::from(b.1));
                 }
             }
@@ -1718,26 +1721,20 @@ const RED_HISTORY_FRAMES: usize = 2 * media::red::MAX_SPAN_FRAMES as usize + 2;
 /// one test seed saw none for 40 s.
 const RED_INITIAL_LOSS: f64 = 0.5;
 
-/// (loss, mean loss run) of a subscriber's downlink, for the audio redundancy of track
-/// `tid`: what its protected video downlink measures (those reports carry loss runs),
-/// else the loss the receiver reports of the audio stream itself give, taken as random.
+/// (loss, mean loss run, packets sent so far) of a subscriber's downlink, for the audio
+/// redundancy of track `tid`: what its protected video downlink measures (those reports
+/// carry loss runs) and how many packets that stream has sent, else the loss the
+/// receiver reports of the audio stream itself give, taken as random.
 /// Not str0m's peer-level egress loss: it counts from transport-wide feedback, which
 /// under heavy loss is lost too, and read 0–30 % on a 50 % link.
-fn downlink_channel(part: &Participant, tid: TrackId) -> (f64, f64) {
-    if let Some(ch) = part.subs.values().find_map(|s| s.protect.as_ref()?.tx.as_ref()).map(ProtectedTx::channel) {
-        return ch;
+fn downlink_channel(part: &Participant, tid: TrackId) -> (f64, f64, Option<u64>) {
+    if let Some(tx) = part.subs.values().find_map(|s| s.protect.as_ref()?.tx.as_ref()) {
+        let (loss, burst) = tx.channel();
+        let st = tx.stats();
+        return (loss, burst, Some(st.media_packets + st.fec_packets + st.rtx_packets));
     }
     let loss = part.subs.get(&tid).and_then(|s| s.rr_loss).map_or(RED_INITIAL_LOSS, f64::from);
-    (loss, 1.0 / (1.0 - loss.min(0.95)))
-}
-
-/// Protected video packets (media, repair, RTX) sent to `part` so far: the datagrams its
-/// audio shares the downlink with.
-fn downlink_datagrams(part: &Participant) -> u64 {
-    part.subs.values().filter_map(|s| s.protect.as_ref()?.tx.as_ref()).map(|t| {
-        let st = t.stats();
-        st.media_packets + st.fec_packets + st.rtx_packets
-    }).sum()
+    (loss, 1.0 / (1.0 - loss.min(0.95)), None)
 }
 
 /// The carrier payload type among a track's negotiated codecs.

@@ -458,8 +458,8 @@ fn red_audio_survives_half_loss_on_both_hops() {
     let (mut w, p, s, _) = red_world(false);
     w.run(Duration::from_millis(100));
     w.loss = Some((0x9E37_79B9_7F4A_7C15, 0.5));
-    // The publisher repeats 8 frames, as `distances_for(0.5, 2, 1)` says.
-    let d: Vec<u32> = media::red::distances_for(0.5, 2.0, 1.0).iter().map(|d| u32::from(*d)).collect();
+    // The publisher repeats 8 frames, as `distances_for(0.5, 2, &[])` says.
+    let d: Vec<u32> = media::red::distances_for(0.5, 2.0, &[]).iter().map(|d| u32::from(*d)).collect();
     assert_eq!(d.len(), 8);
     // The SFU learns the downlink's loss from the subscriber's receiver reports of the
     // audio stream: one every 5 s, half of them lost. Until then it assumes 50 %.
