@@ -11,7 +11,7 @@
 //! 50 % on the uplink and 50 % on the downlink are 75 % for the redundancy to cover (a
 //! frame must be in 17 packets, its own and 16 copies, for 0.75 % residual). Rebuilding
 //! the redundancy at the SFU from every frame it holds lets each hop's redundancy cover
-//! that hop's loss only: its own packet and 8 copies at 50 % random loss, 0.2 % per hop.
+//! that hop's loss only: its own packet and 9 copies at 50 % random loss, 0.1 % per hop.
 
 use std::collections::VecDeque;
 

@@ -1715,8 +1715,8 @@ const RED_HISTORY_FRAMES: usize = 2 * media::red::MAX_SPAN_FRAMES as usize + 2;
 
 /// Loss assumed on a downlink before its first receiver report, as the video protection
 /// assumes before its first loss report (`SenderConfig::initial_loss`): too few copies
-/// lose audio at once, too many only cost bandwidth (8 copies of a 20 ms frame, about
-/// 200 kbit/s, until the report). Reports of an audio stream come every 5 s from
+/// lose audio at once, too many only cost bandwidth (9 copies of a 20 ms frame, about
+/// 220 kbit/s, until the report). Reports of an audio stream come every 5 s from
 /// libwebrtc and str0m, and on a lossy link the first can take much longer: at 50 % loss
 /// one test seed saw none for 40 s.
 const RED_INITIAL_LOSS: f64 = 0.5;
