@@ -90,6 +90,20 @@ fn clock() -> Instant {
 
 // ------------------------------------------------------------------ the picture
 
+/// The pattern's chroma planes for a `w` × `h` picture: still, two gentle gradients.
+fn chroma_planes(w: usize, h: usize) -> (Vec<u8>, Vec<u8>) {
+    let (cw, ch) = (w / 2, h / 2);
+    let mut u = vec![0u8; cw * ch];
+    let mut v = vec![0u8; cw * ch];
+    for row in 0..ch {
+        for x in 0..cw {
+            u[row * cw + x] = (90 + x * 80 / cw) as u8;
+            v[row * cw + x] = (160 - row * 60 / ch) as u8;
+        }
+    }
+    (u, v)
+}
+
 /// The synthetic source: a textured background panning 4 px per frame, a bright square
 /// moving diagonally, and the frame number stamped as two rows of black/white cells
 /// (the bits and their complement, so a misread is detected rather than believed).
@@ -117,15 +131,7 @@ impl TestPattern {
             *t = (60 + band + (x % 12)) as u8;
         }
         let (w, h) = (width & !1, height & !1);
-        let (cw, ch) = (w / 2, h / 2);
-        let mut u = vec![0u8; cw * ch];
-        let mut v = vec![0u8; cw * ch];
-        for row in 0..ch {
-            for x in 0..cw {
-                u[row * cw + x] = (90 + x * 80 / cw) as u8;
-                v[row * cw + x] = (160 - row * 60 / ch) as u8;
-            }
-        }
+        let (u, v) = chroma_planes(w, h);
         TestPattern {
             width: w,
             height: h,
@@ -1776,8 +1782,9 @@ mod tests {
         assert_eq!(sb.overhead_parts(10, None).video_wrapping, None);
     }
 
-    /// The pattern's background and chroma as first written, pixel by pixel (the marks
-    /// drawn over them are shared): the row-copying `frame` must give the same pictures
+    /// The pattern's background as first written, pixel by pixel (the marks drawn over
+    /// it and the still chroma are shared): the row-copying `frame` must give the same
+    /// pictures
     /// (the receiver regenerates them to check what it shows).
     fn frame_pixel_by_pixel(p: &TestPattern, n: u64) -> I420Frame {
         let (w, h) = (p.width, p.height);
@@ -1790,15 +1797,7 @@ mod tests {
             }
         }
         p.draw_marks(&mut y, n);
-        let (cw, ch) = (w / 2, h / 2);
-        let mut u = vec![0u8; cw * ch];
-        let mut v = vec![0u8; cw * ch];
-        for row in 0..ch {
-            for x in 0..cw {
-                u[row * cw + x] = (90 + x * 80 / cw) as u8;
-                v[row * cw + x] = (160 - row * 60 / ch) as u8;
-            }
-        }
+        let (u, v) = chroma_planes(w, h);
         I420Frame::from_planes(w, h, y, u, v).unwrap()
     }
 
