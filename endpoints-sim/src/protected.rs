@@ -64,6 +64,16 @@ impl SyntheticVideo {
         }
     }
 
+    /// Media rate of the delta frames at 30 fps (bit/s).
+    pub fn delta_bps(&self) -> u64 {
+        let cycle: Vec<u8> = (0..4).map(|n| self.temporal_layer(n)).collect();
+        let packets: usize = cycle
+            .iter()
+            .map(|&t| self.packets[1 + usize::from(t)])
+            .sum();
+        (packets * PACKET_BYTES * 8 * 30 / cycle.len()) as u64
+    }
+
     /// Temporal layer of frame `n` (a keyframe is sent as layer 0 wherever it falls).
     pub fn temporal_layer(&self, n: u64) -> u8 {
         if self.temporal_layers >= 3 {
@@ -150,6 +160,11 @@ pub struct FecPublisher {
     pub keyframes_sent: u64,
     /// Keyframe requests received (PLI through the recovery loop or from the SFU).
     pub keyframe_requests: u64,
+    /// Scale delta frames down to the uplink's congestion control, as an encoder told
+    /// its target rate would ([`ProtectedTx::media_budget`]).
+    pub follow_congestion_control: bool,
+    /// Delta frames sent smaller than the stream's shape because of it.
+    pub frames_scaled: u64,
 }
 
 impl FecPublisher {
@@ -171,7 +186,15 @@ impl FecPublisher {
             frames_sent: 0,
             keyframes_sent: 0,
             keyframe_requests: 0,
+            follow_congestion_control: false,
+            frames_scaled: 0,
         })
+    }
+
+    /// The uplink's congestion control: (sending rate, media rate within it) in bit/s.
+    pub fn congestion_control(&self) -> Option<(u64, u64)> {
+        let tx = self.tx.as_ref()?;
+        Some((tx.target_bitrate(), tx.media_budget()))
     }
 
     /// The publish offer: one send-only video m-line. Returns the SDP, the pending
@@ -237,7 +260,14 @@ impl FecPublisher {
         if tid == 0 {
             self.tl0_idx = self.tl0_idx.wrapping_add(1);
         }
-        let count = self.video.packets[if key { 0 } else { 1 + usize::from(tid) }];
+        let mut count = self.video.packets[if key { 0 } else { 1 + usize::from(tid) }];
+        if let (false, true, Some(tx)) = (key, self.follow_congestion_control, &self.tx) {
+            let share = tx.media_budget() as f64 / self.video.delta_bps() as f64;
+            if share < 1.0 {
+                count = ((count as f64 * share).floor() as usize).max(1);
+                self.frames_scaled += 1;
+            }
+        }
         let ts = (n as u32).wrapping_mul(TICKS_PER_FRAME);
         let Some(tx) = &mut self.tx else {
             return Ok(());
@@ -400,7 +430,7 @@ impl FecSubscriber {
             }
         }
         let rx = self.rx.get_or_insert_with(|| ProtectedRx::behind_sfu(ssrc));
-        rx.handle_carried(now, &p.payload, &params);
+        rx.handle_carried(now, p.header.sequence_number, &p.payload, &params);
         self.pump(now);
     }
 

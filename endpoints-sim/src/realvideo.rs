@@ -1519,7 +1519,7 @@ impl Terminal for LossReceiver {
                     }
                 }
                 let rx = self.rx.get_or_insert_with(|| ProtectedRx::behind_sfu(ssrc));
-                rx.handle_carried(now, &p.payload, &params);
+                rx.handle_carried(now, p.header.sequence_number, &p.payload, &params);
                 self.pump();
             }
             _ => {}

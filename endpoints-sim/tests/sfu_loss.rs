@@ -619,3 +619,109 @@ fn sweep_bench_shape() {
         }
     }
 }
+
+/// What [`run_congested`] measured over its last 10 s.
+#[derive(Debug)]
+struct Congested {
+    p95_latency: Duration,
+    intact: u64,
+    sent: u64,
+    frames_scaled: u64,
+    /// The publisher's lowest media budget after its first 2 s (bit/s).
+    min_budget: u64,
+}
+
+/// Publisher → SFU → subscriber with `loss` on every link and, if `bottleneck` is set,
+/// a rate limit on the publisher's uplink with a tail-drop queue of 250 ms. With
+/// `follow`, the publisher scales its delta frames to its uplink's congestion control.
+fn run_congested(seed: u64, loss: LossModel, bottleneck: Option<u64>, follow: bool) -> Congested {
+    let seconds = 20;
+    let mut w = World::new(seed, LINK_DELAY, SyntheticVideo::default());
+    w.connect();
+    w.set_loss(seed, loss);
+    if let Some(bps) = bottleneck {
+        w.links[0]
+            .set_config(link(seed * 10 + 100, LINK_DELAY, loss).rate(bps, (bps / 32) as usize));
+    }
+    w.publisher.follow_congestion_control = follow;
+    let start = w.now;
+    let late = start + Duration::from_secs(seconds - 10);
+    let end = start + Duration::from_secs(seconds);
+    let mut sent_at: HashMap<u64, Instant> = HashMap::new();
+    let mut min_budget = u64::MAX;
+    let mut next_frame = w.now;
+    while w.now < end {
+        if w.now >= next_frame {
+            if w.now >= late {
+                sent_at.insert(w.publisher.frames_sent, w.now);
+            }
+            w.publisher.send_frame(w.now).unwrap();
+            w.pub_out();
+            next_frame += FRAME_INTERVAL;
+            if w.now >= start + Duration::from_secs(2)
+                && let Some((_, b)) = w.publisher.congestion_control()
+            {
+                min_budget = min_budget.min(b);
+            }
+        }
+        w.step();
+    }
+    for _ in 0..1_000 {
+        w.step();
+    }
+    let mut latency: Vec<Duration> = w
+        .subscriber
+        .frames
+        .iter()
+        .filter_map(|(n, f)| match f {
+            FrameFate::Intact { at } => Some(at.saturating_duration_since(*sent_at.get(n)?)),
+            _ => None,
+        })
+        .collect();
+    latency.sort();
+    let c = Congested {
+        p95_latency: latency
+            .get(latency.len() * 95 / 100)
+            .copied()
+            .unwrap_or(Duration::MAX),
+        intact: latency.len() as u64,
+        sent: sent_at.len() as u64,
+        frames_scaled: w.publisher.frames_scaled,
+        min_budget,
+    };
+    eprintln!(
+        "seed {seed} {loss:?} bottleneck {bottleneck:?} follow {follow}: {c:?}; publisher {:?}; uplink link {:?}",
+        w.publisher.congestion_control(),
+        w.links[0].stats()
+    );
+    c
+}
+
+/// Random loss is not congestion: 50 % random loss on every link leaves the publisher's
+/// delay-based estimate (fed by the SFU's arrival reports) above its media rate, so a
+/// publisher that follows it sends every frame at full size.
+#[test]
+fn random_loss_does_not_lower_the_congestion_controlled_rate() {
+    let nominal = SyntheticVideo::default().delta_bps();
+    let lossy = run_congested(1, LossModel::Bernoulli(0.5), None, true);
+    assert_eq!(
+        lossy.frames_scaled, 0,
+        "random loss lowered the rate: {lossy:?}"
+    );
+    assert!(lossy.min_budget >= nominal, "{lossy:?}");
+    assert!(lossy.intact * 100 >= lossy.sent * 98, "{lossy:?}");
+    assert!(lossy.p95_latency <= Duration::from_millis(350), "{lossy:?}");
+}
+
+/// A 1.5 Mbit/s bottleneck (250 ms tail-drop queue) on the publisher's uplink against
+/// ~2.1 Mbit/s of media plus protection, the publisher following its congestion control
+/// or not. Diagnostic, not a pass/fail test yet: in session 17 both collapsed (the
+/// protection sizes repair for the queue's drops and the estimate starts unlimited),
+/// `docs/recovery.md`, *Congestion control*.
+#[test]
+#[ignore]
+fn sweep_uplink_bottleneck() {
+    for follow in [false, true] {
+        run_congested(1, LossModel::None, Some(1_500_000), follow);
+    }
+}

@@ -1123,7 +1123,7 @@ impl Sfu {
                 let first = rx.is_none();
                 // Our feedback's sender SSRC only has to differ from the media's.
                 let rx = rx.get_or_insert_with(|| ProtectedRx::new(*ssrc, !*ssrc, protect::HOP_PLAYOUT_DELAY).with_late_grace(self.cfg.uplink_late_grace));
-                rx.handle_carried(now, &pkt.payload, &params);
+                rx.handle_carried(now, pkt.header.sequence_number, &pkt.payload, &params);
                 if first {
                     // The recovery loop asks for what it needs; str0m's own NACKs would
                     // only ask for carrier packets nobody keeps.
@@ -1616,8 +1616,11 @@ impl Sfu {
             demands.push(Demand { ceiling, layer_bps, priority, temporal_scalable: t.temporal_seen, simulcast });
         }
         // str0m's estimate lowers the rate for loss, which collapses it on a lossy link
-        // the protection handles; a subscriber with protected streams is not held to it
-        // (media::cc, delay-based, is not wired into the SFU yet).
+        // the protection handles; a subscriber with protected streams is not held to it.
+        // Each protected downlink runs a delay-based estimate (media::cc, from the
+        // protection's arrival reports), but it does not yet bound the repair the
+        // protection adds under congestion (docs/recovery.md, *Congestion control*), so
+        // the allocation does not use it yet.
         let protected = part.subs.values().any(|s| s.protect.is_some());
         let budget = part.budget.filter(|_| !protected).map_or(u64::MAX, |b| b.saturating_sub(audio_bps));
         let alloc = allocate(budget, &demands);

@@ -22,13 +22,17 @@
 //!
 //! Sans-IO like the rest of the engine: `now` comes in, nothing reads a clock.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use media::cc::feedback::{ArrivalRecorder, SendHistory};
+use media::cc::{CcConfig, DelayBasedBwe};
 use media::fec::RtpView;
 use media::recovery::{
     FecSizing, FrameMarking, ProtectedReceiver, ProtectedSender, ReceiverConfig, ReceiverEvent,
     ReceiverStats, SenderConfig, SenderEvent, SenderStats, build_media_packet,
 };
+use media::recovery::wire::Feedback;
 use str0m::Rtc;
 use str0m::format::{Codec, CodecConfig, PayloadParams};
 use str0m::media::{Mid, Pt};
@@ -226,6 +230,10 @@ pub struct ProtectedRx {
     rx: Option<ProtectedReceiver>,
     /// Carried packets before the first media packet told the media payload type.
     early: Vec<(Instant, Vec<u8>)>,
+    /// Arrival times by carrier sequence number, reported for the sender's congestion
+    /// control.
+    arrivals: ArrivalRecorder,
+    reports: VecDeque<Vec<u8>>,
 }
 
 impl ProtectedRx {
@@ -241,6 +249,8 @@ impl ProtectedRx {
             late_grace: Duration::ZERO,
             rx: None,
             early: vec![],
+            arrivals: ArrivalRecorder::new(media_ssrc),
+            reports: VecDeque::new(),
         }
     }
 
@@ -259,8 +269,16 @@ impl ProtectedRx {
         self
     }
 
-    /// One carrier payload. `params` are the receiving side's negotiated codecs.
-    pub fn handle_carried(&mut self, now: Instant, inner: &[u8], params: &[PayloadParams]) {
+    /// One carrier packet: its (outer) sequence number and payload. `params` are the
+    /// receiving side's negotiated codecs.
+    pub fn handle_carried(
+        &mut self,
+        now: Instant,
+        carrier_seq: u16,
+        inner: &[u8],
+        params: &[PayloadParams],
+    ) {
+        self.arrivals.on_packet(now, carrier_seq);
         if self.rx.is_none() {
             let Ok(v) = RtpView::parse(inner) else { return };
             if v.ssrc != self.media_ssrc || v.payload_type == CARRIER_PT {
@@ -300,17 +318,27 @@ impl ProtectedRx {
     /// Next feedback message. Each goes in its own datagram: the receiver sends NACKs
     /// and PLIs in several copies so that losing one datagram does not lose them all.
     pub fn poll_feedback(&mut self) -> Option<Vec<u8>> {
-        let p = self.rx.as_mut()?.poll_feedback()?;
-        Some(p.into_iter().take(MAX_FEEDBACK).collect())
+        // Repair requests first: they race a deadline, the arrival reports do not.
+        if let Some(p) = self.rx.as_mut().and_then(ProtectedReceiver::poll_feedback) {
+            return Some(p.into_iter().take(MAX_FEEDBACK).collect());
+        }
+        self.reports.pop_front()
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.rx.as_ref()?.poll_timeout()
+        let rx = self.rx.as_ref().and_then(ProtectedReceiver::poll_timeout);
+        match (rx, self.arrivals.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Some(rx) = &mut self.rx {
             rx.handle_timeout(now);
+        }
+        if let Some(r) = self.arrivals.poll_report(now) {
+            self.reports.push_back(r.to_bytes(self.receiver_ssrc));
         }
     }
 
@@ -357,7 +385,25 @@ pub struct ProtectedTx {
     frame: Vec<Vec<u8>>,
     frame_layer: u8,
     frame_key: bool,
+    /// Delay-based congestion control of this hop, fed by the receiver's arrival reports.
+    history: SendHistory,
+    bwe: DelayBasedBwe,
+    /// Bytes sent per media byte, smoothed: turns the sending rate into a media rate.
+    overhead: f64,
+    counted: (u64, u64),
 }
+
+/// Bytes a carried packet costs on the wire besides itself: IPv4 and UDP (28), the
+/// carrier's RTP header with str0m's header extensions (28) and the SRTP tag (16).
+pub const CARRIER_WIRE_OVERHEAD: usize = 72;
+
+/// The hop's congestion control starts here and never exceeds it: a protected hop is not
+/// limited until its delay shows a queue (the backing off is to the rate the path
+/// delivered, so one step finds it). No probing is needed to get back up, as the
+/// limit is lifted by 8 % a second from there.
+pub const HOP_MAX_BPS: u64 = 60_000_000;
+/// The hop's congestion control never goes below this.
+pub const HOP_MIN_BPS: u64 = 150_000;
 
 /// How a [`ProtectedTx`] trades repair bytes for latency.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -413,6 +459,11 @@ impl ProtectedTx {
             frame: vec![],
             frame_layer: 0,
             frame_key: false,
+            history: SendHistory::new(),
+            bwe: DelayBasedBwe::new(CcConfig::new(HOP_MAX_BPS, HOP_MIN_BPS, HOP_MAX_BPS)),
+            // The sender's FEC starts sized for 50 % loss (`SenderConfig::initial_loss`).
+            overhead: 2.0,
+            counted: (0, 0),
         })
     }
 
@@ -456,15 +507,59 @@ impl ProtectedTx {
         self.media_pt
     }
 
-    /// Next packet for the carrier: (carrier sequence number, packet).
-    pub fn poll_carried(&mut self) -> Option<(u64, Vec<u8>)> {
+    /// Next packet for the carrier, sent at `now`: (carrier sequence number, packet).
+    pub fn poll_carried(&mut self, now: Instant) -> Option<(u64, Vec<u8>)> {
         let p = self.tx.poll_transmit()?;
         self.carrier_seq += 1;
+        self.history
+            .on_sent(now, self.carrier_seq, p.len() + CARRIER_WIRE_OVERHEAD);
         Some((self.carrier_seq, p))
     }
 
     pub fn handle_feedback(&mut self, now: Instant, payload: &[u8]) {
+        for f in Feedback::parse_compound(payload) {
+            if let Feedback::Arrivals {
+                media_ssrc,
+                base_seq,
+                reference,
+                offsets,
+            } = f
+                && media_ssrc == self.media_ssrc
+            {
+                let settled = self.history.on_report(now, base_seq, reference, &offsets);
+                self.bwe.on_feedback(now, &settled);
+                self.update_overhead();
+            }
+        }
         self.tx.handle_feedback(now, payload);
+    }
+
+    fn update_overhead(&mut self) {
+        let s = self.tx.stats();
+        let media = s.media_bytes;
+        let sent = s.media_bytes + s.fec_bytes + s.rtx_bytes;
+        let (dm, ds) = (media - self.counted.0, sent - self.counted.1);
+        // Over at least 50 kB of media, so one keyframe block does not swing it.
+        if dm >= 50_000 {
+            self.overhead = 0.7 * self.overhead + 0.3 * (ds as f64 / dm as f64).max(1.0);
+            self.counted = (media, sent);
+        }
+    }
+
+    /// The rate this hop's congestion control allows, all packets included (bit/s).
+    pub fn target_bitrate(&self) -> u64 {
+        self.bwe.target_bitrate()
+    }
+
+    /// The media rate that fits [`target_bitrate`](Self::target_bitrate) with the
+    /// protection's current repair and retransmissions on top (bit/s).
+    pub fn media_budget(&self) -> u64 {
+        (self.bwe.target_bitrate() as f64 / self.overhead) as u64
+    }
+
+    /// The congestion detector's verdict.
+    pub fn usage(&self) -> media::cc::Usage {
+        self.bwe.usage()
     }
 
     pub fn poll_event(&mut self) -> Option<SenderEvent> {
@@ -491,7 +586,7 @@ impl ProtectedTx {
 
     /// Writes everything pending into `rtc` on `mid` with the carrier payload type `pt`.
     pub fn flush_into(&mut self, rtc: &mut Rtc, mid: Mid, pt: Pt, now: Instant) {
-        while let Some((seq, p)) = self.poll_carried() {
+        while let Some((seq, p)) = self.poll_carried(now) {
             write_carrier(rtc, mid, pt, now, seq, p);
         }
     }

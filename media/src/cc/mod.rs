@@ -14,6 +14,8 @@
 //! Sans-IO: the caller passes `now` and per-packet (send time, arrival time or lost,
 //! size) from transport-wide feedback.
 
+pub mod feedback;
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 

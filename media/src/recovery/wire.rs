@@ -196,7 +196,29 @@ pub enum Feedback {
         /// Packets the interval should have carried.
         expected: u32,
     },
+    /// Arrival times of carrier packets, for delay-based congestion control
+    /// ([`crate::cc::feedback`]), RTCP APP (PT 204), name `HTAT`, subtype 0: media SSRC
+    /// (4 bytes), first carrier sequence number covered (2), count (2), reference time
+    /// in 250 µs units of the receiver's clock (4), then `count` arrival offsets from
+    /// the reference in 250 µs units (2 each, `0xFFFF` = not received), zero-padded to
+    /// a multiple of 4 bytes.
+    Arrivals {
+        /// SSRC of the media stream (= the carrier's).
+        media_ssrc: u32,
+        /// Carrier sequence number of the first offset.
+        base_seq: u16,
+        /// Receiver clock, 250 µs units, wrapping.
+        reference: u32,
+        /// One per sequence number from `base_seq`; [`ARRIVAL_NOT_RECEIVED`] if missing.
+        offsets: Vec<u16>,
+    },
 }
+
+/// The name of the arrival-time report.
+pub const ARRIVALS_NAME: &[u8; 4] = b"HTAT";
+
+/// An [`Feedback::Arrivals`] offset for a packet that has not arrived.
+pub const ARRIVAL_NOT_RECEIVED: u16 = 0xFFFF;
 
 /// The name of our APP packet.
 pub const LOSS_REPORT_NAME: &[u8; 4] = b"HTLR";
@@ -253,6 +275,26 @@ impl Feedback {
                 p.extend_from_slice(&f.to_be_bytes());
                 p.extend_from_slice(&b.to_be_bytes());
                 p.extend_from_slice(&expected.to_be_bytes());
+            }
+            Feedback::Arrivals {
+                media_ssrc,
+                base_seq,
+                reference,
+                offsets,
+            } => {
+                p.extend_from_slice(&[0x80, 204, 0, 0]);
+                p.extend_from_slice(&sender_ssrc.to_be_bytes());
+                p.extend_from_slice(ARRIVALS_NAME);
+                p.extend_from_slice(&media_ssrc.to_be_bytes());
+                p.extend_from_slice(&base_seq.to_be_bytes());
+                // The count field is 16 bits; a caller never has that many in one report.
+                let n = offsets.len().min(usize::from(u16::MAX));
+                p.extend_from_slice(&(n as u16).to_be_bytes());
+                p.extend_from_slice(&reference.to_be_bytes());
+                for o in &offsets[..n] {
+                    p.extend_from_slice(&o.to_be_bytes());
+                }
+                p.resize(p.len().next_multiple_of(4), 0);
             }
         }
         let words = (p.len() / 4 - 1) as u16;
@@ -319,6 +361,20 @@ impl Feedback {
                     fraction: f,
                     burstiness: b,
                     expected: u32_at(20)?,
+                })
+            }
+            (204, 0) if p.get(8..12)? == ARRIVALS_NAME => {
+                let n = usize::from(u16_at(18)?);
+                let offsets = p
+                    .get(24..24 + 2 * n)?
+                    .chunks_exact(2)
+                    .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                    .collect();
+                Some(Feedback::Arrivals {
+                    media_ssrc: u32_at(12)?,
+                    base_seq: u16_at(16)?,
+                    reference: u32_at(20)?,
+                    offsets,
                 })
             }
             _ => None,
@@ -402,6 +458,23 @@ mod tests {
             panic!()
         };
         assert!((fraction - 0.5).abs() < 1e-4 && (burstiness - 2.25).abs() < 1e-3);
+    }
+
+    #[test]
+    fn arrivals_round_trip_and_refuse_a_short_list() {
+        let a = Feedback::Arrivals {
+            media_ssrc: 9,
+            base_seq: 65535,
+            reference: 0xdead_beef,
+            offsets: vec![0, 3, ARRIVAL_NOT_RECEIVED],
+        };
+        let b = a.to_bytes(1);
+        assert_eq!(b.len() % 4, 0);
+        assert_eq!(Feedback::parse_compound(&b), vec![a]);
+        // A count larger than the offsets that follow is malformed.
+        let mut short = b.clone();
+        short[18..20].copy_from_slice(&5u16.to_be_bytes());
+        assert!(Feedback::parse_compound(&short).is_empty());
     }
 
     #[test]
