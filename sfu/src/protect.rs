@@ -397,10 +397,10 @@ pub struct ProtectedTx {
 /// carrier's RTP header with str0m's header extensions (28) and the SRTP tag (16).
 pub const CARRIER_WIRE_OVERHEAD: usize = 72;
 
-/// The hop's congestion control starts here and never exceeds it: a protected hop is not
-/// limited until its delay shows a queue (the backing off is to the rate the path
-/// delivered, so one step finds it). No probing is needed to get back up, as the
-/// limit is lifted by 8 % a second from there.
+/// The hop's congestion control starts here and never exceeds it, so that 50 % random
+/// loss never holds a stream back. Under a real bottleneck this start fills the queue
+/// before the first report; it is one of three reasons nothing is held to the estimate
+/// yet (`docs/recovery.md`, *In the protected loop*).
 pub const HOP_MAX_BPS: u64 = 60_000_000;
 /// The hop's congestion control never goes below this.
 pub const HOP_MIN_BPS: u64 = 150_000;
