@@ -299,6 +299,21 @@ struct Outcome {
     p95_latency: Duration,
 }
 
+/// Capture → display of each intact frame sent at a time in `sent_at`, sorted.
+fn intact_latencies(
+    frames: impl Iterator<Item = (u64, FrameFate)>,
+    sent_at: &HashMap<u64, Instant>,
+) -> Vec<Duration> {
+    let mut latency: Vec<Duration> = frames
+        .filter_map(|(n, f)| match f {
+            FrameFate::Intact { at } => Some(at.saturating_duration_since(*sent_at.get(&n)?)),
+            _ => None,
+        })
+        .collect();
+    latency.sort();
+    latency
+}
+
 fn run(seed: u64, loss: LossModel, seconds: u64) -> Outcome {
     run_with(seed, LINK_DELAY, loss, seconds)
 }
@@ -378,14 +393,7 @@ fn run_shaped(
             _ => None,
         })
         .collect();
-    let mut latency: Vec<Duration> = fate
-        .iter()
-        .filter_map(|(n, f)| match f {
-            FrameFate::Intact { at } => Some(at.saturating_duration_since(*sent_at.get(n)?)),
-            _ => None,
-        })
-        .collect();
-    latency.sort();
+    let latency = intact_latencies(fate.iter().map(|(n, f)| (*n, *f)), &sent_at);
     let p95_latency = latency
         .get(latency.len() * 95 / 100)
         .copied()
@@ -669,16 +677,7 @@ fn run_congested(seed: u64, loss: LossModel, bottleneck: Option<u64>, follow: bo
     for _ in 0..1_000 {
         w.step();
     }
-    let mut latency: Vec<Duration> = w
-        .subscriber
-        .frames
-        .iter()
-        .filter_map(|(n, f)| match f {
-            FrameFate::Intact { at } => Some(at.saturating_duration_since(*sent_at.get(n)?)),
-            _ => None,
-        })
-        .collect();
-    latency.sort();
+    let latency = intact_latencies(w.subscriber.frames.iter().copied(), &sent_at);
     let c = Congested {
         p95_latency: latency
             .get(latency.len() * 95 / 100)

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::PacketFeedback;
+use crate::recovery::extend_seq;
 use crate::recovery::wire::{ARRIVAL_NOT_RECEIVED, Feedback};
 
 /// The clock unit of [`Feedback::Arrivals`].
@@ -61,24 +62,10 @@ impl ArrivalRecorder {
         }
     }
 
-    fn extend(&self, seq: u16) -> u64 {
-        let Some(l) = self.newest else {
-            return (1 << 32) | u64::from(seq);
-        };
-        let cand = (l & !0xffff) | u64::from(seq);
-        if cand + 0x8000 <= l {
-            cand + 0x1_0000
-        } else if cand > l + 0x8000 {
-            cand - 0x1_0000
-        } else {
-            cand
-        }
-    }
-
     /// One carrier packet arrived.
     pub fn on_packet(&mut self, now: Instant, seq: u16) {
         let epoch = *self.epoch.get_or_insert(now);
-        let s = self.extend(seq);
+        let s = extend_seq(seq, self.newest);
         if self
             .reported_to
             .is_some_and(|t| s + MAX_REPORT_ENTRIES as u64 <= t)
@@ -221,10 +208,9 @@ impl SendHistory {
         };
         let settled_to = base + last_arrived as u64;
         let mut out = Vec::new();
-        for &(seq, sent, bytes) in &self.sent {
-            if seq < self.next.max(base) {
-                continue;
-            }
+        let first = self.next.max(base);
+        let from = self.sent.partition_point(|s| s.0 < first);
+        for &(seq, sent, bytes) in self.sent.range(from..) {
             if seq > settled_to {
                 break;
             }

@@ -45,7 +45,7 @@ fn extend_bits(value: u64, bits: u32, reference: Option<u64>) -> u64 {
 }
 
 /// Extend a 16-bit RTP sequence number.
-fn extend_seq(seq: u16, reference: Option<u64>) -> u64 {
+pub(crate) fn extend_seq(seq: u16, reference: Option<u64>) -> u64 {
     extend_bits(u64::from(seq), 16, reference)
 }
 
