@@ -160,10 +160,11 @@ pub struct FecPublisher {
     pub keyframes_sent: u64,
     /// Keyframe requests received (PLI through the recovery loop or from the SFU).
     pub keyframe_requests: u64,
-    /// Scale delta frames down to the uplink's congestion control, as an encoder told
-    /// its target rate would ([`ProtectedTx::media_budget`]).
+    /// Scale frames down to the uplink's congestion control, as an encoder told its
+    /// target rate would ([`ProtectedTx::media_budget`]): keyframes by the same share
+    /// as delta frames, since a rate-controlled encoder raises the quantiser for both.
     pub follow_congestion_control: bool,
-    /// Delta frames sent smaller than the stream's shape because of it.
+    /// Frames sent smaller than the stream's shape because of it.
     pub frames_scaled: u64,
 }
 
@@ -261,7 +262,7 @@ impl FecPublisher {
             self.tl0_idx = self.tl0_idx.wrapping_add(1);
         }
         let mut count = self.video.packets[if key { 0 } else { 1 + usize::from(tid) }];
-        if let (false, true, Some(tx)) = (key, self.follow_congestion_control, &self.tx) {
+        if let (true, Some(tx)) = (self.follow_congestion_control, &self.tx) {
             let share = tx.media_budget() as f64 / self.video.delta_bps() as f64;
             if share < 1.0 {
                 count = ((count as f64 * share).floor() as usize).max(1);
@@ -340,6 +341,21 @@ impl FecPublisher {
     /// The protection's counters, once it has started.
     pub fn protection_stats(&self) -> Option<media::recovery::SenderStats> {
         self.tx.as_ref().map(ProtectedTx::stats)
+    }
+
+    /// The uplink's congestion verdict, once sending.
+    pub fn usage(&self) -> Option<media::cc::Usage> {
+        self.tx.as_ref().map(ProtectedTx::usage)
+    }
+
+    /// (loss, mean loss run) the uplink's FEC is adapted to, once sending.
+    pub fn channel(&self) -> Option<(f64, f64)> {
+        self.tx.as_ref().map(ProtectedTx::channel)
+    }
+
+    /// Repair and retransmissions the uplink shed for want of rate.
+    pub fn shed(&self) -> Option<sfu::protect::Shed> {
+        self.tx.as_ref().map(ProtectedTx::shed)
     }
 }
 

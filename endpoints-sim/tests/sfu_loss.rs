@@ -657,6 +657,7 @@ fn run_congested(seed: u64, loss: LossModel, bottleneck: Option<u64>, follow: bo
     let end = start + Duration::from_secs(seconds);
     let mut sent_at: HashMap<u64, Instant> = HashMap::new();
     let mut min_budget = u64::MAX;
+    let trace = std::env::var("HT_TRACE").is_ok();
     let mut next_frame = w.now;
     while w.now < end {
         if w.now >= next_frame {
@@ -670,6 +671,21 @@ fn run_congested(seed: u64, loss: LossModel, bottleneck: Option<u64>, follow: bo
                 && let Some((_, b)) = w.publisher.congestion_control()
             {
                 min_budget = min_budget.min(b);
+            }
+            if trace && w.publisher.frames_sent % 15 == 0 {
+                let c = w.sfu.counters();
+                eprintln!(
+                    "  t {:>5} ms cc {:?} {:?} channel {:?} kf {} up frames {} skipped {} link {:?} shed {:?}",
+                    (w.now - start).as_millis(),
+                    w.publisher.congestion_control(),
+                    w.publisher.usage(),
+                    w.publisher.channel(),
+                    w.publisher.keyframes_sent,
+                    c.protected_frames_up,
+                    c.protected_skipped_up,
+                    w.links[0].stats(),
+                    w.publisher.shed(),
+                );
             }
         }
         w.step();
@@ -693,6 +709,14 @@ fn run_congested(seed: u64, loss: LossModel, bottleneck: Option<u64>, follow: bo
         w.publisher.congestion_control(),
         w.links[0].stats()
     );
+    eprintln!(
+        "  publisher {:?} keyframes {} requests {}; sfu {:?}; subscriber {:?}",
+        w.publisher.protection_stats(),
+        w.publisher.keyframes_sent,
+        w.publisher.keyframe_requests,
+        w.sfu.counters(),
+        w.subscriber.stats()
+    );
     c
 }
 
@@ -712,15 +736,43 @@ fn random_loss_does_not_lower_the_congestion_controlled_rate() {
     assert!(lossy.p95_latency <= Duration::from_millis(350), "{lossy:?}");
 }
 
-/// A 1.5 Mbit/s bottleneck (250 ms tail-drop queue) on the publisher's uplink against
-/// ~2.1 Mbit/s of media plus protection, the publisher following its congestion control
-/// or not. Diagnostic, not a pass/fail test yet: in session 17 both collapsed (the
-/// protection sizes repair for the queue's drops and the estimate starts unlimited),
-/// `docs/recovery.md`, *Congestion control*.
+/// A real bottleneck on the publisher's uplink (250 ms tail-drop queue) against
+/// ~2.2 Mbit/s of media plus protection: 1.5 Mbit/s on a clean link, and 2 Mbit/s behind
+/// 50 % random loss (about 4 Mbit/s of sending rate reaches it). A publisher that follows
+/// its congestion control fits its frames, keyframes included, to the estimate; the
+/// protection sheds repair beyond it; the queue drains. A publisher that keeps its rate
+/// on the same clean link gets nothing through: the queue's overflow costs base-layer
+/// frames, their keyframes overflow it again (`docs/recovery.md`, *Congestion control*).
 #[test]
-#[ignore]
+fn a_publisher_following_its_estimate_fits_a_bottleneck() {
+    let fixed = run_congested(1, LossModel::None, Some(1_500_000), false);
+    assert!(fixed.intact * 10 < fixed.sent, "{fixed:?}");
+    let clean = run_congested(1, LossModel::None, Some(1_500_000), true);
+    // Measured over seeds 1–4: 300/300 intact, p95 79–123 ms.
+    assert!(clean.intact * 100 >= clean.sent * 99, "{clean:?}");
+    assert!(clean.p95_latency <= Duration::from_millis(200), "{clean:?}");
+    let lossy = run_congested(1, LossModel::Bernoulli(0.5), Some(2_000_000), true);
+    // Measured over seeds 1–4: 288–300 of 300 intact, p95 302–440 ms (bursts of repair
+    // and keyframes queue at the bottleneck, and shed repair costs NACK rounds).
+    assert!(lossy.intact * 100 >= lossy.sent * 95, "{lossy:?}");
+    assert!(lossy.p95_latency <= Duration::from_millis(500), "{lossy:?}");
+}
+
+/// [`a_publisher_following_its_estimate_fits_a_bottleneck`] over seeds, following or
+/// not: `HT_SEEDS=1-4 cargo test -p endpoints-sim --test sfu_loss sweep_uplink_bottleneck
+/// -- --ignored --nocapture` (`HT_TRACE=1` prints the estimate twice a second).
+#[test]
+#[ignore = "a measurement sweep, not a check"]
 fn sweep_uplink_bottleneck() {
-    for follow in [false, true] {
-        run_congested(1, LossModel::None, Some(1_500_000), follow);
+    let seeds = std::env::var("HT_SEEDS").unwrap_or_else(|_| "1-1".into());
+    let (a, b) = seeds.split_once('-').unwrap_or((&seeds, &seeds));
+    let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+    for seed in a..=b {
+        for follow in [false, true] {
+            if std::env::var("HT_ONLY_RANDOM").is_err() {
+                run_congested(seed, LossModel::None, Some(1_500_000), follow);
+            }
+            run_congested(seed, LossModel::Bernoulli(0.5), Some(2_000_000), follow);
+        }
     }
 }

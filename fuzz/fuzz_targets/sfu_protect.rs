@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     let mut rx = ProtectedRx::new(MEDIA_SSRC, 0x0a0b_0c0d, HOP_PLAYOUT_DELAY);
     // sans-IO: the hop only compares instants derived from this one.
     let mut now = Instant::now();
-    let mut in_flight: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut in_flight: VecDeque<(u16, Vec<u8>)> = VecDeque::new();
     let mut sent: HashSet<Vec<u8>> = HashSet::new();
     let mut injected = false;
     let (mut ts, mut frame) = (0u32, 0u32);
@@ -59,13 +59,13 @@ fuzz_target!(|data: &[u8]| {
                 }
                 frame += 1;
                 ts = ts.wrapping_add(3000);
-                carry(&mut tx, &mut in_flight, &mut sent);
+                carry(now, &mut tx, &mut in_flight, &mut sent);
             }
             // Deliver the next carried packet, or lose it.
             2 | 3 => {
-                if let Some(p) = in_flight.pop_front() {
+                if let Some((seq, p)) = in_flight.pop_front() {
                     if op & 0x08 == 0 {
-                        rx.handle_carried(now, &p, &[]);
+                        rx.handle_carried(now, seq, &p, &[]);
                     }
                 }
             }
@@ -76,7 +76,9 @@ fuzz_target!(|data: &[u8]| {
                 rest = &rest[(1 + bytes.len()).min(rest.len())..];
                 if k < 6 {
                     injected = true;
-                    rx.handle_carried(now, bytes, &[]);
+                    // The carrier sequence number from the payload's length, so that
+                    // the arrival reports see duplicates, gaps and jumps too.
+                    rx.handle_carried(now, (len as u16).wrapping_mul(0x0101), bytes, &[]);
                 } else {
                     tx.handle_feedback(now, bytes);
                 }
@@ -102,17 +104,22 @@ fuzz_target!(|data: &[u8]| {
             tx.handle_feedback(now, &fb);
         }
         while tx.poll_event().is_some() {}
-        carry(&mut tx, &mut in_flight, &mut sent);
+        carry(now, &mut tx, &mut in_flight, &mut sent);
     }
 });
 
 /// Moves what the sender produced onto the hop, remembering the media packets: a lost
 /// one may still be delivered after FEC or RTX rebuilt it.
-fn carry(tx: &mut ProtectedTx, in_flight: &mut VecDeque<Vec<u8>>, sent: &mut HashSet<Vec<u8>>) {
-    while let Some((_, p)) = tx.poll_carried() {
+fn carry(
+    now: Instant,
+    tx: &mut ProtectedTx,
+    in_flight: &mut VecDeque<(u16, Vec<u8>)>,
+    sent: &mut HashSet<Vec<u8>>,
+) {
+    while let Some((seq, p)) = tx.poll_carried(now) {
         if RtpView::parse(&p).is_ok_and(|v| v.ssrc == MEDIA_SSRC) {
             sent.insert(p.clone());
         }
-        in_flight.push_back(p);
+        in_flight.push_back((seq as u16, p));
     }
 }

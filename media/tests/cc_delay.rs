@@ -42,8 +42,15 @@ struct Run {
 }
 
 fn run(link: NetemConfig, seconds: u64) -> Run {
+    run_from(5_000_000, Duration::ZERO, link, seconds)
+}
+
+/// [`run`] with the estimator starting at `start` bit/s and the sender keeping to
+/// `start` for the first `fixed_for`, whatever the estimate says (an encoder that
+/// has not been told yet, a stream the sender cannot thin).
+fn run_from(start: u64, fixed_for: Duration, link: NetemConfig, seconds: u64) -> Run {
     let t0 = origin();
-    let mut bwe = DelayBasedBwe::new(CcConfig::new(5_000_000, 300_000, 8_000_000));
+    let mut bwe = DelayBasedBwe::new(CcConfig::new(start, 300_000, 8_000_000));
     let mut lb = LossBased { rate: 5_000_000.0 };
     let mut net = Netem::<Vec<u8>>::new(link);
     let mut sent: BTreeMap<u64, Instant> = BTreeMap::new();
@@ -65,7 +72,12 @@ fn run(link: NetemConfig, seconds: u64) -> Run {
             net.send(now, p);
             sent.insert(seq, now);
             seq += 1;
-            let gap = PACKET as f64 * 8.0 / bwe.target_bitrate() as f64;
+            let rate = if now < t0 + fixed_for {
+                start
+            } else {
+                bwe.target_bitrate()
+            };
+            let gap = PACKET as f64 * 8.0 / rate as f64;
             next_send = now + Duration::from_secs_f64(gap);
         }
         while let Some(p) = net.poll_receive(now) {
@@ -209,4 +221,40 @@ fn bottleneck_behind_random_loss_backs_off_to_the_bottleneck_not_below() {
     );
     assert!((3_500_000.0..=6_600_000.0).contains(&avg), "{:?}", r.rates);
     assert!(d95 <= Duration::from_millis(150), "{d95:?}");
+}
+
+#[test]
+fn a_queue_kept_full_is_taken_for_congestion_not_random_loss() {
+    // A sender held at 4 Mbit/s for its first 5 s into a 2 Mbit/s bottleneck with a
+    // 250 ms queue: the queue fills, and then stays full with no gradient to see, every
+    // packet waiting the same 250 ms while half of them overflow. Taken for random loss,
+    // that overflow would scale the backed-off rate up by `1 / (1 − loss)` and keep the
+    // queue full once the sender follows the estimate. The standing delay over the
+    // path's base says it is a queue.
+    let link = NetemConfig::new()
+        .latency(Duration::from_millis(20))
+        .jitter(Duration::from_millis(1))
+        .rate(2_000_000, 62_500)
+        .seed(24);
+    let r = run_from(4_000_000, Duration::from_secs(5), link, 30);
+    let tail = &r.rates[10..];
+    let avg = tail.iter().sum::<f64>() / tail.len() as f64;
+    let late_delays: Vec<Duration> = r.delays[10..29].iter().flatten().copied().collect();
+    let d95 = p95(late_delays);
+    println!(
+        "{{\"test\":\"cc\",\"scenario\":\"held_4M_into_2M_full_queue\",\"avg_last_20s_mbps\":{:.2},\"p95_owd_last_20s_ms\":{:.1},\"random_loss\":{:.3}}}",
+        mbps(avg),
+        d95.as_secs_f64() * 1000.0,
+        r.random_loss
+    );
+    assert!((1_200_000.0..=2_200_000.0).contains(&avg), "{:?}", r.rates);
+    assert!(
+        d95 <= Duration::from_millis(120),
+        "queue kept full: {d95:?}"
+    );
+    assert!(
+        r.random_loss < 0.05,
+        "overflow taken for random loss: {}",
+        r.random_loss
+    );
 }

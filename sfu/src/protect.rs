@@ -388,9 +388,30 @@ pub struct ProtectedTx {
     /// Delay-based congestion control of this hop, fed by the receiver's arrival reports.
     history: SendHistory,
     bwe: DelayBasedBwe,
-    /// Bytes sent per media byte, smoothed: turns the sending rate into a media rate.
+    /// Wire bytes the protection produces per media byte, smoothed: turns the sending
+    /// rate into a media rate.
     overhead: f64,
     counted: (u64, u64),
+    /// What the protection produced: media bytes, and wire bytes of everything (shed
+    /// or not).
+    wire: (u64, u64),
+    /// Token bucket holding repair and retransmissions to the estimate (bytes; below 0
+    /// after media beyond it).
+    tokens: f64,
+    refilled: Option<Instant>,
+    shed: Shed,
+    /// Next sequence number of the repair stream.
+    fec_seq: u16,
+}
+
+/// Repair and retransmissions [`ProtectedTx`] did not send because the hop's congestion
+/// control had no room for them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shed {
+    pub fec_packets: u64,
+    pub fec_bytes: u64,
+    pub rtx_packets: u64,
+    pub rtx_bytes: u64,
 }
 
 /// Bytes a carried packet costs on the wire besides itself: IPv4 and UDP (28), the
@@ -404,6 +425,10 @@ pub const CARRIER_WIRE_OVERHEAD: usize = 72;
 pub const HOP_MAX_BPS: u64 = 60_000_000;
 /// The hop's congestion control never goes below this.
 pub const HOP_MIN_BPS: u64 = 150_000;
+/// Depth of the bucket that holds repair and retransmissions to the hop's estimate, in
+/// time at that rate: a keyframe's repair at 50 % loss goes out whole at any rate
+/// where the stream fits at all, and the bottleneck's queue absorbs the burst.
+const RATE_BUCKET: Duration = Duration::from_millis(250);
 
 /// How a [`ProtectedTx`] trades repair bytes for latency.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -464,6 +489,11 @@ impl ProtectedTx {
             // The sender's FEC starts sized for 50 % loss (`SenderConfig::initial_loss`).
             overhead: 2.0,
             counted: (0, 0),
+            wire: (0, 0),
+            tokens: bucket_depth(HOP_MAX_BPS),
+            refilled: None,
+            shed: Shed::default(),
+            fec_seq: seed.wrapping_mul(13),
         })
     }
 
@@ -508,12 +538,68 @@ impl ProtectedTx {
     }
 
     /// Next packet for the carrier, sent at `now`: (carrier sequence number, packet).
+    ///
+    /// Media always leaves. Repair and retransmissions leave only while the hop's
+    /// congestion control has room for them: under congestion the queue's overflow reads
+    /// as loss, the protection would size more repair for it and the NACKs ask for more
+    /// retransmissions, and sending them would keep the queue full (session 17 measured
+    /// 130 bytes sent per media byte into a 1.5 Mbit/s bottleneck). What is shed is as if
+    /// lost; the receiver asks again or skips the frame.
+    ///
+    /// The repair stream's sequence numbers are given here, to what is sent: the
+    /// receiver measures the hop's loss over them, and a gap left by shedding would read
+    /// as loss and size yet more repair.
     pub fn poll_carried(&mut self, now: Instant) -> Option<(u64, Vec<u8>)> {
-        let p = self.tx.poll_transmit()?;
-        self.carrier_seq += 1;
-        self.history
-            .on_sent(now, self.carrier_seq, p.len() + CARRIER_WIRE_OVERHEAD);
-        Some((self.carrier_seq, p))
+        self.refill(now);
+        loop {
+            let mut p = self.tx.poll_transmit()?;
+            let cost = p.len() + CARRIER_WIRE_OVERHEAD;
+            let ssrc = RtpView::parse(&p).map_or(self.media_ssrc, |v| v.ssrc);
+            let media = ssrc == self.media_ssrc;
+            if media {
+                self.wire.0 += p.len() as u64;
+            }
+            // Counted before shedding: the media budget leaves room for the repair the
+            // protection wants, or the encoder would fill the room shedding made and
+            // crowd out the repair a keyframe at 50 % loss cannot do without.
+            self.wire.1 += cost as u64;
+            if !media && self.tokens < cost as f64 {
+                if ssrc == inner_fec_ssrc(self.media_ssrc) {
+                    self.shed.fec_packets += 1;
+                    self.shed.fec_bytes += p.len() as u64;
+                } else {
+                    self.shed.rtx_packets += 1;
+                    self.shed.rtx_bytes += p.len() as u64;
+                }
+                continue;
+            }
+            if ssrc == inner_fec_ssrc(self.media_ssrc)
+                && let Some(seq) = p.get_mut(2..4)
+            {
+                seq.copy_from_slice(&self.fec_seq.to_be_bytes());
+                self.fec_seq = self.fec_seq.wrapping_add(1);
+            }
+            let depth = bucket_depth(self.bwe.target_bitrate());
+            self.tokens = (self.tokens - cost as f64).max(-depth);
+            self.carrier_seq += 1;
+            self.history.on_sent(now, self.carrier_seq, cost);
+            return Some((self.carrier_seq, p));
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let target = self.bwe.target_bitrate();
+        let dt = self
+            .refilled
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        self.refilled = Some(self.refilled.map_or(now, |t| t.max(now)));
+        self.tokens = (self.tokens + target as f64 / 8.0 * dt.as_secs_f64())
+            .min(bucket_depth(target));
+    }
+
+    /// Repair and retransmissions shed for want of rate.
+    pub fn shed(&self) -> Shed {
+        self.shed
     }
 
     pub fn handle_feedback(&mut self, now: Instant, payload: &[u8]) {
@@ -535,9 +621,7 @@ impl ProtectedTx {
     }
 
     fn update_overhead(&mut self) {
-        let s = self.tx.stats();
-        let media = s.media_bytes;
-        let sent = s.media_bytes + s.fec_bytes + s.rtx_bytes;
+        let (media, sent) = self.wire;
         let (dm, ds) = (media - self.counted.0, sent - self.counted.1);
         // Over at least 50 kB of media, so one keyframe block does not swing it.
         if dm >= 50_000 {
@@ -552,7 +636,8 @@ impl ProtectedTx {
     }
 
     /// The media rate that fits [`target_bitrate`](Self::target_bitrate) with the
-    /// protection's current repair and retransmissions on top (bit/s).
+    /// protection's current repair and retransmissions and the carrier's headers on top
+    /// (bit/s).
     pub fn media_budget(&self) -> u64 {
         (self.bwe.target_bitrate() as f64 / self.overhead) as u64
     }
@@ -579,9 +664,15 @@ impl ProtectedTx {
         self.tx.channel()
     }
 
-    /// Counters.
+    /// Counters of what went on the wire (repair and retransmissions the sender
+    /// produced but [`shed`](Self::shed) are not in them).
     pub fn stats(&self) -> SenderStats {
-        self.tx.stats()
+        let mut s = self.tx.stats();
+        s.fec_packets -= self.shed.fec_packets;
+        s.fec_bytes -= self.shed.fec_bytes;
+        s.rtx_packets -= self.shed.rtx_packets;
+        s.rtx_bytes -= self.shed.rtx_bytes;
+        s
     }
 
     /// Writes everything pending into `rtc` on `mid` with the carrier payload type `pt`.
@@ -590,6 +681,10 @@ impl ProtectedTx {
             write_carrier(rtc, mid, pt, now, seq, p);
         }
     }
+}
+
+fn bucket_depth(bps: u64) -> f64 {
+    bps as f64 / 8.0 * RATE_BUCKET.as_secs_f64()
 }
 
 #[cfg(test)]

@@ -11,6 +11,14 @@
 //! Loss is used only to turn the delivered rate back into a sending rate
 //! (`delivered / (1 − random loss)`) when backing off.
 //!
+//! A queue that is already full has no gradient: a sender that starts above the
+//! bottleneck fills it before its first feedback, and from then on every packet waits
+//! the same long time and the overflow reads as loss. So a *standing* delay counts as
+//! congestion too: when even the lowest one-way delay of the last few reports stands
+//! [`CcConfig::standing_delay`] above the lowest seen in [`CcConfig::base_window`],
+//! the estimator overuses until the queue has drained, and loss seen meanwhile is not
+//! taken for random loss.
+//!
 //! Sans-IO: the caller passes `now` and per-packet (send time, arrival time or lost,
 //! size) from transport-wide feedback.
 
@@ -68,6 +76,14 @@ pub struct CcConfig {
     pub increase_per_s: f64,
     /// Window over which the delivered rate and loss are measured.
     pub rate_window: Duration,
+    /// One-way delay this far above the path's base counts as a standing queue.
+    pub standing_delay: Duration,
+    /// The standing delay is the lowest one-way delay over this window, so that jitter
+    /// spikes do not count and a queue that never empties does.
+    pub standing_window: Duration,
+    /// The path's base delay is the lowest one-way delay over this window (a route
+    /// change that lengthens the path is taken for a standing queue for this long).
+    pub base_window: Duration,
 }
 
 impl CcConfig {
@@ -86,6 +102,9 @@ impl CcConfig {
             beta: 0.85,
             increase_per_s: 0.08,
             rate_window: Duration::from_millis(500),
+            standing_delay: Duration::from_millis(40),
+            standing_window: Duration::from_millis(300),
+            base_window: Duration::from_secs(10),
         }
     }
 }
@@ -118,9 +137,14 @@ pub struct DelayBasedBwe {
     /// (arrival or report time, size, arrived) over `rate_window`.
     recent: VecDeque<(Instant, usize, bool)>,
     random_loss: f64,
+    loss_samples: u32,
     last_update: Option<Instant>,
     last_decrease: Option<Instant>,
     trend: f64,
+    /// (report time, lowest one-way delay in it in ms, on the sender's mapping of the
+    /// receiver's clock) over `base_window`.
+    delays: VecDeque<(Instant, f64)>,
+    standing: bool,
 }
 
 impl DelayBasedBwe {
@@ -144,9 +168,12 @@ impl DelayBasedBwe {
             usage: Usage::Normal,
             recent: VecDeque::new(),
             random_loss: 0.0,
+            loss_samples: 0,
             last_update: None,
             last_decrease: None,
             trend: 0.0,
+            delays: VecDeque::new(),
+            standing: false,
         }
     }
 
@@ -163,6 +190,11 @@ impl DelayBasedBwe {
     /// Loss measured while the path was not congested (smoothed).
     pub fn random_loss(&self) -> f64 {
         self.random_loss
+    }
+
+    /// Whether the last feedback showed a standing queue.
+    pub fn standing_queue(&self) -> bool {
+        self.standing
     }
 
     /// Last modified trend (slope × gain × samples), in ms, for diagnostics.
@@ -186,13 +218,50 @@ impl DelayBasedBwe {
         {
             self.recent.pop_front();
         }
+        self.detect_standing(now, packets);
         let total = self.recent.len();
         if total >= 20 && self.usage == Usage::Normal && self.overuse_since.is_none() {
             let lost = self.recent.iter().filter(|r| !r.2).count();
             let l = lost as f64 / total as f64;
-            self.random_loss = 0.9 * self.random_loss + 0.1 * l;
+            // A running mean over the first samples, so that a back-off in the first
+            // second does not take 50 % random loss for 20 % and undershoot.
+            self.loss_samples += 1;
+            let w = (1.0 / f64::from(self.loss_samples)).max(0.1);
+            self.random_loss = (1.0 - w) * self.random_loss + w * l;
         }
         self.update_rate(now);
+    }
+
+    fn detect_standing(&mut self, now: Instant, packets: &[PacketFeedback]) {
+        let lowest = packets
+            .iter()
+            .filter_map(|p| Some(secs_between(p.send_time, p.arrival?) * 1000.0))
+            .reduce(f64::min);
+        if let Some(d) = lowest {
+            self.delays.push_back((now, d));
+        }
+        while self
+            .delays
+            .front()
+            .is_some_and(|(t, _)| *t + self.cfg.base_window < now)
+        {
+            self.delays.pop_front();
+        }
+        let base = self.delays.iter().map(|d| d.1).reduce(f64::min);
+        let recent = self
+            .delays
+            .iter()
+            .rev()
+            .take_while(|(t, _)| *t + self.cfg.standing_window >= now)
+            .map(|d| d.1)
+            .reduce(f64::min);
+        self.standing = match (base, recent) {
+            (Some(b), Some(r)) => r - b > self.cfg.standing_delay.as_secs_f64() * 1000.0,
+            _ => false,
+        };
+        if self.standing {
+            self.usage = Usage::Overusing;
+        }
     }
 
     fn on_arrival(&mut self, send: Instant, arrival: Instant) {
