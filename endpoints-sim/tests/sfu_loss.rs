@@ -672,7 +672,7 @@ fn run_congested(seed: u64, loss: LossModel, bottleneck: Option<u64>, follow: bo
             {
                 min_budget = min_budget.min(b);
             }
-            if trace && w.publisher.frames_sent % 15 == 0 {
+            if trace && w.publisher.frames_sent.is_multiple_of(15) {
                 let c = w.sfu.counters();
                 eprintln!(
                     "  t {:>5} ms cc {:?} {:?} channel {:?} kf {} up frames {} skipped {} link {:?} shed {:?}",
