@@ -643,6 +643,18 @@ struct Congested {
 /// a rate limit on the publisher's uplink with a tail-drop queue of 250 ms. With
 /// `follow`, the publisher scales its delta frames to its uplink's congestion control.
 fn run_congested(seed: u64, loss: LossModel, bottleneck: Option<u64>, follow: bool) -> Congested {
+    run_bottlenecked(seed, loss, bottleneck, None, follow)
+}
+
+/// [`run_congested`] with, if `down` is set, a rate limit (250 ms tail-drop queue) on
+/// the subscriber's downlink too.
+fn run_bottlenecked(
+    seed: u64,
+    loss: LossModel,
+    bottleneck: Option<u64>,
+    down: Option<u64>,
+    follow: bool,
+) -> Congested {
     let seconds = 20;
     let mut w = World::new(seed, LINK_DELAY, SyntheticVideo::default());
     w.connect();
@@ -650,6 +662,10 @@ fn run_congested(seed: u64, loss: LossModel, bottleneck: Option<u64>, follow: bo
     if let Some(bps) = bottleneck {
         w.links[0]
             .set_config(link(seed * 10 + 100, LINK_DELAY, loss).rate(bps, (bps / 32) as usize));
+    }
+    if let Some(bps) = down {
+        w.links[3]
+            .set_config(link(seed * 10 + 103, LINK_DELAY, loss).rate(bps, (bps / 32) as usize));
     }
     w.publisher.follow_congestion_control = follow;
     let start = w.now;
@@ -705,9 +721,10 @@ fn run_congested(seed: u64, loss: LossModel, bottleneck: Option<u64>, follow: bo
         min_budget,
     };
     eprintln!(
-        "seed {seed} {loss:?} bottleneck {bottleneck:?} follow {follow}: {c:?}; publisher {:?}; uplink link {:?}",
+        "seed {seed} {loss:?} bottleneck {bottleneck:?} down {down:?} follow {follow}: {c:?}; publisher {:?}; uplink link {:?}; downlink link {:?}",
         w.publisher.congestion_control(),
-        w.links[0].stats()
+        w.links[0].stats(),
+        w.links[3].stats()
     );
     eprintln!(
         "  publisher {:?} keyframes {} requests {}; sfu {:?}; subscriber {:?}",
@@ -758,6 +775,21 @@ fn a_publisher_following_its_estimate_fits_a_bottleneck() {
     assert!(lossy.p95_latency <= Duration::from_millis(500), "{lossy:?}");
 }
 
+/// A 1.5 Mbit/s bottleneck (250 ms tail-drop queue) on the subscriber's downlink: the
+/// SFU cannot re-encode, so it holds the protected subscriber to its downlink's estimate
+/// by temporal layer. With the allocation not following the estimate, or pausing the
+/// stream below it, nothing arrived intact (the queue's overflow cost base-layer frames
+/// and their keyframes; a paused stream sends nothing to estimate from).
+#[test]
+fn the_sfu_thins_a_protected_stream_to_its_downlink() {
+    let c = run_bottlenecked(1, LossModel::None, None, Some(1_500_000), true);
+    // Measured at seeds 1–2: the base temporal layer, 75 of 300 frames (7.5 fps), p95
+    // 222–225 ms. L1T3's lower two layers are costed at 75 % of the stream (1.65 Mbit/s
+    // here), more than fits.
+    assert!(c.intact >= 70, "{c:?}");
+    assert!(c.p95_latency <= Duration::from_millis(300), "{c:?}");
+}
+
 /// [`a_publisher_following_its_estimate_fits_a_bottleneck`] over seeds, following or
 /// not: `HT_SEEDS=1-4 cargo test -p endpoints-sim --test sfu_loss sweep_uplink_bottleneck
 /// -- --ignored --nocapture` (`HT_TRACE=1` prints the estimate twice a second).
@@ -774,5 +806,7 @@ fn sweep_uplink_bottleneck() {
             }
             run_congested(seed, LossModel::Bernoulli(0.5), Some(2_000_000), follow);
         }
+        run_bottlenecked(seed, LossModel::None, None, Some(1_500_000), true);
+        run_bottlenecked(seed, LossModel::Bernoulli(0.5), None, Some(2_000_000), true);
     }
 }

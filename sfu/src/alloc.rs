@@ -23,6 +23,10 @@ pub struct Demand {
     /// never paused for bandwidth: there is nothing lower to offer, and pausing it would
     /// blank a participant instead of letting congestion control and NACK cope.
     pub simulcast: bool,
+    /// Never pause: the lowest layer's base temporal layer stays. A protected downlink's
+    /// congestion control learns only from what it sends (it does not probe), so a
+    /// paused stream would never find that the path had recovered.
+    pub keep_base: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +65,7 @@ fn step_down(d: &Demand, a: Allocation) -> Option<Allocation> {
     if d.temporal_scalable && a.temporal > 0 {
         return Some(Allocation { layer: Some(layer), temporal: a.temporal.min(2) - 1 });
     }
-    if d.simulcast || d.temporal_scalable {
+    if (d.simulcast || d.temporal_scalable) && !d.keep_base {
         return Some(Allocation { layer: None, temporal: 0 });
     }
     None
@@ -105,7 +109,15 @@ mod tests {
             priority: prio,
             temporal_scalable: true,
             simulcast: true,
+            keep_base: false,
         }
+    }
+
+    #[test]
+    fn a_protected_stream_keeps_its_base_layer() {
+        let d = Demand { keep_base: true, ..cam(Some(2), 1) };
+        assert_eq!(allocate(10_000, &[d])[0], Allocation { layer: Some(0), temporal: 0 });
+        assert_eq!(allocate(10_000, &[cam(Some(2), 1)])[0].layer, None);
     }
 
     #[test]
@@ -139,7 +151,7 @@ mod tests {
 
     #[test]
     fn single_layer_track_is_never_paused_for_bandwidth() {
-        let d = Demand { ceiling: Some(0), layer_bps: [1_500_000, 0, 0], priority: 1, temporal_scalable: false, simulcast: false };
+        let d = Demand { ceiling: Some(0), layer_bps: [1_500_000, 0, 0], priority: 1, temporal_scalable: false, simulcast: false, keep_base: false };
         let a = allocate(100_000, &[d]);
         assert_eq!(a[0].layer, Some(0));
     }

@@ -202,6 +202,9 @@ struct Participant {
     pending_offer: Option<SdpPendingOffer>,
     renegotiate: bool,
     budget: Option<u64>,
+    /// The media budget of the protected downlinks' own congestion control, summed, as
+    /// last allocated by.
+    protected_budget: Option<u64>,
     desired_sent: u64,
     up: Uplink,
     down: Uplink,
@@ -393,6 +396,7 @@ impl Sfu {
                 pending_offer: None,
                 renegotiate: false,
                 budget: None,
+                protected_budget: None,
                 desired_sent: 0,
                 up: Uplink::default(),
                 down: Uplink::default(),
@@ -1495,6 +1499,18 @@ impl Sfu {
         for (tid, l) in wanted {
             self.keyframe_wanted(now, tid, l);
         }
+        // Re-allocate when the protected downlinks' estimate moved by a tenth: often
+        // enough to follow a back-off within a report or two, not on every report.
+        let Some(part) = self.participants.get_mut(&pid) else { return };
+        let budget = protected_media_budget(part);
+        let moved = match (budget, part.protected_budget) {
+            (Some(b), Some(last)) => b.abs_diff(last) > last / 10,
+            (b, last) => b != last,
+        };
+        if moved {
+            part.protected_budget = budget;
+            self.reallocate(now, pid);
+        }
     }
 
     /// Earliest timer of the loss protection.
@@ -1613,16 +1629,19 @@ impl Sfu {
                 _ => 1,
             };
             ids.push(*tid);
-            demands.push(Demand { ceiling, layer_bps, priority, temporal_scalable: t.temporal_seen, simulcast });
+            demands.push(Demand { ceiling, layer_bps, priority, temporal_scalable: t.temporal_seen, simulcast, keep_base: sub.protect.is_some() });
         }
         // str0m's estimate lowers the rate for loss, which collapses it on a lossy link
-        // the protection handles; a subscriber with protected streams is not held to it.
-        // Each protected downlink runs a delay-based estimate (media::cc, from the
-        // protection's arrival reports), but it does not yet bound the repair the
-        // protection adds under congestion (docs/recovery.md, *Congestion control*), so
-        // the allocation does not use it yet.
+        // the protection handles; a subscriber with protected streams is held instead to
+        // the delay-based estimates of its protected downlinks (media::cc, from the
+        // protection's arrival reports), which random loss does not lower, less the
+        // repair each protection wants (docs/recovery.md, *Congestion control*).
         let protected = part.subs.values().any(|s| s.protect.is_some());
-        let budget = part.budget.filter(|_| !protected).map_or(u64::MAX, |b| b.saturating_sub(audio_bps));
+        let budget = if protected {
+            part.protected_budget.unwrap_or(u64::MAX)
+        } else {
+            part.budget.map_or(u64::MAX, |b| b.saturating_sub(audio_bps))
+        };
         let alloc = allocate(budget, &demands);
         let mut wanted = vec![];
         for (tid, a) in ids.iter().zip(alloc) {
@@ -1738,6 +1757,16 @@ fn downlink_channel(part: &Participant, tid: TrackId) -> (f64, f64, Option<u64>)
     }
     let loss = part.subs.get(&tid).and_then(|s| s.rr_loss).map_or(RED_INITIAL_LOSS, f64::from);
     (loss, 1.0 / (1.0 - loss.min(0.95)), None)
+}
+
+/// What the congestion control of a subscriber's protected downlinks leaves for video
+/// media, summed over them; `None` before any has sent.
+fn protected_media_budget(part: &Participant) -> Option<u64> {
+    part.subs
+        .values()
+        .filter_map(|s| s.protect.as_ref()?.tx.as_ref())
+        .map(ProtectedTx::media_budget)
+        .reduce(u64::saturating_add)
 }
 
 /// The carrier payload type among a track's negotiated codecs.
