@@ -457,8 +457,9 @@ fn run_shaped(
         w.subscriber.stats(),
     );
     eprintln!(
-        "publisher {:?}; SFU uplink {:?}",
+        "publisher {:?} shed {:?}; SFU uplink {:?}",
         w.publisher.protection_stats(),
+        w.publisher.shed(),
         w.sfu.uplink_protection_stats()
     );
     eprintln!(
