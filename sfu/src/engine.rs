@@ -202,8 +202,8 @@ struct Participant {
     pending_offer: Option<SdpPendingOffer>,
     renegotiate: bool,
     budget: Option<u64>,
-    /// The media budget of the protected downlinks' own congestion control, summed, as
-    /// last allocated by.
+    /// The media budget of the protected downlinks' own congestion control, summed: the
+    /// value the last allocation used.
     protected_budget: Option<u64>,
     desired_sent: u64,
     up: Uplink,
@@ -1635,7 +1635,7 @@ impl Sfu {
         // the protection handles; a subscriber with protected streams is held instead to
         // the delay-based estimates of its protected downlinks (media::cc, from the
         // protection's arrival reports), which random loss does not lower, less the
-        // repair each protection wants (docs/recovery.md, *Congestion control*).
+        // repair each protection wants (docs/recovery.md, *In charge*).
         let protected = part.subs.values().any(|s| s.protect.is_some());
         let budget = if protected {
             part.protected_budget.unwrap_or(u64::MAX)

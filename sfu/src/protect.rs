@@ -668,10 +668,10 @@ impl ProtectedTx {
     /// produced but [`shed`](Self::shed) are not in them).
     pub fn stats(&self) -> SenderStats {
         let mut s = self.tx.stats();
-        s.fec_packets -= self.shed.fec_packets;
-        s.fec_bytes -= self.shed.fec_bytes;
-        s.rtx_packets -= self.shed.rtx_packets;
-        s.rtx_bytes -= self.shed.rtx_bytes;
+        s.fec_packets = s.fec_packets.saturating_sub(self.shed.fec_packets);
+        s.fec_bytes = s.fec_bytes.saturating_sub(self.shed.fec_bytes);
+        s.rtx_packets = s.rtx_packets.saturating_sub(self.shed.rtx_packets);
+        s.rtx_bytes = s.rtx_bytes.saturating_sub(self.shed.rtx_bytes);
         s
     }
 
