@@ -590,15 +590,19 @@ fn clean_links_deliver_every_frame() {
     );
 }
 
+/// The seeds a sweep runs: `HT_SEEDS=a-b` (or one seed), else `default`.
+fn env_seeds(default: &str) -> std::ops::RangeInclusive<u64> {
+    let seeds = std::env::var("HT_SEEDS").unwrap_or_else(|_| default.into());
+    let (a, b) = seeds.split_once('-').unwrap_or((&seeds, &seeds));
+    a.parse().expect("HT_SEEDS: a-b")..=b.parse().expect("HT_SEEDS: a-b")
+}
+
 /// Seed sweeps in the shape of `bench loss`'s stream: `HT_SEEDS=1-6 cargo test --release
 /// -p endpoints-sim --test sfu_loss sweep_bench_shape -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement sweep, not a check"]
 fn sweep_bench_shape() {
-    let seeds = std::env::var("HT_SEEDS").unwrap_or_else(|_| "1-3".into());
-    let (a, b) = seeds.split_once('-').unwrap_or((&seeds, &seeds));
-    let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
-    for seed in a..=b {
+    for seed in env_seeds("1-3") {
         for loss in [
             LossModel::Bernoulli(0.5),
             LossModel::GilbertElliott(GilbertElliott::from_average(0.5, 3.0)),
@@ -797,10 +801,7 @@ fn the_sfu_thins_a_protected_stream_to_its_downlink() {
 #[test]
 #[ignore = "a measurement sweep, not a check"]
 fn sweep_uplink_bottleneck() {
-    let seeds = std::env::var("HT_SEEDS").unwrap_or_else(|_| "1-1".into());
-    let (a, b) = seeds.split_once('-').unwrap_or((&seeds, &seeds));
-    let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
-    for seed in a..=b {
+    for seed in env_seeds("1-1") {
         for follow in [false, true] {
             if std::env::var("HT_ONLY_RANDOM").is_err() {
                 run_congested(seed, LossModel::None, Some(1_500_000), follow);

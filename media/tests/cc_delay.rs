@@ -133,6 +133,18 @@ fn run_from(start: u64, fixed_for: Duration, link: NetemConfig, seconds: u64) ->
     }
 }
 
+impl Run {
+    /// From second `from` on: the average target rate, and the p95 one-way delay of
+    /// packets sent before the last second (whose later packets may not have arrived).
+    fn settled(&self, from: usize) -> (f64, Duration) {
+        let tail = &self.rates[from..];
+        let avg = tail.iter().sum::<f64>() / tail.len() as f64;
+        let last = self.delays.len() - 1;
+        let delays = self.delays[from..last].iter().flatten().copied().collect();
+        (avg, p95(delays))
+    }
+}
+
 fn p95(mut v: Vec<Duration>) -> Duration {
     v.sort_unstable();
     v.get(v.len() * 95 / 100).copied().unwrap_or_default()
@@ -178,11 +190,8 @@ fn bottleneck_queue_makes_it_back_off() {
         .rate(3_000_000, 150_000)
         .seed(22);
     let r = run(link, 40);
-    let tail = &r.rates[20..];
-    let avg = tail.iter().sum::<f64>() / tail.len() as f64;
+    let (avg, d95) = r.settled(20);
     let early = r.rates[..3].iter().copied().fold(f64::INFINITY, f64::min);
-    let late_delays: Vec<Duration> = r.delays[20..39].iter().flatten().copied().collect();
-    let d95 = p95(late_delays);
     println!(
         "{{\"test\":\"cc\",\"scenario\":\"bottleneck3M\",\"min_first_3s_mbps\":{:.2},\"avg_last_20s_mbps\":{:.2},\"p95_owd_last_20s_ms\":{:.1}}}",
         mbps(early),
@@ -209,10 +218,7 @@ fn bottleneck_behind_random_loss_backs_off_to_the_bottleneck_not_below() {
         .loss(LossModel::Bernoulli(0.5))
         .seed(23);
     let r = run(link, 40);
-    let tail = &r.rates[20..];
-    let avg = tail.iter().sum::<f64>() / tail.len() as f64;
-    let late_delays: Vec<Duration> = r.delays[20..39].iter().flatten().copied().collect();
-    let d95 = p95(late_delays);
+    let (avg, d95) = r.settled(20);
     println!(
         "{{\"test\":\"cc\",\"scenario\":\"random50_then_bottleneck3M\",\"avg_last_20s_mbps\":{:.2},\"p95_owd_last_20s_ms\":{:.1},\"loss_based_final_mbps\":{:.2}}}",
         mbps(avg),
@@ -237,10 +243,7 @@ fn a_queue_kept_full_is_taken_for_congestion_not_random_loss() {
         .rate(2_000_000, 62_500)
         .seed(24);
     let r = run_from(4_000_000, Duration::from_secs(5), link, 30);
-    let tail = &r.rates[10..];
-    let avg = tail.iter().sum::<f64>() / tail.len() as f64;
-    let late_delays: Vec<Duration> = r.delays[10..29].iter().flatten().copied().collect();
-    let d95 = p95(late_delays);
+    let (avg, d95) = r.settled(10);
     println!(
         "{{\"test\":\"cc\",\"scenario\":\"held_4M_into_2M_full_queue\",\"avg_last_20s_mbps\":{:.2},\"p95_owd_last_20s_ms\":{:.1},\"random_loss\":{:.3}}}",
         mbps(avg),
