@@ -128,7 +128,7 @@ pub fn payload_identity(p: &[u8]) -> Option<(u64, usize, usize, bool)> {
     Some((n, usize::from(i), usize::from(c), k))
 }
 
-fn rtc_config(protected: bool) -> RtcConfig {
+fn rtc_config(publish: bool) -> RtcConfig {
     let mut cfg = RtcConfig::new()
         .set_rtp_mode(true)
         .clear_codecs()
@@ -138,8 +138,9 @@ fn rtc_config(protected: bool) -> RtcConfig {
     // up only after 30 unanswered checks in a row.
     cfg.set_max_stun_rto(Duration::from_secs(1));
     cfg.set_max_stun_retransmits(30);
-    if protected {
-        protect::add_tunnel_codec(cfg.codec_config());
+    protect::add_tunnel_codec(cfg.codec_config());
+    if publish {
+        protect::drop_uplink_extensions(cfg.extension_map());
     }
     cfg
 }
@@ -389,7 +390,7 @@ pub struct FecSubscriber {
 
 impl FecSubscriber {
     pub fn new(now: Instant, addr: SocketAddr) -> Result<Self, SimError> {
-        let mut rtc = rtc_config(true).build(now);
+        let mut rtc = rtc_config(false).build(now);
         rtc.add_local_candidate(
             Candidate::host(addr, "udp").map_err(|e| SimError::Protocol(e.to_string()))?,
         );
@@ -424,12 +425,13 @@ impl FecSubscriber {
             self.unprotected_packets += 1;
             return;
         }
-        let media = RtpView::parse(&p.payload)
+        let inner = protect::expand_carried(*p.header.ssrc, p.header.timestamp, &p.payload)
+            .unwrap_or_default();
+        let media = RtpView::parse(&inner)
             .ok()
             .filter(|v| v.ssrc == *p.header.ssrc && v.payload_type != protect::CARRIER_PT);
         if let Some(v) = media {
-            if let Some(id) = p
-                .payload
+            if let Some(id) = inner
                 .get(v.payload_start..v.payload_end)
                 .and_then(payload_identity)
             {
@@ -446,7 +448,13 @@ impl FecSubscriber {
             }
         }
         let rx = self.rx.get_or_insert_with(|| ProtectedRx::behind_sfu(ssrc));
-        rx.handle_carried(now, p.header.sequence_number, &p.payload, &params);
+        rx.handle_carried(
+            now,
+            p.header.sequence_number,
+            p.header.timestamp,
+            &p.payload,
+            &params,
+        );
         self.pump(now);
     }
 

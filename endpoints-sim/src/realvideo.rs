@@ -411,7 +411,7 @@ fn verified_frame(f: &[u8]) -> Option<u64> {
 
 // ------------------------------------------------------------------ terminals
 
-fn rtc_config(method: Method) -> RtcConfig {
+fn rtc_config(method: Method, publish: bool) -> RtcConfig {
     let mut cfg = RtcConfig::new()
         .set_rtp_mode(method == Method::Huitong)
         .clear_codecs()
@@ -423,6 +423,9 @@ fn rtc_config(method: Method) -> RtcConfig {
     cfg.set_max_stun_retransmits(30);
     if method == Method::Huitong {
         protect::add_tunnel_codec(cfg.codec_config());
+        if publish {
+            protect::drop_uplink_extensions(cfg.extension_map());
+        }
     }
     cfg
 }
@@ -675,7 +678,7 @@ impl LossSender {
         height: usize,
         epoch: Epoch,
     ) -> Result<Self, SimError> {
-        let mut rtc = rtc_config(method).build(now);
+        let mut rtc = rtc_config(method, true).build(now);
         rtc.add_local_candidate(
             Candidate::host(addr, "udp").map_err(|e| SimError::Protocol(e.to_string()))?,
         );
@@ -1324,7 +1327,7 @@ impl LossReceiver {
         width: usize,
         height: usize,
     ) -> Result<Self, SimError> {
-        let mut rtc = rtc_config(method).build(now);
+        let mut rtc = rtc_config(method, false).build(now);
         rtc.add_local_candidate(
             Candidate::host(addr, "udp").map_err(|e| SimError::Protocol(e.to_string()))?,
         );
@@ -1519,7 +1522,13 @@ impl Terminal for LossReceiver {
                     }
                 }
                 let rx = self.rx.get_or_insert_with(|| ProtectedRx::behind_sfu(ssrc));
-                rx.handle_carried(now, p.header.sequence_number, &p.payload, &params);
+                rx.handle_carried(
+                    now,
+                    p.header.sequence_number,
+                    p.header.timestamp,
+                    &p.payload,
+                    &params,
+                );
                 self.pump();
             }
             _ => {}

@@ -6,7 +6,7 @@
 // Tests need an arbitrary origin for virtual time; only offsets from it matter.
 #![allow(clippy::disallowed_methods)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,50 @@ struct World {
     /// step would cap a subscriber's downlink near 1,000 packets/s (a 4 Mbit/s stream
     /// with 50 % loss protection needs about 1,200).
     timer_slack: Duration,
+    /// Header-extension ids seen on the RTP datagrams the publisher sent and the SFU
+    /// sent the subscriber, by datagram count.
+    uplink_ext_ids: BTreeMap<u8, u64>,
+    downlink_ext_ids: BTreeMap<u8, u64>,
+}
+
+/// The one-byte header-extension ids of an RTP datagram (RFC 8285; SRTP leaves the
+/// header in the clear), or `None` for anything that is not RTP.
+fn rtp_extension_ids(d: &[u8]) -> Option<Vec<u8>> {
+    let first = *d.first()?;
+    // RTP, not RTCP (payload types 72–79 with the marker bit are RTCP's 200–207).
+    if first >> 6 != 2 || (192..=223).contains(d.get(1)?) {
+        return None;
+    }
+    if first & 0x10 == 0 {
+        return Some(vec![]);
+    }
+    let at = 12 + 4 * usize::from(first & 0x0f);
+    if d.get(at..at + 2)? != [0xbe, 0xde] {
+        return Some(vec![]);
+    }
+    let words = usize::from(u16::from_be_bytes(d.get(at + 2..at + 4)?.try_into().ok()?));
+    let ext = d.get(at + 4..at + 4 + 4 * words)?;
+    let mut ids = vec![];
+    let mut i = 0;
+    while i < ext.len() {
+        let (id, len) = (ext[i] >> 4, usize::from(ext[i] & 0x0f) + 1);
+        if id == 0 {
+            i += 1;
+            continue;
+        }
+        if id == 15 {
+            break;
+        }
+        ids.push(id);
+        i += 1 + len;
+    }
+    Some(ids)
+}
+
+fn tally_extensions(tally: &mut BTreeMap<u8, u64>, d: &[u8]) {
+    for id in rtp_extension_ids(d).unwrap_or_default() {
+        *tally.entry(id).or_default() += 1;
+    }
 }
 
 impl World {
@@ -112,6 +156,8 @@ impl World {
             sfu_addr,
             delay,
             sfu_clock: now,
+            uplink_ext_ids: BTreeMap::new(),
+            downlink_ext_ids: BTreeMap::new(),
         }
     }
 
@@ -141,6 +187,7 @@ impl World {
                     if d.dst == self.publisher.addr {
                         self.links[1].send(self.now, d);
                     } else if d.dst == self.subscriber.addr {
+                        tally_extensions(&mut self.downlink_ext_ids, &d.data);
                         self.links[3].send(self.now, d);
                     }
                 }
@@ -168,6 +215,7 @@ impl World {
                         dst: t.destination,
                         data: t.contents.into(),
                     };
+                    tally_extensions(&mut self.uplink_ext_ids, &d.data);
                     self.links[0].send(self.now, d);
                 }
                 str0m::Output::Event(e) => self.publisher.handle_event(self.now, &e),
@@ -587,6 +635,54 @@ fn clean_links_deliver_every_frame() {
         "{} of {} delivered",
         o.intact,
         o.sent
+    );
+}
+
+/// A protected publisher leaves abs-send-time, transport-wide sequence numbers and the
+/// MID out of its uplink (`protect::drop_uplink_extensions`): 16 bytes of every
+/// datagram that nothing on a protected uplink reads. The SFU's downlink keeps them for
+/// str0m's estimate and pacer.
+#[test]
+fn a_protected_uplink_carries_no_unread_extensions() {
+    use str0m::rtp::Extension;
+    let std = str0m::rtp::ExtensionMap::standard();
+    let ast = std.id_of(Extension::AbsoluteSendTime).unwrap();
+    let twcc = std.id_of(Extension::TransportSequenceNumber).unwrap();
+    let mid = std.id_of(Extension::RtpMid).unwrap();
+    let mut w = World::new(4, LINK_DELAY, SyntheticVideo::default());
+    w.connect();
+    let mut next_frame = w.now;
+    let end = w.now + Duration::from_secs(3);
+    while w.now < end {
+        if w.now >= next_frame {
+            w.publisher.send_frame(w.now).unwrap();
+            w.pub_out();
+            next_frame += FRAME_INTERVAL;
+        }
+        w.step();
+    }
+    assert!(
+        w.publisher.frames_sent >= 89,
+        "{} frames",
+        w.publisher.frames_sent
+    );
+    eprintln!(
+        "extension ids by datagrams: uplink {:?}, downlink {:?}",
+        w.uplink_ext_ids, w.downlink_ext_ids
+    );
+    let up = &w.uplink_ext_ids;
+    assert!(
+        up.is_empty(),
+        "uplink ids {up:?} (abs-send-time {ast}, twcc {twcc}, mid {mid})"
+    );
+    // The SFU sent the subscriber the video it received, each datagram with a
+    // transport-wide sequence number.
+    let down = &w.downlink_ext_ids;
+    let carried = w.subscriber.frames.len() as u64;
+    assert!(carried >= 50, "{carried} frames reached the subscriber");
+    assert!(
+        down.get(&twcc).copied().unwrap_or(0) >= carried,
+        "downlink ids {down:?}"
     );
 }
 

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use media::fec::RtpView;
 use media::recovery::{FrameMarking, ReceiverEvent};
-use sfu::protect::{FramePacket, HOP_PLAYOUT_DELAY, ProtectedRx, ProtectedTx, TxPolicy};
+use sfu::protect::{
+    Carried, FramePacket, HOP_PLAYOUT_DELAY, ProtectedRx, ProtectedTx, TxPolicy, expand_carried,
+};
 
 const MEDIA_SSRC: u32 = 0x0102_0304;
 const MEDIA_PT: u8 = 96;
@@ -27,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let mut rx = ProtectedRx::new(MEDIA_SSRC, 0x0a0b_0c0d, HOP_PLAYOUT_DELAY);
     // sans-IO: the hop only compares instants derived from this one.
     let mut now = Instant::now();
-    let mut in_flight: VecDeque<(u16, Vec<u8>)> = VecDeque::new();
+    let mut in_flight: VecDeque<Carried> = VecDeque::new();
     let mut sent: HashSet<Vec<u8>> = HashSet::new();
     let mut injected = false;
     let (mut ts, mut frame) = (0u32, 0u32);
@@ -63,9 +65,9 @@ fuzz_target!(|data: &[u8]| {
             }
             // Deliver the next carried packet, or lose it.
             2 | 3 => {
-                if let Some((seq, p)) = in_flight.pop_front() {
+                if let Some(c) = in_flight.pop_front() {
                     if op & 0x08 == 0 {
-                        rx.handle_carried(now, seq, &p, &[]);
+                        rx.handle_carried(now, c.seq as u16, c.timestamp, &c.payload, &[]);
                     }
                 }
             }
@@ -78,7 +80,8 @@ fuzz_target!(|data: &[u8]| {
                     injected = true;
                     // The carrier sequence number from the payload's length, so that
                     // the arrival reports see duplicates, gaps and jumps too.
-                    rx.handle_carried(now, (len as u16).wrapping_mul(0x0101), bytes, &[]);
+                    let seq = (len as u16).wrapping_mul(0x0101);
+                    rx.handle_carried(now, seq, u32::from(seq) * 3000, bytes, &[]);
                 } else {
                     tx.handle_feedback(now, bytes);
                 }
@@ -113,13 +116,14 @@ fuzz_target!(|data: &[u8]| {
 fn carry(
     now: Instant,
     tx: &mut ProtectedTx,
-    in_flight: &mut VecDeque<(u16, Vec<u8>)>,
+    in_flight: &mut VecDeque<Carried>,
     sent: &mut HashSet<Vec<u8>>,
 ) {
-    while let Some((seq, p)) = tx.poll_carried(now) {
-        if RtpView::parse(&p).is_ok_and(|v| v.ssrc == MEDIA_SSRC) {
-            sent.insert(p.clone());
+    while let Some(c) = tx.poll_carried(now) {
+        let inner = expand_carried(MEDIA_SSRC, c.timestamp, &c.payload).expect("our own payload");
+        if RtpView::parse(&inner).is_ok_and(|v| v.ssrc == MEDIA_SSRC) {
+            sent.insert(inner);
         }
-        in_flight.push_back((seq as u16, p));
+        in_flight.push_back(c);
     }
 }

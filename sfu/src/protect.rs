@@ -36,7 +36,7 @@ use media::recovery::wire::Feedback;
 use str0m::Rtc;
 use str0m::format::{Codec, CodecConfig, PayloadParams};
 use str0m::media::{Mid, Pt};
-use str0m::rtp::{Extension, ExtensionSerializer, ExtensionValues, RtpWrite, Ssrc};
+use str0m::rtp::{Extension, ExtensionMap, ExtensionSerializer, ExtensionValues, RtpWrite, Ssrc};
 
 /// Payload type offered for the carrier (str0m's H.264 defaults take 115; the answer may keep another number; peers look
 /// the carrier up by [`is_carrier`]).
@@ -131,6 +131,32 @@ pub fn add_tunnel_codec(c: &mut CodecConfig) {
     );
 }
 
+/// Removes the header extensions a protected publisher's uplink does not need, 16
+/// bytes of every datagram's RTP header (28 → 12), about 0.03× of the sender's
+/// overhead figure at 50 % loss (`docs/fec.md`, *Carriage*):
+/// - abs-send-time and transport-wide sequence numbers feed a receiver-side (REMB) or
+///   send-side (TWCC) estimate of the uplink, and neither runs on a protected uplink:
+///   `media::cc` estimates it from the carrier's own arrival reports (`HTAT`), and the
+///   SFU does not enable str0m's estimate on a publisher's session;
+/// - the MID binds an unannounced SSRC to its m-line, and a publisher announces its
+///   SSRCs in the SDP (`a=ssrc`). str0m 0.25 is meant to stop writing it once a receiver
+///   report acknowledges the SSRC, but for a stream with an RTX SSRC (every video
+///   m-line) it only ever marks the RTX SSRC acknowledged, so it wrote the MID on every
+///   datagram.
+///
+/// Subscribing sessions keep all three: the SFU's str0m estimate and pacer run on every
+/// subscriber, protected or not, and the SFU offers those m-lines.
+pub fn drop_uplink_extensions(exts: &mut ExtensionMap) {
+    let unread = [Extension::AbsoluteSendTime, Extension::TransportSequenceNumber, Extension::RtpMid];
+    let mut kept = ExtensionMap::empty();
+    for (id, e) in exts.iter() {
+        if !unread.contains(e) {
+            kept.set(id, e.clone());
+        }
+    }
+    *exts = kept;
+}
+
 /// Whether negotiated payload parameters are the carrier.
 pub fn is_carrier(p: &PayloadParams) -> bool {
     p.spec().codec == Codec::H266
@@ -164,22 +190,119 @@ pub fn rtx_pt_for(params: &[PayloadParams], media_pt: u8) -> u8 {
         .map_or(media_pt ^ 0x40, |r| *r)
 }
 
+/// One packet for the carrier: its sequence number, the RTP timestamp of the carrier
+/// packet (the inner packet's, which the compact form leaves out) and the carrier
+/// payload ([`compact_inner`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carried {
+    pub seq: u64,
+    pub timestamp: u32,
+    pub payload: Vec<u8>,
+}
+
 /// Puts one carried packet on the wire of `mid`'s send stream.
-pub fn write_carrier(
-    rtc: &mut Rtc,
-    mid: Mid,
-    pt: Pt,
-    now: Instant,
-    seq: u64,
-    inner: Vec<u8>,
-) -> bool {
-    let ts = RtpView::parse(&inner).map_or(0, |v| v.timestamp);
+pub fn write_carrier(rtc: &mut Rtc, mid: Mid, pt: Pt, now: Instant, c: Carried) -> bool {
     let mut api = rtc.direct_api();
     let Some(tx) = api.stream_tx_by_mid(mid, None) else {
         return false;
     };
-    tx.write_rtp(RtpWrite::new(pt, seq.into(), ts, now, inner).nackable(false));
+    tx.write_rtp(RtpWrite::new(pt, c.seq.into(), c.timestamp, now, c.payload).nackable(false));
     true
+}
+
+/// First byte of a carrier payload: which inner stream (2 bits), the inner marker bit,
+/// whether the frame-marking value follows, 4 reserved zero bits.
+const COMPACT_STREAM_SHIFT: u8 = 6;
+/// Stream code of a payload that is the inner packet whole, after the first byte.
+const COMPACT_WHOLE: u8 = 3;
+const COMPACT_MARKER: u8 = 0x20;
+const COMPACT_FRAME_MARKING: u8 = 0x10;
+/// The header-extension block every carried media and RTX packet has: one word with
+/// the frame-marking element (id [`FRAME_MARKING_ID`], 3 bytes).
+const FRAME_MARKING_BLOCK: [u8; 5] = [0xBE, 0xDE, 0x00, 0x01, (FRAME_MARKING_ID << 4) | 2];
+
+/// The carrier payload for an inner packet, and the timestamp the carrier packet takes
+/// (`docs/fec.md`, *Compact carriage*).
+///
+/// The inner RTP header repeats what the carrier's header or the SSRC plan already
+/// says: the timestamp is the carrier's, the SSRC is the media, RTX or repair SSRC of
+/// the carrier's, and the extension block is always the same frame-marking word. Left
+/// whole they cost 13 bytes of every media packet and 8 of every repair packet, twice
+/// over at 50 % loss (about 0.02× of the sender's overhead). A packet of any other
+/// shape (padding, CSRCs, another extension, a foreign SSRC) is carried whole.
+pub fn compact_inner(media_ssrc: u32, inner: &[u8]) -> (u32, Vec<u8>) {
+    let view = RtpView::parse(inner).ok();
+    let timestamp = view.as_ref().map_or(0, |v| v.timestamp);
+    let compact = view.and_then(|v| {
+        let stream = u8::try_from(v.ssrc.wrapping_sub(media_ssrc)).ok().filter(|s| *s < COMPACT_WHOLE)?;
+        let marking = match inner[0] {
+            0x80 => None,
+            0x90 if inner.get(12..17) == Some(&FRAME_MARKING_BLOCK[..]) => Some(inner.get(17..20)?),
+            _ => return None,
+        };
+        let body = if marking.is_some() { 20 } else { 12 };
+        let mut out = Vec::with_capacity(inner.len() - body + 7);
+        out.push(
+            (stream << COMPACT_STREAM_SHIFT)
+                | if inner[1] & 0x80 != 0 { COMPACT_MARKER } else { 0 }
+                | if marking.is_some() { COMPACT_FRAME_MARKING } else { 0 },
+        );
+        out.push(inner[1] & 0x7f);
+        out.extend_from_slice(&inner[2..4]);
+        out.extend_from_slice(marking.unwrap_or_default());
+        out.extend_from_slice(inner.get(body..)?);
+        Some(out)
+    });
+    let payload = compact.unwrap_or_else(|| {
+        let mut out = Vec::with_capacity(inner.len() + 1);
+        out.push(COMPACT_WHOLE << COMPACT_STREAM_SHIFT);
+        out.extend_from_slice(inner);
+        out
+    });
+    (timestamp, payload)
+}
+
+/// Rewrites the inner sequence number of a carrier payload.
+fn set_carried_seq(payload: &mut [u8], seq: u16) {
+    let at = if payload.first().is_some_and(|f| f >> COMPACT_STREAM_SHIFT == COMPACT_WHOLE) {
+        3
+    } else {
+        2
+    };
+    if let Some(s) = payload.get_mut(at..at + 2) {
+        s.copy_from_slice(&seq.to_be_bytes());
+    }
+}
+
+/// The inner packet of a carrier payload, byte for byte what [`compact_inner`] was
+/// given; `None` for a payload that is not one.
+pub fn expand_carried(media_ssrc: u32, timestamp: u32, payload: &[u8]) -> Option<Vec<u8>> {
+    let (&flags, rest) = payload.split_first()?;
+    let stream = flags >> COMPACT_STREAM_SHIFT;
+    if stream == COMPACT_WHOLE {
+        return Some(rest.to_vec());
+    }
+    if flags & 0x0f != 0 || rest.first()? & 0x80 != 0 {
+        return None;
+    }
+    let seq = rest.get(1..3)?;
+    let (marking, body) = if flags & COMPACT_FRAME_MARKING != 0 {
+        (Some(rest.get(3..6)?), rest.get(6..)?)
+    } else {
+        (None, rest.get(3..)?)
+    };
+    let mut p = Vec::with_capacity(body.len() + 20);
+    p.push(if marking.is_some() { 0x90 } else { 0x80 });
+    p.push(if flags & COMPACT_MARKER != 0 { 0x80 } else { 0 } | rest[0]);
+    p.extend_from_slice(seq);
+    p.extend_from_slice(&timestamp.to_be_bytes());
+    p.extend_from_slice(&media_ssrc.wrapping_add(u32::from(stream)).to_be_bytes());
+    if let Some(m) = marking {
+        p.extend_from_slice(&FRAME_MARKING_BLOCK);
+        p.extend_from_slice(m);
+    }
+    p.extend_from_slice(body);
+    Some(p)
 }
 
 /// Sends one feedback payload to the sender of `media_ssrc`.
@@ -269,16 +392,21 @@ impl ProtectedRx {
         self
     }
 
-    /// One carrier packet: its (outer) sequence number and payload. `params` are the
-    /// receiving side's negotiated codecs.
+    /// One carrier packet: its (outer) sequence number, timestamp and payload.
+    /// `params` are the receiving side's negotiated codecs.
     pub fn handle_carried(
         &mut self,
         now: Instant,
         carrier_seq: u16,
-        inner: &[u8],
+        carrier_ts: u32,
+        payload: &[u8],
         params: &[PayloadParams],
     ) {
         self.arrivals.on_packet(now, carrier_seq);
+        let Some(inner) = expand_carried(self.media_ssrc, carrier_ts, payload) else {
+            return;
+        };
+        let inner = &inner[..];
         if self.rx.is_none() {
             let Ok(v) = RtpView::parse(inner) else { return };
             if v.ssrc != self.media_ssrc || v.payload_type == CARRIER_PT {
@@ -414,8 +542,10 @@ pub struct Shed {
     pub rtx_bytes: u64,
 }
 
-/// Bytes a carried packet costs on the wire besides itself: IPv4 and UDP (28), the
-/// carrier's RTP header with str0m's header extensions (28) and the SRTP tag (16).
+/// Bytes a carrier payload costs on the wire besides itself: IPv4 and UDP (28), the
+/// carrier's RTP header with str0m's header extensions (28 on a subscriber's session; 12
+/// on a publisher's, [`drop_uplink_extensions`]) and the SRTP tag (16). The
+/// larger is kept for both: the rate budget it feeds errs towards the link.
 pub const CARRIER_WIRE_OVERHEAD: usize = 72;
 
 /// The hop's congestion control starts here and never exceeds it, so that 50 % random
@@ -549,11 +679,12 @@ impl ProtectedTx {
     /// The repair stream's sequence numbers are given here, to what is sent: the
     /// receiver measures the hop's loss over them, and a gap left by shedding would read
     /// as loss and size yet more repair.
-    pub fn poll_carried(&mut self, now: Instant) -> Option<(u64, Vec<u8>)> {
+    pub fn poll_carried(&mut self, now: Instant) -> Option<Carried> {
         self.refill(now);
         loop {
-            let mut p = self.tx.poll_transmit()?;
-            let cost = p.len() + CARRIER_WIRE_OVERHEAD;
+            let p = self.tx.poll_transmit()?;
+            let (timestamp, mut payload) = compact_inner(self.media_ssrc, &p);
+            let cost = payload.len() + CARRIER_WIRE_OVERHEAD;
             let ssrc = RtpView::parse(&p).map_or(self.media_ssrc, |v| v.ssrc);
             let media = ssrc == self.media_ssrc;
             if media {
@@ -573,17 +704,19 @@ impl ProtectedTx {
                 }
                 continue;
             }
-            if ssrc == inner_fec_ssrc(self.media_ssrc)
-                && let Some(seq) = p.get_mut(2..4)
-            {
-                seq.copy_from_slice(&self.fec_seq.to_be_bytes());
+            if ssrc == inner_fec_ssrc(self.media_ssrc) {
+                set_carried_seq(&mut payload, self.fec_seq);
                 self.fec_seq = self.fec_seq.wrapping_add(1);
             }
             let depth = bucket_depth(self.bwe.target_bitrate());
             self.tokens = (self.tokens - cost as f64).max(-depth);
             self.carrier_seq += 1;
             self.history.on_sent(now, self.carrier_seq, cost);
-            return Some((self.carrier_seq, p));
+            return Some(Carried {
+                seq: self.carrier_seq,
+                timestamp,
+                payload,
+            });
         }
     }
 
@@ -677,8 +810,8 @@ impl ProtectedTx {
 
     /// Writes everything pending into `rtc` on `mid` with the carrier payload type `pt`.
     pub fn flush_into(&mut self, rtc: &mut Rtc, mid: Mid, pt: Pt, now: Instant) {
-        while let Some((seq, p)) = self.poll_carried(now) {
-            write_carrier(rtc, mid, pt, now, seq, p);
+        while let Some(c) = self.poll_carried(now) {
+            write_carrier(rtc, mid, pt, now, c);
         }
     }
 }
@@ -690,6 +823,75 @@ fn bucket_depth(bps: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SSRC: u32 = 0xfffe_fffe;
+
+    fn media_packet(seq: u16, marker: bool) -> Vec<u8> {
+        let marking = FrameMarking {
+            start: true,
+            end: marker,
+            independent: false,
+            discardable: false,
+            base_sync: false,
+            tid: 1,
+            lid: 0,
+            tl0_pic_idx: 9,
+        };
+        build_media_packet(SSRC, 102, seq, 0x8000_0001, marker, FRAME_MARKING_ID, marking, &[7; 100])
+    }
+
+    #[test]
+    fn carried_packets_come_back_byte_for_byte() {
+        let media = media_packet(65_535, true);
+        let rtx = media::recovery::wire::rtx_wrap(&media, inner_rtx_ssrc(SSRC), 103, 4).unwrap();
+        // A repair packet's shape: no extension, on the repair SSRC (which wraps here).
+        let mut repair = vec![0x80, CARRIER_PT, 0, 5, 0x80, 0, 0, 1];
+        repair.extend_from_slice(&inner_fec_ssrc(SSRC).to_be_bytes());
+        repair.extend_from_slice(&[1; 60]);
+        // Shapes carried whole: a foreign SSRC, padding, another extension.
+        let mut foreign = media.clone();
+        foreign[8..12].copy_from_slice(&7u32.to_be_bytes());
+        let mut padded = repair.clone();
+        padded[0] |= 0x20;
+        let mut other_ext = media.clone();
+        other_ext[16] = (2 << 4) | 2;
+        for (p, saved) in [
+            (&media, 13),
+            (&rtx, 13),
+            (&repair, 8),
+            (&foreign, -1),
+            (&padded, -1),
+            (&other_ext, -1),
+        ] {
+            let (ts, c) = compact_inner(SSRC, p);
+            assert_eq!(ts, 0x8000_0001);
+            assert_eq!(p.len() as i64 - c.len() as i64, saved, "{p:02x?}");
+            assert_eq!(expand_carried(SSRC, ts, &c).as_ref(), Some(p));
+        }
+    }
+
+    #[test]
+    fn repair_renumbered_in_either_form() {
+        let mut repair = vec![0x80, CARRIER_PT, 0, 5, 0, 0, 0, 1];
+        repair.extend_from_slice(&inner_fec_ssrc(SSRC).to_be_bytes());
+        repair.push(1);
+        for ssrc in [SSRC, 3] {
+            let (ts, mut c) = compact_inner(ssrc, &repair);
+            set_carried_seq(&mut c, 0xabcd);
+            let back = expand_carried(ssrc, ts, &c).unwrap();
+            assert_eq!(RtpView::parse(&back).unwrap().seq, 0xabcd);
+        }
+    }
+
+    #[test]
+    fn malformed_carrier_payloads_are_refused() {
+        assert_eq!(expand_carried(SSRC, 0, &[]), None);
+        // Reserved bits, a payload type above 127, a short header.
+        assert_eq!(expand_carried(SSRC, 0, &[0x01, 96, 0, 1]), None);
+        assert_eq!(expand_carried(SSRC, 0, &[0x00, 0x80, 0, 1]), None);
+        assert_eq!(expand_carried(SSRC, 0, &[0x10, 96, 0, 1, 2]), None);
+        assert_eq!(expand_carried(SSRC, 0, &[0x00, 96, 0]), None);
+    }
 
     #[test]
     fn seq_extension_wraps() {
