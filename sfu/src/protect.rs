@@ -241,7 +241,7 @@ pub fn compact_inner(media_ssrc: u32, inner: &[u8]) -> (u32, Vec<u8>) {
             _ => return None,
         };
         let body = if marking.is_some() { 20 } else { 12 };
-        let mut out = Vec::with_capacity(inner.len() - body + 7);
+        let mut out = Vec::with_capacity(inner.len().saturating_sub(body) + 7);
         out.push(
             (stream << COMPACT_STREAM_SHIFT)
                 | if inner[1] & 0x80 != 0 { COMPACT_MARKER } else { 0 }
