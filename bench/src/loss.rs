@@ -662,7 +662,7 @@ pub fn main(args: &[String]) -> Result<()> {
     );
     println!();
     println!(
-        "sender overhead by datagram kind (bytes over media bytes): video (of it the carrier's RTP header and SRTP trailer), audio, RTCP/ICE/DTLS/other RTP"
+        "sender overhead by datagram kind (bytes over media bytes): video (of it the carrier's net wrapping: RTP header and SRTP trailer less the inner header bytes it leaves out), audio, RTCP/ICE/DTLS/other RTP"
     );
     for r in &runs {
         let o = &r.overhead_parts;

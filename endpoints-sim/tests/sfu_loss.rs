@@ -639,7 +639,7 @@ fn clean_links_deliver_every_frame() {
 }
 
 /// A protected publisher leaves abs-send-time, transport-wide sequence numbers and the
-/// MID out of its uplink (`protect::drop_uplink_extensions`): 16 bytes of every
+/// MID out of its uplink (`protect::drop_uplink_extensions`): 12 bytes of every
 /// datagram that nothing on a protected uplink reads. The SFU's downlink keeps them for
 /// str0m's estimate and pacer.
 #[test]

@@ -131,9 +131,10 @@ pub fn add_tunnel_codec(c: &mut CodecConfig) {
     );
 }
 
-/// Removes the header extensions a protected publisher's uplink does not need, 16
-/// bytes of every datagram's RTP header (28 → 12), about 0.03× of the sender's
-/// overhead figure at 50 % loss (`docs/fec.md`, *Carriage*):
+/// Removes the header extensions a protected publisher's uplink does not need, 12
+/// bytes of every datagram's RTP header (28 → 16; str0m writes the 4-byte extension
+/// block even when it is empty), about 0.025× of the sender's overhead figure at 50 %
+/// loss (`docs/fec.md`, *Carriage*):
 /// - abs-send-time and transport-wide sequence numbers feed a receiver-side (REMB) or
 ///   send-side (TWCC) estimate of the uplink, and neither runs on a protected uplink:
 ///   `media::cc` estimates it from the carrier's own arrival reports (`HTAT`), and the
@@ -543,7 +544,7 @@ pub struct Shed {
 }
 
 /// Bytes a carrier payload costs on the wire besides itself: IPv4 and UDP (28), the
-/// carrier's RTP header with str0m's header extensions (28 on a subscriber's session; 12
+/// carrier's RTP header with str0m's header extensions (28 on a subscriber's session; 16
 /// on a publisher's, [`drop_uplink_extensions`]) and the SRTP tag (16). The
 /// larger is kept for both: the rate budget it feeds errs towards the link.
 pub const CARRIER_WIRE_OVERHEAD: usize = 72;
