@@ -13,9 +13,10 @@
 //!   unused profile/tier/level ([`add_tunnel_codec`]); no browser offers H.266, so
 //!   browsers keep plain NACK/RTX;
 //! - on a protected m-line every packet the recovery loop produces (media with frame
-//!   marking, `x-huitong-rs-fec` repair, RTX) is carried whole, byte for byte, as the
-//!   payload of one SRTP packet of that payload type on the m-line's own SSRC (the
-//!   *carrier*); nothing else is sent on that SSRC;
+//!   marking, `x-huitong-rs-fec` repair, RTX) is the payload of one SRTP packet of that
+//!   payload type on the m-line's own SSRC (the *carrier*), less the header fields the
+//!   carrier already says ([`compact_inner`]; the receiver rebuilds it byte for byte);
+//!   nothing else is sent on that SSRC;
 //! - the receiver's feedback (NACK, PLI, `HTLR` loss reports, `docs/recovery.md`) travels
 //!   as the payload of an RTCP application-layer feedback message (PSFB FMT 15), one per
 //!   SRTCP datagram.
