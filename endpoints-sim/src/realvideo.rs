@@ -1522,13 +1522,7 @@ impl Terminal for LossReceiver {
                     }
                 }
                 let rx = self.rx.get_or_insert_with(|| ProtectedRx::behind_sfu(ssrc));
-                rx.handle_carried(
-                    now,
-                    p.header.sequence_number,
-                    p.header.timestamp,
-                    &p.payload,
-                    &params,
-                );
+                rx.handle_rtp(now, &p, &params);
                 self.pump();
             }
             _ => {}

@@ -1127,7 +1127,7 @@ impl Sfu {
                 let first = rx.is_none();
                 // Our feedback's sender SSRC only has to differ from the media's.
                 let rx = rx.get_or_insert_with(|| ProtectedRx::new(*ssrc, !*ssrc, protect::HOP_PLAYOUT_DELAY).with_late_grace(self.cfg.uplink_late_grace));
-                rx.handle_carried(now, pkt.header.sequence_number, pkt.header.timestamp, &pkt.payload, &params);
+                rx.handle_rtp(now, &pkt, &params);
                 if first {
                     // The recovery loop asks for what it needs; str0m's own NACKs would
                     // only ask for carrier packets nobody keeps.

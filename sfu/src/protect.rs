@@ -37,7 +37,9 @@ use media::recovery::wire::Feedback;
 use str0m::Rtc;
 use str0m::format::{Codec, CodecConfig, PayloadParams};
 use str0m::media::{Mid, Pt};
-use str0m::rtp::{Extension, ExtensionMap, ExtensionSerializer, ExtensionValues, RtpWrite, Ssrc};
+use str0m::rtp::{
+    Extension, ExtensionMap, ExtensionSerializer, ExtensionValues, RtpPacket, RtpWrite, Ssrc,
+};
 
 /// Payload type offered for the carrier (str0m's H.264 defaults take 115; the answer may keep another number; peers look
 /// the carrier up by [`is_carrier`]).
@@ -392,6 +394,11 @@ impl ProtectedRx {
     pub fn with_late_grace(mut self, grace: Duration) -> Self {
         self.late_grace = grace;
         self
+    }
+
+    /// One carrier packet as str0m hands it over.
+    pub fn handle_rtp(&mut self, now: Instant, p: &RtpPacket, params: &[PayloadParams]) {
+        self.handle_carried(now, p.header.sequence_number, p.header.timestamp, &p.payload, params);
     }
 
     /// One carrier packet: its (outer) sequence number, timestamp and payload.
