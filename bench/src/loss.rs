@@ -33,7 +33,7 @@ use serde_json::json;
 use sfu::{MediaKind, ParticipantId, SfuConfig, SfuEvent, TrackDecl, TrackSource};
 
 const USAGE: &str = "usage: bench loss [--seconds N] [--warmup W] [--height 1080|720] \
-[--link-delay-ms D] [--downlink-round-price X] [--uplink-grace-ms G] [--trace-dir DIR] [--scenarios random0,random10,random30,random50,bursty50,random70] [--methods huitong,nack_only]";
+[--link-delay-ms D] [--uplink-round-price X] [--downlink-round-price X] [--uplink-grace-ms G] [--trace-dir DIR] [--scenarios random0,random10,random30,random50,bursty50,random70] [--methods huitong,nack_only]";
 
 const ALL_SCENARIOS: [&str; 6] = [
     "random0", "random10", "random30", "random50", "bursty50", "random70",
@@ -48,6 +48,9 @@ struct Opts {
     /// The SFU's `TxPolicy::SFU_DOWNLINK` round price (the server's
     /// `media.downlink_fec_round_price`), to measure the latency it buys.
     downlink_round_price: f64,
+    /// The publisher's `TxPolicy::ENDPOINT` round price: more buys fewer repair rounds
+    /// on the uplink with more FEC, the trade between the goal's overhead and latency.
+    uplink_round_price: f64,
     /// The SFU's uplink late grace (`SfuConfig::uplink_late_grace`).
     uplink_grace_ms: u64,
     /// Where to write each run's per-frame timeline (`<scenario>-<method>.csv`).
@@ -63,6 +66,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         height: 1080,
         link_delay_ms: 20,
         downlink_round_price: sfu::protect::DOWNLINK_ROUND_PENALTY_SCALE,
+        uplink_round_price: sfu::protect::TxPolicy::ENDPOINT.round_penalty_scale,
         uplink_grace_ms: sfu::protect::SFU_UPLINK_LATE_GRACE.as_millis() as u64,
         trace_dir: None,
         scenarios: ALL_SCENARIOS.iter().map(|s| s.to_string()).collect(),
@@ -83,6 +87,9 @@ fn parse(args: &[String]) -> Result<Opts> {
                 o.uplink_grace_ms = val()?.parse().context("--uplink-grace-ms")?
             }
             "--trace-dir" => o.trace_dir = Some(val()?.into()),
+            "--uplink-round-price" => {
+                o.uplink_round_price = val()?.parse().context("--uplink-round-price")?;
+            }
             "--downlink-round-price" => {
                 o.downlink_round_price = val()?.parse().context("--downlink-round-price")?;
             }
@@ -117,6 +124,9 @@ fn parse(args: &[String]) -> Result<Opts> {
     }
     if !(o.downlink_round_price.is_finite() && o.downlink_round_price >= 0.0) {
         bail!("--downlink-round-price must be a number ≥ 0");
+    }
+    if !(o.uplink_round_price.is_finite() && o.uplink_round_price >= 0.0) {
+        bail!("--uplink-round-price must be a number ≥ 0");
     }
     Ok(o)
 }
@@ -245,6 +255,7 @@ async fn run_one(o: &Opts, scenario: &str, seed: u64, method: Method) -> Result<
         o.height,
         epoch.clone(),
     )?;
+    sender.uplink_policy.round_penalty_scale = o.uplink_round_price;
     let mut receiver = LossReceiver::new(now(), r_sock.local_addr()?, method, width, o.height)?;
 
     let room = "loss".to_string();
@@ -555,6 +566,7 @@ fn json_line(r: &Run, o: &Opts) -> serde_json::Value {
         "bench": "loss",
         "link_delay_ms": o.link_delay_ms,
         "downlink_round_price": o.downlink_round_price,
+        "uplink_round_price": o.uplink_round_price,
         "uplink_grace_ms": o.uplink_grace_ms,
         "scenario": r.scenario,
         "method": r.method.name(),
@@ -607,8 +619,14 @@ pub fn main(args: &[String]) -> Result<()> {
     let load_after = loadavg();
     println!();
     println!(
-        "loss bench: {}p30 live OpenH264, {} s measured after {} s warm-up, {}±3 ms each way per link, loss on both links both ways, SFU downlink round price {}, SFU uplink late grace {} ms",
-        o.height, o.seconds, o.warmup, o.link_delay_ms, o.downlink_round_price, o.uplink_grace_ms
+        "loss bench: {}p30 live OpenH264, {} s measured after {} s warm-up, {}±3 ms each way per link, loss on both links both ways, publisher's uplink round price {}, SFU downlink round price {}, SFU uplink late grace {} ms",
+        o.height,
+        o.seconds,
+        o.warmup,
+        o.link_delay_ms,
+        o.uplink_round_price,
+        o.downlink_round_price,
+        o.uplink_grace_ms
     );
     println!("load average before {load_before}, after {load_after}");
     println!(

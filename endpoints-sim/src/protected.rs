@@ -153,6 +153,9 @@ pub struct FecPublisher {
     mid: Option<Mid>,
     tx: Option<ProtectedTx>,
     carrier: Option<Pt>,
+    /// How the uplink's protection sizes FEC against repair rounds
+    /// ([`TxPolicy::ENDPOINT`] unless a sweep measures another point of the trade).
+    pub uplink_policy: TxPolicy,
     next_frame: u64,
     tl0_idx: u8,
     force_key: bool,
@@ -182,6 +185,7 @@ impl FecPublisher {
             mid: None,
             tx: None,
             carrier: None,
+            uplink_policy: TxPolicy::ENDPOINT,
             next_frame: 0,
             tl0_idx: 0,
             force_key: true,
@@ -249,7 +253,7 @@ impl FecPublisher {
                 .map(|p| *p.pt())
                 .ok_or_else(|| SimError::Protocol("no H.264".into()))?;
             let rtx = protect::rtx_pt_for(params, pt);
-            let tx = ProtectedTx::new(ssrc, pt, rtx, TxPolicy::ENDPOINT, (ssrc as u16) & 0x7fff)
+            let tx = ProtectedTx::new(ssrc, pt, rtx, self.uplink_policy, (ssrc as u16) & 0x7fff)
                 .map_err(|e| SimError::Protocol(e.to_string()))?;
             self.tx = Some(tx);
         }

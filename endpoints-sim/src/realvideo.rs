@@ -640,6 +640,9 @@ pub struct LossSender {
     carrier: Option<Pt>,
     tx: Option<ProtectedTx>,
     pending: Option<SdpPendingOffer>,
+    /// How the uplink's protection sizes FEC against repair rounds
+    /// ([`TxPolicy::ENDPOINT`] unless the bench measures another point of the trade).
+    pub uplink_policy: TxPolicy,
     next_frame: u64,
     next_audio: u64,
     audio_seq: u16,
@@ -695,6 +698,7 @@ impl LossSender {
             carrier: None,
             tx: None,
             pending: None,
+            uplink_policy: TxPolicy::ENDPOINT,
             next_frame: 0,
             next_audio: 0,
             audio_seq: 1,
@@ -837,7 +841,7 @@ impl LossSender {
                             ssrc,
                             *pt,
                             rtx,
-                            TxPolicy::ENDPOINT,
+                            self.uplink_policy,
                             (ssrc as u16) & 0x7fff,
                         )
                         .map_err(|e| SimError::Protocol(e.to_string()))?,

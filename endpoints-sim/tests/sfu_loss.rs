@@ -146,11 +146,17 @@ impl World {
         }
         let links = [0, 1, 2, 3].map(|i| Netem::new(link(seed * 10 + i, delay, LossModel::None)));
         let timer_slack = cfg.timer_slack;
+        let mut publisher = FecPublisher::new(now, PUB_ADDR.parse().unwrap(), video).unwrap();
+        // `HT_UP=<round price>` moves the publisher's uplink along the trade between its
+        // overhead and the repair rounds its blocks wait for (docs/recovery.md, session 20).
+        if let Ok(v) = std::env::var("HT_UP") {
+            publisher.uplink_policy.round_penalty_scale = v.parse().expect("HT_UP: a number");
+        }
         World {
             now,
             timer_slack,
             sfu: Sfu::new(cfg, now),
-            publisher: FecPublisher::new(now, PUB_ADDR.parse().unwrap(), video).unwrap(),
+            publisher,
             subscriber: FecSubscriber::new(now, SUB_ADDR.parse().unwrap()).unwrap(),
             links,
             sfu_addr,
@@ -698,18 +704,16 @@ fn env_seeds(default: &str) -> std::ops::RangeInclusive<u64> {
 #[test]
 #[ignore = "a measurement sweep, not a check"]
 fn sweep_bench_shape() {
+    // `HT_DELAY_MS=10` reads the "RTT 40 ms" end to end instead of per link.
+    let delay = std::env::var("HT_DELAY_MS").map_or(LINK_DELAY, |v| {
+        Duration::from_millis(v.parse().expect("HT_DELAY_MS: a number"))
+    });
     for seed in env_seeds("1-3") {
         for loss in [
             LossModel::Bernoulli(0.5),
             LossModel::GilbertElliott(GilbertElliott::from_average(0.5, 3.0)),
         ] {
-            let o = run_shaped(
-                seed,
-                LINK_DELAY,
-                SyntheticVideo::like_bench_1080p(),
-                loss,
-                30,
-            );
+            let o = run_shaped(seed, delay, SyntheticVideo::like_bench_1080p(), loss, 30);
             println!(
                 "SWEEP seed {seed} {:<6} fps {:.2} worst {} p95 {} ms skipped up {} down {} up ovh {:.3} down ovh {:.3}",
                 if matches!(loss, LossModel::Bernoulli(_)) {
